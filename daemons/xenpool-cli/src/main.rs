@@ -1,0 +1,2 @@
+//! xenpool: an xe-style command line client.
+fn main() {}

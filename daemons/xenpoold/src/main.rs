@@ -1,0 +1,2 @@
+//! xenpoold: the toolstack daemon of one host.
+fn main() {}

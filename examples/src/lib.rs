@@ -1,0 +1,1 @@
+//! Example programs live under `examples/`.
