@@ -1,0 +1,138 @@
+//! The crate's error type and its XenAPI wire form (`[code, params…]`).
+
+use thiserror::Error;
+
+/// Everything that can go wrong in the core; each variant knows its XenAPI code and parameters.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum CoreError {
+    /// `HANDLE_INVALID [class, ref]`: no object of that class has that reference.
+    #[error("HANDLE_INVALID: {class} {reference}")]
+    HandleInvalid {
+        /// XenAPI class name
+        class: String,
+        /// the reference or UUID given
+        reference: String,
+    },
+    /// `UUID_INVALID [class, uuid]`
+    #[error("UUID_INVALID: {class} {uuid}")]
+    UuidInvalid {
+        /// XenAPI class name
+        class: String,
+        /// the UUID given
+        uuid: String,
+    },
+    /// `FIELD_TYPE_ERROR [field]`: a value of the wrong type for a field.
+    #[error("FIELD_TYPE_ERROR: expected {expected}, got {got}")]
+    FieldType {
+        /// the type expected
+        expected: String,
+        /// what was given
+        got: String,
+    },
+    /// `INVALID_VALUE [field, value]`
+    #[error("INVALID_VALUE: {field} = {value}")]
+    InvalidValue {
+        /// the field or parameter
+        field: String,
+        /// the value refused
+        value: String,
+    },
+    /// `MESSAGE_METHOD_UNKNOWN [method]`: no such field or message on the class.
+    #[error("MESSAGE_METHOD_UNKNOWN: {0}")]
+    UnknownField(String),
+    /// A persistence backend failed; the transaction was rolled back.
+    #[error("database persistence failed: {0}")]
+    Persistence(String),
+    /// Any other XenAPI failure, with its code and parameters as xapi sends them.
+    #[error("{code} {params:?}")]
+    Api {
+        /// XenAPI error code, e.g. `VM_BAD_POWER_STATE`
+        code: String,
+        /// its parameters
+        params: Vec<String>,
+    },
+}
+
+impl CoreError {
+    /// A failure with a XenAPI code and parameters.
+    pub fn api(code: &str, params: impl IntoIterator<Item = impl Into<String>>) -> CoreError {
+        CoreError::Api {
+            code: code.to_string(),
+            params: params.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The XenAPI code of this error.
+    pub fn code(&self) -> &str {
+        match self {
+            CoreError::HandleInvalid { .. } => "HANDLE_INVALID",
+            CoreError::UuidInvalid { .. } => "UUID_INVALID",
+            CoreError::FieldType { .. } => "FIELD_TYPE_ERROR",
+            CoreError::InvalidValue { .. } => "INVALID_VALUE",
+            CoreError::UnknownField(_) => "MESSAGE_METHOD_UNKNOWN",
+            CoreError::Persistence(_) => "INTERNAL_ERROR",
+            CoreError::Api { code, .. } => code,
+        }
+    }
+
+    /// The error as XenAPI's `ErrorDescription`: the code, then its parameters.
+    pub fn to_description(&self) -> Vec<String> {
+        let mut out = vec![self.code().to_string()];
+        match self {
+            CoreError::HandleInvalid { class, reference } => {
+                out.push(class.clone());
+                out.push(reference.clone());
+            }
+            CoreError::UuidInvalid { class, uuid } => {
+                out.push(class.clone());
+                out.push(uuid.clone());
+            }
+            CoreError::FieldType { expected, got } => {
+                out.push(expected.clone());
+                out.push(got.clone());
+            }
+            CoreError::InvalidValue { field, value } => {
+                out.push(field.clone());
+                out.push(value.clone());
+            }
+            CoreError::UnknownField(m) => out.push(m.clone()),
+            CoreError::Persistence(m) => out.push(format!("database persistence failed: {m}")),
+            CoreError::Api { params, .. } => out.extend(params.iter().cloned()),
+        }
+        out
+    }
+
+    /// `HANDLE_INVALID [class, ref]`
+    pub fn handle_invalid(class: &str, reference: impl std::fmt::Display) -> CoreError {
+        CoreError::HandleInvalid {
+            class: class.to_string(),
+            reference: reference.to_string(),
+        }
+    }
+}
+
+/// The XenAPI error codes this crate raises, named once so a typo cannot split a code in two.
+pub mod codes {
+    #![allow(missing_docs)]
+    pub const VM_BAD_POWER_STATE: &str = "VM_BAD_POWER_STATE";
+    pub const OPERATION_NOT_ALLOWED: &str = "OPERATION_NOT_ALLOWED";
+    pub const OPERATION_BLOCKED: &str = "OPERATION_BLOCKED";
+    pub const OTHER_OPERATION_IN_PROGRESS: &str = "OTHER_OPERATION_IN_PROGRESS";
+    pub const VM_IS_TEMPLATE: &str = "VM_IS_TEMPLATE";
+    pub const HOST_NOT_LIVE: &str = "HOST_NOT_LIVE";
+    pub const HOST_IS_LIVE: &str = "HOST_IS_LIVE";
+    pub const HOST_DISABLED: &str = "HOST_DISABLED";
+    pub const HOST_NOT_DISABLED: &str = "HOST_NOT_DISABLED";
+    pub const HOST_NOT_ENOUGH_FREE_MEMORY: &str = "HOST_NOT_ENOUGH_FREE_MEMORY";
+    pub const VM_REQUIRES_SR: &str = "VM_REQUIRES_SR";
+    pub const VM_REQUIRES_NETWORK: &str = "VM_REQUIRES_NETWORK";
+    pub const NO_HOSTS_AVAILABLE: &str = "NO_HOSTS_AVAILABLE";
+    pub const HOST_HAS_RESIDENT_VMS: &str = "HOST_HAS_RESIDENT_VMS";
+    pub const NETWORK_CONTAINS_VIF: &str = "NETWORK_CONTAINS_VIF";
+    pub const NETWORK_CONTAINS_PIF: &str = "NETWORK_CONTAINS_PIF";
+    pub const VDI_IN_USE: &str = "VDI_IN_USE";
+    pub const SR_HAS_PBD: &str = "SR_HAS_PBD";
+    pub const VM_IS_CONTROL_DOMAIN: &str = "OPERATION_NOT_ALLOWED";
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    pub const HOST_IN_USE: &str = "HOST_IN_USE";
+}

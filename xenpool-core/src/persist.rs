@@ -1,0 +1,98 @@
+//! The persistence boundary. The database writes every committed transaction through this
+//! trait before it reports success; implementations (SQLite in `xenpool-storage`, memory in
+//! tests) live outside the pure core. The same batch format carries writes to members.
+
+use serde::{Deserialize, Serialize};
+
+/// One object as stored: its class name, reference, generation of its last change, and the
+/// record as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// XenAPI class name (`VM`, `host`, ...).
+    pub class: String,
+    /// `OpaqueRef:…`
+    pub reference: String,
+    /// The database generation at which the object last changed.
+    pub generation: u64,
+    /// The record as JSON, field names as in the datamodel.
+    pub body: String,
+}
+
+/// One committed transaction: the objects it created or changed, and the ones it deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteBatch {
+    /// The database generation after this transaction.
+    pub generation: u64,
+    /// Objects written whole (created or modified).
+    pub puts: Vec<StoredObject>,
+    /// `(class, reference)` of deleted objects.
+    pub deletes: Vec<(String, String)>,
+}
+
+/// A whole database: what a load returns and a snapshot saves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredState {
+    /// The database generation.
+    pub generation: u64,
+    /// Every object.
+    pub objects: Vec<StoredObject>,
+}
+
+/// Why a persistence call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PersistenceError(pub String);
+
+/// Where the database keeps its state. `commit` must be durable when it returns `Ok`.
+pub trait Persistence: Send {
+    /// Durably applies one transaction.
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), PersistenceError>;
+    /// Reads the whole saved state (empty when nothing was ever saved).
+    fn load(&mut self) -> Result<StoredState, PersistenceError>;
+    /// Replaces the whole saved state at once (a full snapshot from the coordinator).
+    fn replace_all(&mut self, state: &StoredState) -> Result<(), PersistenceError>;
+}
+
+/// Keeps the state in memory: for tests and for a pool that need not survive a restart.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryPersistence {
+    /// The saved state.
+    pub state: StoredState,
+    /// When set, the next commit fails (to test rollback).
+    pub fail_next: bool,
+}
+
+impl Persistence for MemoryPersistence {
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), PersistenceError> {
+        if std::mem::take(&mut self.fail_next) {
+            return Err(PersistenceError("injected failure".into()));
+        }
+        for (class, reference) in &batch.deletes {
+            self.state
+                .objects
+                .retain(|o| !(o.class == *class && o.reference == *reference));
+        }
+        for put in &batch.puts {
+            match self
+                .state
+                .objects
+                .iter_mut()
+                .find(|o| o.class == put.class && o.reference == put.reference)
+            {
+                Some(o) => *o = put.clone(),
+                None => self.state.objects.push(put.clone()),
+            }
+        }
+        self.state.generation = batch.generation;
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<StoredState, PersistenceError> {
+        Ok(self.state.clone())
+    }
+
+    fn replace_all(&mut self, state: &StoredState) -> Result<(), PersistenceError> {
+        self.state = state.clone();
+        Ok(())
+    }
+}
