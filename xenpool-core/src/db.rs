@@ -779,6 +779,17 @@ impl Txn<'_> {
         Ok(&mut entry.object)
     }
 
+    /// Marks an object changed without changing it, so watchers see an event (`event.inject`).
+    pub fn touch_object(&mut self, class: Class, r: &Ref) -> Result<(), CoreError> {
+        if !self.db.exists(class, r) {
+            return Err(CoreError::handle_invalid(class.name(), r));
+        }
+        self.touch(class, r);
+        let generation = self.generation;
+        self.modify_in_place(class, r, generation)?;
+        Ok(())
+    }
+
     /// Changes a record through a closure; relations whose child side changed are followed.
     /// The UUID may not change.
     pub fn update<R: Record>(

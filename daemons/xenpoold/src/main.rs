@@ -1,2 +1,149 @@
 //! xenpoold: the toolstack daemon of one host.
-fn main() {}
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use xenpoold::config::Config;
+
+/// Command-line flags; each overrides the same setting of the configuration file.
+#[derive(Debug, Parser)]
+#[command(name = "xenpoold", version, about = "The xenpool toolstack daemon of one host")]
+struct Args {
+    /// A TOML configuration file.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory (database, certificate, credentials).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on and be known by.
+    #[arg(long)]
+    address: Option<IpAddr>,
+    /// Plain HTTP port.
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// HTTPS port (0 disables HTTPS).
+    #[arg(long)]
+    https_port: Option<u16>,
+    /// Host name label.
+    #[arg(long)]
+    host_name: Option<String>,
+    /// Simulated host memory in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Simulated domain operation delay in milliseconds.
+    #[arg(long)]
+    sim_delay_ms: Option<u64>,
+    /// A directory shared by all hosts of the pool, used as a shared SR.
+    #[arg(long)]
+    shared_sr: Option<PathBuf>,
+    /// Seconds without heartbeat before a member is not live.
+    #[arg(long)]
+    liveness_timeout: Option<f64>,
+    /// Do not create demonstration objects on first start.
+    #[arg(long)]
+    no_demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Adds a local user with a role (the daemon must not be running). The password is
+    /// written to a 0600 file in the data directory.
+    AddUser {
+        /// User name.
+        name: String,
+        /// One of read-only, vm-operator, vm-admin, vm-power-admin, pool-operator, pool-admin.
+        role: String,
+    },
+}
+
+fn config_from(args: &Args) -> anyhow::Result<Config> {
+    let mut c = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = args.address {
+        c.address = v;
+    }
+    if let Some(v) = args.http_port {
+        c.http_port = v;
+    }
+    if let Some(v) = args.https_port {
+        c.https_port = v;
+    }
+    if let Some(v) = &args.host_name {
+        c.host_name = Some(v.clone());
+    }
+    if let Some(v) = args.memory_mib {
+        c.memory_total_mib = v;
+    }
+    if let Some(v) = args.sim_delay_ms {
+        c.sim_delay_ms = v;
+    }
+    if let Some(v) = &args.shared_sr {
+        c.shared_sr_dir = Some(v.clone());
+    }
+    if let Some(v) = args.liveness_timeout {
+        c.liveness_timeout_secs = v;
+    }
+    if args.no_demo {
+        c.demo_objects = false;
+    }
+    Ok(c)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = config_from(&args)?;
+    if let Some(Command::AddUser { name, role }) = &args.command {
+        return xenpoold::api::add_user(&config, name, role);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (node, password) = xenpoold::open_node(config)?;
+        if let Some(path) = &password {
+            tracing::info!(path = %path.display(), "created user root; its password is in this file");
+        }
+        xenpoold::run(
+            node,
+            |s| {
+                tracing::info!(http = %s.http, https = ?s.https, "serving XenAPI");
+                // A line on stdout that scripts and tests wait for.
+                println!("xenpoold ready http={} https={}", s.http, s.https.map(|a| a.to_string()).unwrap_or_default());
+            },
+            shutdown_signal(),
+        )
+        .await
+    })
+}

@@ -1,0 +1,284 @@
+//! `event.from`: every change since a token, long-polled up to a timeout, with xapi's token
+//! form and result shape; `event.inject` to make an object show up as changed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use xenpool_core::{ChangeKind, Class, CoreError, Ref};
+use xenpool_rpc::{Request, Value as Wire, XenApiError};
+
+use super::{api_error, Api, ApiResult, Ctx};
+use crate::conv::to_wire;
+use crate::state::now;
+
+/// Which objects a subscription covers.
+#[derive(Debug, Default)]
+struct Subscription {
+    all: bool,
+    classes: BTreeSet<Class>,
+    objects: BTreeSet<(Class, Ref)>,
+}
+
+impl Subscription {
+    fn parse(items: &[String]) -> Result<Subscription, XenApiError> {
+        let mut sub = Subscription::default();
+        for item in items {
+            if item == "*" {
+                sub.all = true;
+                continue;
+            }
+            let (class, reference) = match item.split_once('/') {
+                Some((c, r)) => (c, Some(r)),
+                None => (item.as_str(), None),
+            };
+            let Some(class) = Class::parse(class).filter(|c| c.is_exposed()) else {
+                return Err(XenApiError::new(
+                    "EVENT_SUBSCRIPTION_PARSE_FAILURE",
+                    [item.as_str()],
+                ));
+            };
+            match reference {
+                Some(r) => {
+                    sub.objects.insert((class, Ref::from_string(r)));
+                }
+                None => {
+                    sub.classes.insert(class);
+                }
+            }
+        }
+        Ok(sub)
+    }
+
+    fn covers(&self, class: Class, r: &Ref) -> bool {
+        class.is_exposed()
+            && (self.all || self.classes.contains(&class) || self.objects.contains(&(class, r.clone())))
+    }
+
+    fn covers_class(&self, class: Class) -> bool {
+        class.is_exposed()
+            && (self.all
+                || self.classes.contains(&class)
+                || self.objects.iter().any(|(c, _)| *c == class))
+    }
+}
+
+/// Tokens look like xapi's: `<db generation>,<message generation>`, each 20 digits; our
+/// messages live in the same database, so both parts carry the same generation.
+fn format_token(generation: u64) -> String {
+    format!("{generation:020},{generation:020}")
+}
+
+fn parse_token(token: &str) -> Result<Option<u64>, XenApiError> {
+    let t = token.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let first = t.split(',').next().unwrap_or("");
+    first
+        .trim()
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| XenApiError::new("EVENT_FROM_TOKEN_PARSE_FAILURE", [token]))
+}
+
+fn parse_timeout(v: &Wire) -> Result<f64, XenApiError> {
+    let t = match v {
+        Wire::Double(d) => *d,
+        Wire::Int(i) => *i as f64,
+        Wire::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| XenApiError::field_type_error("timeout"))?,
+        _ => return Err(XenApiError::field_type_error("timeout")),
+    };
+    // A negative or absurd timeout must not hold a connection forever.
+    Ok(if t.is_finite() { t.clamp(0.0, 3600.0) } else { 0.0 })
+}
+
+impl Api {
+    pub(super) async fn event_call(&self, cx: &Ctx, req: &Request) -> ApiResult {
+        match req.message.as_str() {
+            "from" => self.event_from(cx, req).await,
+            "inject" => {
+                let mut p = req.reader(3)?;
+                p.value()?;
+                let class = p.string("class")?;
+                let r = Ref::from_string(p.string("ref")?);
+                let class = Class::parse(class)
+                    .filter(|c| c.is_exposed())
+                    .ok_or_else(|| XenApiError::handle_invalid(class, r.as_str()))?;
+                let state = &self.node().state;
+                state
+                    .write(|txn| txn.touch_object(class, &r))
+                    .map_err(api_error)?;
+                let generation = state.db().generation();
+                Ok(Wire::String(format_token(generation)))
+            }
+            "get_current_id" => {
+                req.reader(1)?;
+                let g = self.node().state.db().generation();
+                Ok(Wire::String(g.to_string()))
+            }
+            _ => Err(XenApiError::method_unknown(&req.method)),
+        }
+    }
+
+    async fn event_from(&self, cx: &Ctx, req: &Request) -> ApiResult {
+        let mut p = req.reader(4)?;
+        p.value()?;
+        let classes: Vec<String> = p
+            .array("classes")?
+            .iter()
+            .map(|v| match v {
+                Wire::String(s) => Ok(s.clone()),
+                _ => Err(XenApiError::field_type_error("classes")),
+            })
+            .collect::<Result<_, _>>()?;
+        let token = p.string("token")?.to_string();
+        let timeout = parse_timeout(p.value()?)?;
+        let sub = Subscription::parse(&classes)?;
+        let since = parse_token(&token)?;
+        let state = &self.node().state;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
+        let mut rx = state.generation.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(result) = self.collect_events(cx, &sub, since)? {
+                return Ok(result);
+            }
+            // Nothing yet: wait for the next commit or the deadline.
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {
+                    // Let a burst of writes land together, as xapi batches.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    let db = state.db();
+                    return Ok(self.events_result(cx, &db, &sub, Vec::new(), db.generation()));
+                }
+            }
+        }
+    }
+
+    /// Events since the token, or `None` when there are none yet.
+    fn collect_events(
+        &self,
+        cx: &Ctx,
+        sub: &Subscription,
+        since: Option<u64>,
+    ) -> Result<Option<Wire>, XenApiError> {
+        let state = &self.node().state;
+        let db = state.db();
+        let generation = db.generation();
+        let mut events = Vec::new();
+        let timestamp = now();
+        match since {
+            None => {
+                // An empty token: every current object comes as an event.
+                for class in Class::ALL.iter().copied().filter(|c| sub.covers_class(*c)) {
+                    for (r, o) in db.objects(class) {
+                        if sub.covers(class, r) {
+                            let modified = db.entry(class, r).map_or(0, |e| e.modified);
+                            events.push(event(
+                                modified,
+                                &timestamp,
+                                class,
+                                ChangeKind::Add,
+                                r,
+                                Some(to_wire(&o.to_value(), cx.ints)),
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(token) => {
+                let changes = db.changes_since(token).map_err(|e| match e {
+                    CoreError::Api { ref code, .. } if code == "EVENTS_LOST" => {
+                        XenApiError::new("EVENTS_LOST", Vec::<String>::new())
+                    }
+                    other => api_error(other),
+                })?;
+                for c in changes {
+                    if !sub.covers(c.class, &c.reference) {
+                        continue;
+                    }
+                    let snapshot = match c.kind {
+                        ChangeKind::Del => None,
+                        _ => db
+                            .entry(c.class, &c.reference)
+                            .map(|e| to_wire(&e.object.to_value(), cx.ints)),
+                    };
+                    events.push(event(
+                        c.generation,
+                        &timestamp,
+                        c.class,
+                        c.kind,
+                        &c.reference,
+                        snapshot,
+                    ));
+                }
+                if events.is_empty() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(self.events_result(cx, &db, sub, events, generation)))
+    }
+
+    fn events_result(
+        &self,
+        cx: &Ctx,
+        db: &xenpool_core::Database,
+        sub: &Subscription,
+        events: Vec<Wire>,
+        generation: u64,
+    ) -> Wire {
+        let counts = Class::ALL
+            .iter()
+            .copied()
+            .filter(|c| sub.covers_class(*c))
+            .map(|c| {
+                let n = db.count(c) as i64;
+                (
+                    c.name().to_ascii_lowercase(),
+                    to_wire(&xenpool_core::Value::Int(n), cx.ints),
+                )
+            })
+            .collect();
+        Wire::Struct(vec![
+            ("events".into(), Wire::Array(events)),
+            ("valid_ref_counts".into(), Wire::Struct(counts)),
+            ("token".into(), Wire::String(format_token(generation))),
+        ])
+    }
+}
+
+fn event(
+    id: u64,
+    timestamp: &xenpool_core::DateTime,
+    class: Class,
+    kind: ChangeKind,
+    r: &Ref,
+    snapshot: Option<Wire>,
+) -> Wire {
+    let mut members = vec![
+        ("id".to_string(), Wire::String(id.to_string())),
+        (
+            "timestamp".to_string(),
+            Wire::String(timestamp.as_str().to_string()),
+        ),
+        (
+            "class".to_string(),
+            Wire::String(class.name().to_ascii_lowercase()),
+        ),
+        (
+            "operation".to_string(),
+            Wire::String(kind.as_str().to_string()),
+        ),
+        ("ref".to_string(), Wire::String(r.as_str().to_string())),
+    ];
+    if let Some(s) = snapshot {
+        members.push(("snapshot".to_string(), s));
+    }
+    Wire::Struct(members)
+}

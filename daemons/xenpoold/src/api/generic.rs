@@ -1,0 +1,197 @@
+//! Calls every class has, derived from the field metadata: `get_all`, `get_all_records`,
+//! `get_record`, `get_by_uuid`, `get_by_name_label`, `get_<field>`, and for writable fields
+//! `set_<field>`, `add_to_<map>`/`remove_from_<map>`, `add_<set>`/`remove_<set>`.
+
+use xenpool_core::record::field_meta;
+use xenpool_core::{Class, FieldType, Ref, Value};
+use xenpool_rpc::{Request, Value as Wire, XenApiError};
+
+use super::{api_error, ref_param, Api, ApiResult, Ctx};
+use crate::conv::{from_wire, to_wire};
+
+impl Api {
+    pub(super) fn generic(&self, cx: &Ctx, class: Class, req: &Request) -> ApiResult {
+        let m = req.message.as_str();
+        let state = &self.node().state;
+        match m {
+            "get_all" => {
+                req.reader(1)?;
+                let db = state.db();
+                Ok(Wire::Array(
+                    db.refs(class)
+                        .map(|r| Wire::String(r.as_str().to_string()))
+                        .collect(),
+                ))
+            }
+            "get_all_records" => {
+                req.reader(1)?;
+                let db = state.db();
+                Ok(Wire::Struct(
+                    db.objects(class)
+                        .map(|(r, o)| (r.as_str().to_string(), to_wire(&o.to_value(), cx.ints)))
+                        .collect(),
+                ))
+            }
+            "get_record" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let r = ref_param(&mut p, "self")?;
+                let db = state.db();
+                let o = db.object(class, &r).map_err(api_error)?;
+                Ok(to_wire(&o.to_value(), cx.ints))
+            }
+            "get_by_uuid" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let uuid = p.string("uuid")?;
+                let db = state.db();
+                let r = db.ref_by_uuid(class, uuid).map_err(api_error)?;
+                Ok(Wire::String(r.as_str().to_string()))
+            }
+            "get_by_name_label" if field_meta(class.fields(), "name_label").is_some() => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let label = p.string("label")?;
+                let db = state.db();
+                Ok(Wire::Array(
+                    db.objects(class)
+                        .filter(|(_, o)| {
+                            matches!(o.get_field("name_label"), Some(Value::String(s)) if s == label)
+                        })
+                        .map(|(r, _)| Wire::String(r.as_str().to_string()))
+                        .collect(),
+                ))
+            }
+            _ => self.field_call(cx, class, req),
+        }
+    }
+
+    fn field_call(&self, cx: &Ctx, class: Class, req: &Request) -> ApiResult {
+        let m = req.message.as_str();
+        let unknown = || XenApiError::method_unknown(&req.method);
+        let fields = class.fields();
+        if let Some(name) = m.strip_prefix("get_") {
+            let meta = field_meta(fields, name).ok_or_else(unknown)?;
+            let mut p = req.reader(2)?;
+            p.value()?;
+            let r = ref_param(&mut p, "self")?;
+            let db = self.node().state.db();
+            let o = db.object(class, &r).map_err(api_error)?;
+            let v = o.get_field(meta.name).ok_or_else(unknown)?;
+            return Ok(to_wire(&v, cx.ints));
+        }
+        let (kind, name) = if let Some(n) = m.strip_prefix("set_") {
+            (Edit::Set, n)
+        } else if let Some(n) = m.strip_prefix("add_to_") {
+            (Edit::MapAdd, n)
+        } else if let Some(n) = m.strip_prefix("remove_from_") {
+            (Edit::MapRemove, n)
+        } else if let Some(n) = m.strip_prefix("add_") {
+            (Edit::SetAdd, n)
+        } else if let Some(n) = m.strip_prefix("remove_") {
+            (Edit::SetRemove, n)
+        } else {
+            return Err(unknown());
+        };
+        let meta = field_meta(fields, name)
+            .filter(|f| f.writable)
+            .ok_or_else(unknown)?;
+        let expected = match kind {
+            Edit::MapAdd => 4,
+            _ => 3,
+        };
+        let mut p = req.reader(expected)?;
+        p.value()?;
+        let r = ref_param(&mut p, "self")?;
+        let args: Vec<Wire> = (1..expected - 1)
+            .map(|_| p.value().cloned())
+            .collect::<Result<_, _>>()?;
+        let field = meta.name;
+        let ty = meta.ty;
+        self.node()
+            .state
+            .write(|txn| {
+                let current = txn.db().object(class, &r)?.get_field(field);
+                let new = edit_value(kind, ty, current, &args)?;
+                txn.set_field(class, &r, field, new)
+            })
+            .map_err(api_error)?;
+        self.after_field_change(class, &r, field);
+        Ok(Wire::String(String::new()))
+    }
+
+    /// Hook for derived state that depends on fields clients may set.
+    fn after_field_change(&self, class: Class, r: &Ref, field: &str) {
+        if class == Class::VM && field == "blocked_operations" {
+            self.refresh_vm(r);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Edit {
+    Set,
+    MapAdd,
+    MapRemove,
+    SetAdd,
+    SetRemove,
+}
+
+fn edit_value(
+    kind: Edit,
+    ty: FieldType,
+    current: Option<Value>,
+    args: &[Wire],
+) -> Result<Value, xenpool_core::CoreError> {
+    let bad = || xenpool_core::CoreError::FieldType {
+        expected: ty.describe(),
+        got: "a different kind of field".into(),
+    };
+    let arg = |i: usize| args.get(i).cloned().unwrap_or(Wire::Nil);
+    match (kind, ty) {
+        (Edit::Set, _) => from_wire(ty, &arg(0)),
+        (Edit::MapAdd, FieldType::Map(kt, vt)) => {
+            let k = from_wire(*kt, &arg(0))?;
+            let v = from_wire(*vt, &arg(1))?;
+            let Some(Value::Map(mut pairs)) = current else {
+                return Err(bad());
+            };
+            // xapi refuses to overwrite an existing key through add_to.
+            if pairs.iter().any(|(pk, _)| *pk == k) {
+                return Err(xenpool_core::CoreError::api(
+                    "MAP_DUPLICATE_KEY",
+                    [ty.describe(), format!("{k:?}")],
+                ));
+            }
+            pairs.push((k, v));
+            Ok(Value::Map(pairs))
+        }
+        (Edit::MapRemove, FieldType::Map(kt, _)) => {
+            let k = from_wire(*kt, &arg(0))?;
+            let Some(Value::Map(mut pairs)) = current else {
+                return Err(bad());
+            };
+            pairs.retain(|(pk, _)| *pk != k);
+            Ok(Value::Map(pairs))
+        }
+        (Edit::SetAdd, FieldType::Set(it)) => {
+            let v = from_wire(*it, &arg(0))?;
+            let Some(Value::Set(mut items)) = current else {
+                return Err(bad());
+            };
+            if !items.contains(&v) {
+                items.push(v);
+            }
+            Ok(Value::Set(items))
+        }
+        (Edit::SetRemove, FieldType::Set(it)) => {
+            let v = from_wire(*it, &arg(0))?;
+            let Some(Value::Set(mut items)) = current else {
+                return Err(bad());
+            };
+            items.retain(|i| *i != v);
+            Ok(Value::Set(items))
+        }
+        _ => Err(bad()),
+    }
+}

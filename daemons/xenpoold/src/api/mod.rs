@@ -1,0 +1,220 @@
+//! XenAPI dispatch: a decoded call becomes a core read or transaction. Generic calls
+//! (`get_record`, `get_<field>`, `set_<field>`, ...) come from the datamodel's field
+//! metadata; the rest are written per message.
+
+mod auth;
+mod events;
+mod generic;
+mod objects;
+mod pool;
+mod tasks;
+mod vm;
+
+use std::sync::Arc;
+
+use xenpool_core::{Class, CoreError, Ref};
+use xenpool_rpc::{CallContext, Protocol, Request, Value as Wire, XenApiError};
+
+use crate::conv::IntStyle;
+use crate::node::Node;
+
+pub use auth::{hash_password, Role};
+
+/// The XenAPI handler of one host.
+#[derive(Debug, Clone)]
+pub struct Api {
+    node: Arc<Node>,
+}
+
+/// The caller of a call, once its session is checked.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The session reference.
+    pub session: Ref,
+    /// The user's name.
+    pub user: String,
+    /// The user's strongest role.
+    pub role: Role,
+}
+
+/// Everything one call needs besides its parameters.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Who calls.
+    pub caller: Caller,
+    /// How ints travel back.
+    pub ints: IntStyle,
+    /// The task this call runs as, when it came as `Async.`.
+    pub task: Option<Ref>,
+}
+
+/// A core error in wire form.
+pub fn api_error(e: CoreError) -> XenApiError {
+    let mut d = e.to_description();
+    let code = d.remove(0);
+    XenApiError::new(code, d)
+}
+
+/// Shorthand for results of dispatch.
+pub type ApiResult = Result<Wire, XenApiError>;
+
+impl Api {
+    /// A handler serving `node`.
+    pub fn new(node: Arc<Node>) -> Api {
+        Api { node }
+    }
+
+    /// The node served.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    async fn dispatch(&self, ctx: CallContext, call: xenpool_rpc::Call) -> ApiResult {
+        let req = Request::parse(call)?;
+        let ints = match ctx.protocol {
+            Protocol::XmlRpc => IntStyle::String,
+            _ => IntStyle::Number,
+        };
+        match (req.class.as_str(), req.message.as_str()) {
+            ("system", "listMethods") => return Ok(self.list_methods()),
+            ("system", "getAPIVersion") => return Ok(Wire::String("2.21".into())),
+            ("session", "login_with_password") => return self.login(&req).await,
+            ("session", "slave_local_login_with_password") => return self.login(&req).await,
+            _ => {}
+        }
+        if let Some(redirect) = self.node.redirect_for(&req) {
+            return Err(redirect);
+        }
+        let caller = self.check_session(&req)?;
+        auth::check_permission(&caller, &req)?;
+        let cx = Ctx {
+            caller,
+            ints,
+            task: None,
+        };
+        if req.is_async {
+            return self.spawn_task(cx, req);
+        }
+        self.exec(&cx, &req).await
+    }
+
+    /// Runs a call with a checked session (synchronously, or inside a task).
+    pub(crate) async fn exec(&self, cx: &Ctx, req: &Request) -> ApiResult {
+        let class = req.class.as_str();
+        let message = req.message.as_str();
+        match class {
+            "session" => return self.session_call(cx, req),
+            "event" => return self.event_call(cx, req).await,
+            "task" => {
+                if let Some(r) = self.task_call(cx, req)? {
+                    return Ok(r);
+                }
+            }
+            "VM" => {
+                if let Some(r) = self.vm_call(cx, req).await? {
+                    return Ok(r);
+                }
+            }
+            "pool" => {
+                if let Some(r) = self.pool_call(cx, req).await? {
+                    return Ok(r);
+                }
+            }
+            "host" | "VDI" | "VBD" | "VIF" | "message" | "network" | "SR" | "PBD" => {
+                if let Some(r) = self.object_call(cx, req).await? {
+                    return Ok(r);
+                }
+            }
+            _ => {}
+        }
+        let Some(cls) = Class::parse(class).filter(|c| c.is_exposed()) else {
+            return Err(XenApiError::method_unknown(&req.method));
+        };
+        let _ = message;
+        self.generic(cx, cls, req)
+    }
+
+    fn list_methods(&self) -> Wire {
+        let mut out = vec![
+            "system.listMethods".to_string(),
+            "session.login_with_password".into(),
+            "session.logout".into(),
+            "session.get_this_host".into(),
+            "session.get_this_user".into(),
+            "event.from".into(),
+            "event.inject".into(),
+        ];
+        for class in Class::ALL.iter().filter(|c| c.is_exposed()) {
+            let n = class.name();
+            for m in [
+                "get_all",
+                "get_all_records",
+                "get_record",
+                "get_by_uuid",
+            ] {
+                out.push(format!("{n}.{m}"));
+            }
+            if class.fields().iter().any(|f| f.name == "name_label") {
+                out.push(format!("{n}.get_by_name_label"));
+            }
+            for f in class.fields() {
+                out.push(format!("{n}.get_{}", f.name));
+                if f.writable {
+                    out.push(format!("{n}.set_{}", f.name));
+                }
+            }
+        }
+        out.extend(vm::MESSAGES.iter().map(|m| format!("VM.{m}")));
+        Wire::Array(out.into_iter().map(Wire::String).collect())
+    }
+}
+
+impl xenpool_rpc::Handler for Api {
+    async fn call(&self, ctx: CallContext, call: xenpool_rpc::Call) -> ApiResult {
+        self.dispatch(ctx, call).await
+    }
+}
+
+/// Reads a reference parameter.
+pub(crate) fn ref_param(
+    r: &mut xenpool_rpc::ParamReader<'_>,
+    name: &str,
+) -> Result<Ref, XenApiError> {
+    Ok(Ref::from_string(r.string(name)?))
+}
+
+/// Adds a local user to the pool database in `config.data_dir` (with the daemon stopped);
+/// the password goes to `<data_dir>/<name>-password`, readable by its owner only.
+pub fn add_user(config: &crate::config::Config, name: &str, role: &str) -> anyhow::Result<()> {
+    let role = Role::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role}"))?;
+    let persistence = xenpool_storage::SqlitePersistence::open(&config.data_dir.join("pool.db"))
+        .map_err(|e| anyhow::anyhow!("cannot open the pool database: {e}"))?;
+    let db = xenpool_core::Database::open(Box::new(persistence))
+        .map_err(|e| anyhow::anyhow!("cannot load the pool database: {e}"))?;
+    if db.is_empty() {
+        anyhow::bail!("no pool in {}: start xenpoold once first", config.data_dir.display());
+    }
+    if db
+        .all::<xenpool_core::LocalUserRecord>()
+        .any(|(_, u)| u.short_name == name)
+    {
+        anyhow::bail!("user {name} exists");
+    }
+    let state = crate::state::State::new(db, Ref::null());
+    let password = crate::bootstrap::random_password(&state);
+    let hash = hash_password(&password, state.random()).map_err(|e| anyhow::anyhow!(e))?;
+    let r = state.new_ref();
+    let rec = xenpool_core::LocalUserRecord {
+        uuid: state.new_uuid(),
+        short_name: name.to_string(),
+        password_hash: hash,
+        roles: vec![role.name().to_string()],
+    };
+    state
+        .write(|txn| txn.create(r, rec))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = config.data_dir.join(format!("{name}-password"));
+    crate::bootstrap::write_secret(&path, &password)?;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Create and destroy calls of VDI, VBD, VIF, network and message, and the host and PBD
+//! calls the pool rules guard.
+
+use xenpool_core::ops::{check_host_operation, refresh_vm_allowed_operations};
+use xenpool_core::{
+    Class, CoreError, HostOperation, HostRecord, MessageClass, MessageRecord, NetworkRecord,
+    Object, PbdRecord, Ref, SrRecord, VbdRecord, VdiRecord, VifRecord, VmPowerState, VmRecord,
+};
+use xenpool_rpc::{Request, Value as Wire, XenApiError};
+
+use super::{api_error, ref_param, Api, Ctx};
+use crate::conv::{from_wire, to_wire};
+use crate::state::now;
+
+fn record_from(class: Class, fields: &[(String, Wire)]) -> Result<Object, XenApiError> {
+    let mut obj = class.default_object();
+    for (name, value) in fields {
+        if let Some(meta) = class.fields().iter().find(|f| f.name == name) {
+            let v = from_wire(meta.ty, value).map_err(api_error)?;
+            obj.set_field(meta.name, v).map_err(api_error)?;
+        }
+    }
+    Ok(obj)
+}
+
+fn void() -> Option<Wire> {
+    Some(Wire::String(String::new()))
+}
+
+fn string(r: &Ref) -> Option<Wire> {
+    Some(Wire::String(r.as_str().to_string()))
+}
+
+impl Api {
+    pub(super) async fn object_call(
+        &self,
+        cx: &Ctx,
+        req: &Request,
+    ) -> Result<Option<Wire>, XenApiError> {
+        let node = self.node();
+        let state = &node.state;
+        let class = req.class.as_str();
+        let m = req.message.as_str();
+        Ok(match (class, m) {
+            ("VDI", "create") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let obj = record_from(Class::VDI, p.structure("args")?)?;
+                let Object::VDI(mut rec) = obj else {
+                    return Ok(None);
+                };
+                let vdi = state.new_ref();
+                rec.uuid = state.new_uuid();
+                rec.location = rec.uuid.clone();
+                rec.VBDs.clear();
+                rec.managed = true;
+                if rec.virtual_size < 0 {
+                    return Err(XenApiError::new(
+                        "INVALID_VALUE",
+                        ["virtual_size", &rec.virtual_size.to_string()],
+                    ));
+                }
+                let sr = rec.SR.clone();
+                state
+                    .db()
+                    .get::<SrRecord>(&sr)
+                    .map_err(api_error)?;
+                node.vdi_create(&sr, &rec.uuid, rec.virtual_size as u64)
+                    .await?;
+                let uuid = rec.uuid.clone();
+                let created = state.write(|txn| txn.create(vdi.clone(), *rec));
+                if let Err(e) = created {
+                    let _ = node.vdi_destroy(&sr, &uuid).await;
+                    return Err(api_error(e));
+                }
+                string(&vdi)
+            }
+            ("VDI", "destroy") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let vdi = ref_param(&mut p, "self")?;
+                let (sr, location) = {
+                    let db = state.db();
+                    let d = db.get::<VdiRecord>(&vdi).map_err(api_error)?;
+                    for vbd in &d.VBDs {
+                        if db.get::<VbdRecord>(vbd).is_ok_and(|b| b.currently_attached) {
+                            return Err(XenApiError::new("VDI_IN_USE", [vdi.as_str(), "destroy"]));
+                        }
+                    }
+                    (d.SR.clone(), d.location.clone())
+                };
+                state
+                    .write(|txn| txn.destroy(Class::VDI, &vdi))
+                    .map_err(api_error)?;
+                node.vdi_destroy(&sr, &location).await?;
+                node.after_vm_change();
+                void()
+            }
+            ("VBD", "create") | ("VIF", "create") => {
+                let cls = if class == "VBD" { Class::VBD } else { Class::VIF };
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let obj = record_from(cls, p.structure("args")?)?;
+                let r = state.new_ref();
+                let uuid = state.new_uuid();
+                let random = state.random();
+                state
+                    .write(|txn| {
+                        let vm = match &obj {
+                            Object::VBD(b) => b.VM.clone(),
+                            Object::VIF(f) => f.VM.clone(),
+                            _ => Ref::null(),
+                        };
+                        let v = txn.get::<VmRecord>(&vm)?.clone();
+                        if v.power_state != VmPowerState::Halted {
+                            // Hot-plug is not modelled: devices change while the VM is off.
+                            return Err(CoreError::api(
+                                "VM_BAD_POWER_STATE",
+                                [vm.as_str(), "halted", &v.power_state.as_str().to_ascii_lowercase()],
+                            ));
+                        }
+                        let obj = match obj {
+                            Object::VBD(mut b) => {
+                                b.uuid = uuid;
+                                b.currently_attached = false;
+                                if b.VDI.is_null() {
+                                    b.empty = true;
+                                }
+                                Object::VBD(b)
+                            }
+                            Object::VIF(mut f) => {
+                                f.uuid = uuid;
+                                f.currently_attached = false;
+                                if f.MAC.is_empty() {
+                                    f.MAC = crate::bootstrap::mac_from(random);
+                                    f.MAC_autogenerated = true;
+                                }
+                                Object::VIF(f)
+                            }
+                            other => other,
+                        };
+                        if !cx_force_overcommit(txn.db()) {
+                            node.ha_check_change(txn.db(), |db, input| {
+                                crate::ha::add_device(db, input, &obj);
+                            })?;
+                        }
+                        txn.create_object(r.clone(), obj)?;
+                        refresh_vm_allowed_operations(txn, &vm)
+                    })
+                    .map_err(api_error)?;
+                node.after_vm_change();
+                string(&r)
+            }
+            ("VBD", "destroy") | ("VIF", "destroy") => {
+                let cls = if class == "VBD" { Class::VBD } else { Class::VIF };
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let r = ref_param(&mut p, "self")?;
+                state
+                    .write(|txn| {
+                        let attached = match txn.db().object(cls, &r)? {
+                            Object::VBD(b) => b.currently_attached,
+                            Object::VIF(f) => f.currently_attached,
+                            _ => false,
+                        };
+                        if attached {
+                            return Err(CoreError::api(
+                                "DEVICE_ALREADY_ATTACHED",
+                                [r.as_str()],
+                            ));
+                        }
+                        txn.destroy(cls, &r)
+                    })
+                    .map_err(api_error)?;
+                node.after_vm_change();
+                void()
+            }
+            ("network", "create") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let obj = record_from(Class::Network, p.structure("args")?)?;
+                let Object::Network(mut rec) = obj else {
+                    return Ok(None);
+                };
+                let r = state.new_ref();
+                rec.uuid = state.new_uuid();
+                rec.VIFs.clear();
+                rec.PIFs.clear();
+                if rec.bridge.is_empty() {
+                    rec.bridge = format!("xapi{}", state.db().count(Class::Network));
+                }
+                if rec.MTU == 0 {
+                    rec.MTU = 1500;
+                }
+                state
+                    .write(|txn| txn.create::<NetworkRecord>(r.clone(), *rec))
+                    .map_err(api_error)?;
+                string(&r)
+            }
+            ("network", "destroy") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let r = ref_param(&mut p, "self")?;
+                state
+                    .write(|txn| txn.destroy(Class::Network, &r))
+                    .map_err(api_error)?;
+                void()
+            }
+            ("message", "create") => {
+                let mut p = req.reader(6)?;
+                p.value()?;
+                let name = p.string("name")?.to_string();
+                let priority = p.int("priority")?;
+                let cls = p.string("cls")?;
+                let cls = MessageClass::parse(cls)
+                    .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["cls", cls]))?;
+                let obj_uuid = p.string("obj_uuid")?.to_string();
+                let body = p.string("body")?.to_string();
+                let r = node.raise_message(&name, priority, cls, &obj_uuid, &body)
+                    .map_err(api_error)?;
+                string(&r)
+            }
+            ("message", "destroy") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let r = ref_param(&mut p, "self")?;
+                state
+                    .write(|txn| txn.destroy(Class::Message, &r))
+                    .map_err(api_error)?;
+                void()
+            }
+            ("message", "get_since") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let since = p.value()?;
+                let since = match since {
+                    Wire::DateTime(s) | Wire::String(s) => s.clone(),
+                    _ => String::new(),
+                };
+                let db = state.db();
+                Some(Wire::Struct(
+                    db.all::<MessageRecord>()
+                        .filter(|(_, m)| m.timestamp.as_str() > since.as_str())
+                        .map(|(r, m)| {
+                            (
+                                r.as_str().to_string(),
+                                to_wire(&xenpool_core::Record::to_value(m), cx.ints),
+                            )
+                        })
+                        .collect(),
+                ))
+            }
+            ("host", "get_servertime") | ("host", "get_server_localtime") => {
+                Some(Wire::DateTime(now().as_str().to_string()))
+            }
+            ("host", "disable") | ("host", "enable") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let host = ref_param(&mut p, "host")?;
+                let enable = m == "enable";
+                let inputs = state.inputs();
+                state
+                    .write(|txn| {
+                        let op = if enable {
+                            HostOperation::Enable
+                        } else {
+                            HostOperation::Disable
+                        };
+                        check_host_operation(txn.db(), &host, op, &inputs)?;
+                        if !enable && !cx_force_overcommit(txn.db()) {
+                            node.ha_check_change(txn.db(), |_, input| {
+                                crate::ha::disable_host(input, &host);
+                            })?;
+                        }
+                        txn.update::<HostRecord>(&host, |h| h.enabled = enable)?;
+                        xenpool_core::ops::refresh_allowed_operations(txn, &inputs)
+                    })
+                    .map_err(api_error)?;
+                node.after_vm_change();
+                void()
+            }
+            ("PBD", "unplug") | ("PBD", "plug") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let pbd = ref_param(&mut p, "self")?;
+                let plug = m == "plug";
+                let inputs = state.inputs();
+                state
+                    .write(|txn| {
+                        let b = txn.get::<PbdRecord>(&pbd)?.clone();
+                        if !plug {
+                            // A running VM with a disk on this SR and host keeps it plugged.
+                            let db = txn.db();
+                            for (vr, v) in db.all::<VmRecord>() {
+                                if v.resident_on != b.host || v.power_state == VmPowerState::Halted {
+                                    continue;
+                                }
+                                for vbd in &v.VBDs {
+                                    let on_sr = db
+                                        .get::<VbdRecord>(vbd)
+                                        .ok()
+                                        .and_then(|x| db.get::<VdiRecord>(&x.VDI).ok())
+                                        .is_some_and(|d| d.SR == b.SR);
+                                    if on_sr {
+                                        return Err(CoreError::api(
+                                            "VDI_IN_USE",
+                                            [vr.as_str(), "unplug"],
+                                        ));
+                                    }
+                                }
+                            }
+                            if !cx_force_overcommit(db) {
+                                node.ha_check_change(db, |_, input| {
+                                    crate::ha::unplug_pbd(input, &b.host, &b.SR);
+                                })?;
+                            }
+                        }
+                        txn.update::<PbdRecord>(&pbd, |x| x.currently_attached = plug)?;
+                        xenpool_core::ops::refresh_allowed_operations(txn, &inputs)
+                    })
+                    .map_err(api_error)?;
+                node.after_vm_change();
+                void()
+            }
+            _ => None,
+        })
+    }
+}
+
+/// Calls without a `force` parameter are forced by the pool's `ha_allow_overcommit`.
+fn cx_force_overcommit(db: &xenpool_core::Database) -> bool {
+    db.all::<xenpool_core::PoolRecord>()
+        .next()
+        .is_some_and(|(_, p)| p.ha_allow_overcommit)
+}
+
+#[allow(dead_code)]
+fn _unused(_: MessageRecord) {}

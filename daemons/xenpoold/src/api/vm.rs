@@ -1,0 +1,534 @@
+//! VM lifecycle: each call checks the rules in core, records the operation as current,
+//! does the domain work without holding the database, then records the result.
+
+use xenpool_core::ops::{check_vm_operation, refresh_vm_allowed_operations};
+use xenpool_core::placement::{check_vm_fits_host, choose_host};
+use xenpool_core::{
+    Class, CoreError, Ref, VbdRecord, VdiRecord, VifRecord, VmMetricsRecord, VmOperation,
+    VmPowerState, VmRecord,
+};
+use xenpool_rpc::{Request, Value as Wire, XenApiError};
+
+use super::{api_error, ref_param, Api, ApiResult, Ctx};
+use crate::conv::from_wire;
+use crate::node::DomainOp;
+use crate::state::now;
+
+/// The VM messages handled here, beyond the generic ones.
+pub const MESSAGES: &[&str] = &[
+    "start",
+    "start_on",
+    "clean_shutdown",
+    "hard_shutdown",
+    "shutdown",
+    "clean_reboot",
+    "hard_reboot",
+    "suspend",
+    "resume",
+    "resume_on",
+    "pause",
+    "unpause",
+    "destroy",
+    "clone",
+    "copy",
+    "provision",
+    "create",
+    "assert_can_boot_here",
+    "set_ha_restart_priority",
+    "set_memory_limits",
+    "set_memory",
+    "set_VCPUs_max",
+    "set_VCPUs_at_startup",
+];
+
+/// Valid values of `VM.ha_restart_priority`.
+pub const PRIORITIES: &[&str] = &["restart", "best-effort", ""];
+
+impl Api {
+    pub(super) async fn vm_call(
+        &self,
+        cx: &Ctx,
+        req: &Request,
+    ) -> Result<Option<Wire>, XenApiError> {
+        let m = req.message.as_str();
+        let out = match m {
+            "start" | "resume" => {
+                let mut p = req.reader(4)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "vm")?;
+                let start_paused = p.bool("start_paused")?;
+                let force = p.bool("force")?;
+                let op = if m == "start" {
+                    VmOperation::Start
+                } else {
+                    VmOperation::Resume
+                };
+                self.power_op(cx, &vm, op, None, start_paused, force).await?
+            }
+            "start_on" | "resume_on" => {
+                let mut p = req.reader(5)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "vm")?;
+                let host = ref_param(&mut p, "host")?;
+                let start_paused = p.bool("start_paused")?;
+                let force = p.bool("force")?;
+                let op = if m == "start_on" {
+                    VmOperation::StartOn
+                } else {
+                    VmOperation::ResumeOn
+                };
+                self.power_op(cx, &vm, op, Some(host), start_paused, force)
+                    .await?
+            }
+            "clean_shutdown" | "hard_shutdown" | "shutdown" | "clean_reboot" | "hard_reboot"
+            | "suspend" | "pause" | "unpause" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "vm")?;
+                let op = match m {
+                    "clean_shutdown" => VmOperation::CleanShutdown,
+                    "hard_shutdown" => VmOperation::HardShutdown,
+                    "shutdown" => VmOperation::Shutdown,
+                    "clean_reboot" => VmOperation::CleanReboot,
+                    "hard_reboot" => VmOperation::HardReboot,
+                    "suspend" => VmOperation::Suspend,
+                    "pause" => VmOperation::Pause,
+                    _ => VmOperation::Unpause,
+                };
+                self.power_op(cx, &vm, op, None, false, false).await?
+            }
+            "destroy" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "self")?;
+                self.node()
+                    .state
+                    .write(|txn| {
+                        check_vm_operation(txn.db(), &vm, VmOperation::Destroy)?;
+                        txn.destroy(Class::VM, &vm)
+                    })
+                    .map_err(api_error)?;
+                Wire::String(String::new())
+            }
+            "clone" | "copy" => {
+                let mut p = req.reader(if m == "clone" { 3 } else { 4 })?;
+                p.value()?;
+                let vm = ref_param(&mut p, "vm")?;
+                let name = p.string("new_name")?.to_string();
+                let op = if m == "clone" {
+                    VmOperation::Clone
+                } else {
+                    VmOperation::Copy
+                };
+                let new = self.clone_vm(&vm, &name, op)?;
+                Wire::String(new.as_str().to_string())
+            }
+            "provision" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "vm")?;
+                self.node()
+                    .state
+                    .db()
+                    .get::<VmRecord>(&vm)
+                    .map_err(api_error)?;
+                Wire::String(String::new())
+            }
+            "create" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let fields = p.structure("args")?;
+                let vm = self.create_vm(fields)?;
+                Wire::String(vm.as_str().to_string())
+            }
+            "assert_can_boot_here" => {
+                let mut p = req.reader(3)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "self")?;
+                let host = ref_param(&mut p, "host")?;
+                let inputs = self.node().state.inputs();
+                let db = self.node().state.db();
+                check_vm_fits_host(&db, &vm, &host, &inputs).map_err(api_error)?;
+                Wire::String(String::new())
+            }
+            "set_ha_restart_priority" => {
+                let mut p = req.reader(3)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "self")?;
+                let value = p.string("value")?.to_string();
+                if !PRIORITIES.contains(&value.as_str()) {
+                    return Err(XenApiError::new(
+                        "INVALID_VALUE",
+                        ["ha_restart_priority", value.as_str()],
+                    ));
+                }
+                self.set_ha_restart_priority(&vm, value, false)?;
+                Wire::String(String::new())
+            }
+            "set_memory_limits" => {
+                let mut p = req.reader(6)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "self")?;
+                let mut vals = [0i64; 4];
+                for (i, name) in ["static_min", "static_max", "dynamic_min", "dynamic_max"]
+                    .iter()
+                    .enumerate()
+                {
+                    vals[i] = p.int(name)?;
+                }
+                self.set_memory(&vm, vals)?;
+                Wire::String(String::new())
+            }
+            "set_memory" => {
+                let mut p = req.reader(3)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "self")?;
+                let v = p.int("value")?;
+                let smin = self
+                    .node()
+                    .state
+                    .db()
+                    .get::<VmRecord>(&vm)
+                    .map_err(api_error)?
+                    .memory_static_min;
+                self.set_memory(&vm, [smin.min(v), v, v, v])?;
+                Wire::String(String::new())
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(out))
+    }
+
+    fn set_memory(&self, vm: &Ref, [smin, smax, dmin, dmax]: [i64; 4]) -> Result<(), XenApiError> {
+        if !(0 <= smin && smin <= dmin && dmin <= dmax && dmax <= smax) {
+            return Err(XenApiError::new(
+                "MEMORY_CONSTRAINT_VIOLATION",
+                ["Memory limits must satisfy: static_min <= dynamic_min <= dynamic_max <= static_max"],
+            ));
+        }
+        self.node()
+            .state
+            .write(|txn| {
+                let v = txn.get::<VmRecord>(vm)?;
+                if v.power_state != VmPowerState::Halted {
+                    return Err(CoreError::api(
+                        "VM_BAD_POWER_STATE",
+                        [vm.as_str(), "halted", &v.power_state.as_str().to_ascii_lowercase()],
+                    ));
+                }
+                txn.update::<VmRecord>(vm, |v| {
+                    v.memory_static_min = smin;
+                    v.memory_static_max = smax;
+                    v.memory_dynamic_min = dmin;
+                    v.memory_dynamic_max = dmax;
+                    v.memory_target = dmax;
+                })
+            })
+            .map_err(api_error)
+    }
+
+    fn create_vm(&self, fields: &[(String, Wire)]) -> Result<Ref, XenApiError> {
+        let state = &self.node().state;
+        let mut obj = Class::VM.default_object();
+        for (name, value) in fields {
+            let Some(meta) = Class::VM.fields().iter().find(|f| f.name == name) else {
+                continue; // xapi ignores fields it does not know in a create record
+            };
+            let v = from_wire(meta.ty, value).map_err(api_error)?;
+            obj.set_field(meta.name, v).map_err(api_error)?;
+        }
+        let vm = state.new_ref();
+        let uuid = state.new_uuid();
+        let metrics = state.new_ref();
+        state
+            .write(|txn| {
+                txn.create(
+                    metrics.clone(),
+                    VmMetricsRecord {
+                        uuid: state.new_uuid(),
+                        ..Default::default()
+                    },
+                )?;
+                let xenpool_core::Object::VM(mut rec) = obj else {
+                    return Err(CoreError::handle_invalid("VM", &vm));
+                };
+                // Runtime fields are the toolstack's, whatever the caller sent.
+                rec.uuid = uuid;
+                rec.power_state = VmPowerState::Halted;
+                rec.resident_on = Ref::null();
+                rec.scheduled_to_be_resident_on = Ref::null();
+                rec.is_control_domain = false;
+                rec.current_operations.clear();
+                rec.VBDs.clear();
+                rec.VIFs.clear();
+                rec.snapshots.clear();
+                rec.domid = -1;
+                rec.metrics = metrics.clone();
+                if !PRIORITIES.contains(&rec.ha_restart_priority.as_str()) {
+                    return Err(CoreError::InvalidValue {
+                        field: "ha_restart_priority".into(),
+                        value: rec.ha_restart_priority.clone(),
+                    });
+                }
+                txn.create(vm.clone(), *rec)?;
+                refresh_vm_allowed_operations(txn, &vm)
+            })
+            .map_err(api_error)?;
+        Ok(vm)
+    }
+
+    fn clone_vm(&self, vm: &Ref, name: &str, op: VmOperation) -> Result<Ref, XenApiError> {
+        let state = &self.node().state;
+        let new = state.new_ref();
+        state
+            .write(|txn| {
+                check_vm_operation(txn.db(), vm, op)?;
+                let src = txn.get::<VmRecord>(vm)?.clone();
+                let metrics = state.new_ref();
+                txn.create(
+                    metrics.clone(),
+                    VmMetricsRecord {
+                        uuid: state.new_uuid(),
+                        ..Default::default()
+                    },
+                )?;
+                let mut rec = src.clone();
+                rec.uuid = state.new_uuid();
+                rec.name_label = name.to_string();
+                rec.is_default_template = false;
+                rec.VBDs.clear();
+                rec.VIFs.clear();
+                rec.snapshots.clear();
+                rec.current_operations.clear();
+                rec.allowed_operations.clear();
+                rec.other_config.remove("default_template");
+                rec.metrics = metrics;
+                rec.domid = -1;
+                txn.create(new.clone(), rec)?;
+                // Disks are cloned as new VDIs in the same SR; interfaces get new MACs.
+                for vbd in &src.VBDs {
+                    let b = txn.get::<VbdRecord>(vbd)?.clone();
+                    let mut vdi_ref = Ref::null();
+                    if !b.VDI.is_null() {
+                        let d = txn.get::<VdiRecord>(&b.VDI)?.clone();
+                        vdi_ref = state.new_ref();
+                        let uuid = state.new_uuid();
+                        txn.create(
+                            vdi_ref.clone(),
+                            VdiRecord {
+                                uuid: uuid.clone(),
+                                name_label: d.name_label.clone(),
+                                name_description: d.name_description.clone(),
+                                SR: d.SR.clone(),
+                                virtual_size: d.virtual_size,
+                                r#type: d.r#type,
+                                location: uuid,
+                                managed: true,
+                                sm_config: d.sm_config.clone(),
+                                ..Default::default()
+                            },
+                        )?;
+                    }
+                    txn.create(
+                        state.new_ref(),
+                        VbdRecord {
+                            uuid: state.new_uuid(),
+                            VM: new.clone(),
+                            VDI: vdi_ref,
+                            currently_attached: false,
+                            allowed_operations: Vec::new(),
+                            current_operations: Default::default(),
+                            ..b
+                        },
+                    )?;
+                }
+                for vif in &src.VIFs {
+                    let f = txn.get::<VifRecord>(vif)?.clone();
+                    txn.create(
+                        state.new_ref(),
+                        VifRecord {
+                            uuid: state.new_uuid(),
+                            VM: new.clone(),
+                            MAC: crate::bootstrap::mac_from(state.random()),
+                            currently_attached: false,
+                            ..f
+                        },
+                    )?;
+                }
+                refresh_vm_allowed_operations(txn, &new)
+            })
+            .map_err(api_error)?;
+        Ok(new)
+    }
+
+    pub(crate) fn set_ha_restart_priority(
+        &self,
+        vm: &Ref,
+        value: String,
+        force: bool,
+    ) -> Result<(), XenApiError> {
+        let node = self.node();
+        node.state
+            .write(|txn| {
+                let db = txn.db();
+                if !force {
+                    node.ha_check_change(db, |_, input| {
+                        crate::ha::set_priority(input, vm, &value);
+                    })?;
+                }
+                txn.update::<VmRecord>(vm, |v| {
+                    v.ha_always_run = value == "restart";
+                    v.ha_restart_priority = value;
+                })
+            })
+            .map_err(api_error)?;
+        node.ha_refresh();
+        Ok(())
+    }
+
+    /// Recomputes a VM's allowed operations (after a field its rules read changed).
+    pub(crate) fn refresh_vm(&self, vm: &Ref) {
+        let _ = self
+            .node()
+            .state
+            .write(|txn| refresh_vm_allowed_operations(txn, vm));
+    }
+
+    async fn power_op(
+        &self,
+        cx: &Ctx,
+        vm: &Ref,
+        op: VmOperation,
+        target: Option<Ref>,
+        start_paused: bool,
+        force: bool,
+    ) -> ApiResult {
+        let node = self.node();
+        let state = &node.state;
+        // The key under which the operation shows in current_operations: the task when
+        // there is one, else a fresh reference standing for this call.
+        let key = cx.task.clone().unwrap_or_else(|| state.new_ref());
+        let inputs = state.inputs();
+        let (host, before) = state
+            .write(|txn| {
+                check_vm_operation(txn.db(), vm, op)?;
+                let v = txn.get::<VmRecord>(vm)?.clone();
+                let host = match op {
+                    VmOperation::Start | VmOperation::Resume => {
+                        choose_host(txn.db(), vm, &inputs)?
+                    }
+                    VmOperation::StartOn | VmOperation::ResumeOn => {
+                        let host = target.clone().unwrap_or_default();
+                        check_vm_fits_host(txn.db(), vm, &host, &inputs)?;
+                        host
+                    }
+                    _ => v.resident_on.clone(),
+                };
+                let starting = matches!(
+                    op,
+                    VmOperation::Start
+                        | VmOperation::StartOn
+                        | VmOperation::Resume
+                        | VmOperation::ResumeOn
+                );
+                if starting && !force {
+                    node.ha_check_change(txn.db(), |_, input| {
+                        crate::ha::place_vm(input, vm, &host);
+                    })?;
+                }
+                txn.update::<VmRecord>(vm, |r| {
+                    r.current_operations
+                        .insert(key.as_str().to_string(), op);
+                    if starting {
+                        r.scheduled_to_be_resident_on = host.clone();
+                    }
+                })?;
+                refresh_vm_allowed_operations(txn, vm)?;
+                Ok((host, v))
+            })
+            .map_err(api_error)?;
+        self.progress(cx, 0.1);
+        let work = async {
+            self.check_cancelled(cx)?;
+            let dop = match op {
+                VmOperation::Start | VmOperation::StartOn => DomainOp::Start {
+                    paused: start_paused,
+                },
+                VmOperation::Resume | VmOperation::ResumeOn => DomainOp::Resume {
+                    paused: start_paused,
+                },
+                VmOperation::CleanShutdown | VmOperation::Shutdown => {
+                    DomainOp::Shutdown { clean: true }
+                }
+                VmOperation::HardShutdown => DomainOp::Shutdown { clean: false },
+                VmOperation::CleanReboot => DomainOp::Reboot { clean: true },
+                VmOperation::HardReboot => DomainOp::Reboot { clean: false },
+                VmOperation::Suspend => DomainOp::Suspend,
+                VmOperation::Pause => DomainOp::Pause,
+                _ => DomainOp::Unpause,
+            };
+            node.domain_op(&host, &before, dop).await
+        };
+        let outcome = work.await;
+        self.progress(cx, 0.9);
+        let result = state.write(|txn| {
+            if !txn.db().exists(Class::VM, vm) {
+                return Ok(());
+            }
+            txn.update::<VmRecord>(vm, |r| {
+                r.current_operations.remove(key.as_str());
+                r.scheduled_to_be_resident_on = Ref::null();
+            })?;
+            if let Ok(domid) = &outcome {
+                let (power, resident, domid) = match op {
+                    VmOperation::Start
+                    | VmOperation::StartOn
+                    | VmOperation::Resume
+                    | VmOperation::ResumeOn => (
+                        if start_paused {
+                            VmPowerState::Paused
+                        } else {
+                            VmPowerState::Running
+                        },
+                        host.clone(),
+                        *domid,
+                    ),
+                    VmOperation::CleanShutdown
+                    | VmOperation::HardShutdown
+                    | VmOperation::Shutdown => (VmPowerState::Halted, Ref::null(), -1),
+                    VmOperation::Suspend => (VmPowerState::Suspended, Ref::null(), -1),
+                    VmOperation::Pause => (VmPowerState::Paused, host.clone(), *domid),
+                    _ => (VmPowerState::Running, host.clone(), *domid),
+                };
+                let metrics = before.metrics.clone();
+                txn.update::<VmRecord>(vm, |r| {
+                    r.power_state = power;
+                    r.resident_on = resident;
+                    r.domid = domid;
+                })?;
+                if txn.db().exists(Class::VMMetrics, &metrics) {
+                    txn.update::<VmMetricsRecord>(&metrics, |m| {
+                        m.last_updated = now();
+                        if power == VmPowerState::Running
+                            && before.power_state != VmPowerState::Running
+                        {
+                            m.start_time = now();
+                        }
+                        m.memory_actual = if power == VmPowerState::Halted {
+                            0
+                        } else {
+                            before.memory_static_max
+                        };
+                        m.VCPUs_number = before.VCPUs_at_startup;
+                    })?;
+                }
+            }
+            refresh_vm_allowed_operations(txn, vm)
+        });
+        if let Err(e) = result {
+            tracing::error!(vm = %vm, error = %e, "could not record a VM operation's result");
+        }
+        node.after_vm_change();
+        outcome.map(|_| Wire::String(String::new()))
+    }
+}

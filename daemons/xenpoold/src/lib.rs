@@ -1,0 +1,227 @@
+//! xenpoold: the toolstack of one host, composed from the xenpool crates. It parses its
+//! configuration, opens the pool database, builds the backends and serves XenAPI; the pool
+//! rules themselves live in `xenpool-core` and `xenpool-ha`.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`state`]: the database behind a lock, references, event notifications.
+//! - [`node`]: this host: role, backends, work that must happen on a given host.
+//! - [`bootstrap`]: the first start of a host (a pool of one).
+//! - [`api`]: XenAPI dispatch, sessions and roles, tasks, events, VM lifecycle.
+//! - [`ha`]: the database as input to the failover planner.
+//! - [`domains`]: VM records to hypervisor calls.
+//! - [`pool`]: joining, members, replication, coordinator transfer.
+//! - [`conv`]: typed values to wire values and back.
+
+pub mod api;
+pub mod bootstrap;
+pub mod config;
+pub mod conv;
+pub mod domains;
+pub mod ha;
+pub mod node;
+pub mod pool;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use xenpool_core::{Database, HostMetricsRecord, HostRecord, Ref, VmPowerState, VmRecord};
+
+use crate::config::Config;
+use crate::node::{Node, Role};
+use crate::state::State;
+
+/// What a started daemon tells its caller.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Plain HTTP address.
+    pub http: SocketAddr,
+    /// HTTPS address, if enabled.
+    pub https: Option<SocketAddr>,
+    /// Where the root password is, when it was created by this start.
+    pub new_root_password: Option<std::path::PathBuf>,
+}
+
+/// Opens (or creates) the host's state in the data directory.
+pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path::PathBuf>)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(config.data_dir.join("sr-local"))?;
+    if let Some(shared) = &config.shared_sr_dir {
+        std::fs::create_dir_all(shared)
+            .with_context(|| format!("cannot create {}", shared.display()))?;
+    }
+    let persistence = xenpool_storage::SqlitePersistence::open(&config.data_dir.join("pool.db"))
+        .map_err(|e| anyhow::anyhow!("cannot open the pool database: {e}"))?;
+    let db = Database::open(Box::new(persistence))
+        .map_err(|e| anyhow::anyhow!("cannot load the pool database: {e}"))?;
+    let uuid_path = config.data_dir.join("host-uuid");
+    let fresh = db.is_empty();
+    let hypervisor = crate::domains::make_hypervisor(&config)?;
+    let (host_uuid, host_ref) = if fresh {
+        let seed = State::new(Database::new(), Ref::null());
+        let uuid = seed.new_uuid();
+        (uuid, seed.new_ref())
+    } else {
+        let uuid = std::fs::read_to_string(&uuid_path)
+            .with_context(|| format!("cannot read {}", uuid_path.display()))?
+            .trim()
+            .to_string();
+        let r = db
+            .ref_by_uuid(xenpool_core::Class::Host, &uuid)
+            .map_err(|_| anyhow::anyhow!("host {uuid} is not in the pool database"))?
+            .clone();
+        (uuid, r)
+    };
+    let role = crate::pool::read_role(&config.data_dir);
+    let state = State::new(db, host_ref.clone());
+    let mut new_password = None;
+    if fresh {
+        let password = crate::bootstrap::bootstrap(&state, &config, &host_uuid)?;
+        let path = crate::bootstrap::root_password_path(&config.data_dir);
+        crate::bootstrap::write_secret(&path, &password)?;
+        std::fs::write(&uuid_path, &host_uuid)?;
+        new_password = Some(path);
+    }
+    let node = Arc::new(Node {
+        state,
+        config,
+        hypervisor,
+        role: RwLock::new(role),
+    });
+    if node.is_coordinator() {
+        reconcile(&node)?;
+    }
+    Ok((node, new_password))
+}
+
+/// After a start, the database may say VMs run here that the hypervisor does not have (the
+/// host crashed or restarted): they are halted now.
+fn reconcile(node: &Node) -> anyhow::Result<()> {
+    let host = node.state.host.clone();
+    let running: Vec<String> = crate::domains::running_vm_uuids(&*node.hypervisor);
+    let inputs = node.state.inputs();
+    node.state
+        .write(|txn| {
+            let stale: Vec<Ref> = txn
+                .db()
+                .all::<VmRecord>()
+                .filter(|(_, v)| {
+                    v.resident_on == host && !v.is_control_domain && !running.contains(&v.uuid)
+                })
+                .map(|(r, _)| r.clone())
+                .collect();
+            for vm in stale {
+                txn.update::<VmRecord>(&vm, |v| {
+                    v.power_state = VmPowerState::Halted;
+                    v.resident_on = Ref::null();
+                    v.domid = -1;
+                    v.current_operations.clear();
+                })?;
+            }
+            // Operations that were running when the daemon stopped will never finish.
+            let busy: Vec<Ref> = txn
+                .db()
+                .all::<VmRecord>()
+                .filter(|(_, v)| !v.current_operations.is_empty())
+                .map(|(r, _)| r.clone())
+                .collect();
+            for vm in busy {
+                txn.update::<VmRecord>(&vm, |v| {
+                    v.current_operations.clear();
+                    v.scheduled_to_be_resident_on = Ref::null();
+                })?;
+            }
+            let metrics = txn.get::<HostRecord>(&host)?.metrics.clone();
+            txn.update::<HostMetricsRecord>(&metrics, |m| {
+                m.live = true;
+                m.last_updated = crate::state::now();
+            })?;
+            xenpool_core::ops::refresh_allowed_operations(txn, &inputs)
+        })
+        .map_err(|e| anyhow::anyhow!("cannot reconcile the database with the host: {e}"))?;
+    Ok(())
+}
+
+/// Serves XenAPI for `node` until `shutdown` completes.
+pub async fn run(
+    node: Arc<Node>,
+    ready: impl FnOnce(Started),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = node.config.clone();
+    let http_addr = SocketAddr::new(config.address, config.http_port);
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {http_addr}"))?;
+    let https = if config.https_port != 0 {
+        let addr = SocketAddr::new(config.address, config.https_port);
+        Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        )
+    } else {
+        None
+    };
+    let tls = match &https {
+        Some(_) => Some(
+            xenpool_rpc::load_or_create_certificate(
+                &config.data_dir,
+                &[config.address.to_string(), "localhost".to_string()],
+            )
+            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+        ),
+        None => None,
+    };
+    let started = Started {
+        http: http.local_addr()?,
+        https: match &https {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
+        new_root_password: None,
+    };
+    let api = Arc::new(crate::api::Api::new(node.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let limits = xenpool_rpc::ServerLimits::default();
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(xenpool_rpc::serve(
+        http,
+        None,
+        api.clone(),
+        limits.clone(),
+        wait(stop_rx.clone()),
+    ));
+    if let (Some(l), Some(tls)) = (https, tls) {
+        servers.spawn(xenpool_rpc::serve(
+            l,
+            Some(tls),
+            api.clone(),
+            limits,
+            wait(stop_rx.clone()),
+        ));
+    }
+    crate::pool::start_background(&node, stop_rx.clone());
+    ready(started);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    tracing::info!("shutting down");
+    let drain = async { while servers.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    Ok(())
+}
+
+/// Sets the role this host will have, as the role file records it.
+pub fn set_role(node: &Node, role: Role) -> anyhow::Result<()> {
+    crate::pool::write_role(&node.config.data_dir, &role)?;
+    *node.role.write().unwrap_or_else(|e| e.into_inner()) = role;
+    Ok(())
+}

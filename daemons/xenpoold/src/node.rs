@@ -1,0 +1,300 @@
+//! One host of the pool: its state, backends and role (coordinator or member), and the
+//! work that must happen on a particular host (domains, disks).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use xenpool_core::{
+    Class, CoreError, Database, MessageClass, MessageRecord, PoolRecord, Ref, SrRecord, VmRecord,
+};
+use xenpool_ha::PlannerInput;
+use xenpool_rpc::{Request, XenApiError};
+
+use crate::config::Config;
+use crate::state::{now, State};
+
+/// What a host does to a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainOp {
+    /// Build and run (or leave paused).
+    Start {
+        /// Leave it paused.
+        paused: bool,
+    },
+    /// Restore a suspended domain.
+    Resume {
+        /// Leave it paused.
+        paused: bool,
+    },
+    /// Stop it.
+    Shutdown {
+        /// Ask the guest first.
+        clean: bool,
+    },
+    /// Restart it.
+    Reboot {
+        /// Ask the guest first.
+        clean: bool,
+    },
+    /// Save it and stop.
+    Suspend,
+    /// Stop scheduling it.
+    Pause,
+    /// Schedule it again.
+    Unpause,
+}
+
+/// The role of this host in its pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Holds the database and serves control calls.
+    Coordinator,
+    /// Follows the coordinator at this address.
+    Member {
+        /// The coordinator's address.
+        coordinator: String,
+    },
+}
+
+/// One host.
+pub struct Node {
+    /// The pool database and friends.
+    pub state: State,
+    /// How the daemon runs.
+    pub config: Config,
+    /// The domains of this host.
+    pub hypervisor: Arc<dyn xenpool_xen::Hypervisor>,
+    /// Coordinator or member.
+    pub role: RwLock<Role>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("host", &self.state.host)
+            .field("role", &self.role())
+            .finish()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> XenApiError {
+    XenApiError::internal_error(e.to_string())
+}
+
+impl Node {
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether this host is the coordinator.
+    pub fn is_coordinator(&self) -> bool {
+        self.role() == Role::Coordinator
+    }
+
+    /// `HOST_IS_SLAVE` for calls a member does not serve itself.
+    pub fn redirect_for(&self, req: &Request) -> Option<XenApiError> {
+        let Role::Member { coordinator } = self.role() else {
+            return None;
+        };
+        // Members serve their own reads: performance figures and their own records.
+        let read = req.message.starts_with("get_");
+        let own = matches!(req.class.as_str(), "host" | "host_metrics" | "session" | "event")
+            || (req.class == "pool" && req.message.starts_with("emergency_"))
+            || (req.class == "pool" && req.message == "recover_slaves");
+        if (read && own) || req.class == "system" {
+            return None;
+        }
+        if req.class == "pool" && req.message.starts_with("emergency_") {
+            return None;
+        }
+        Some(XenApiError::host_is_slave(&coordinator))
+    }
+
+    /// `HOST_IS_SLAVE` for a login on a member, which xapi refuses so clients move on.
+    pub fn login_redirect(&self) -> Option<XenApiError> {
+        match self.role() {
+            Role::Member { coordinator } => Some(XenApiError::host_is_slave(&coordinator)),
+            Role::Coordinator => None,
+        }
+    }
+
+    fn sr_dir(&self, sr: &Ref) -> Result<PathBuf, XenApiError> {
+        let db = self.state.db();
+        let rec = db.get::<SrRecord>(sr).map_err(crate::api::api_error)?;
+        let pbd = rec
+            .PBDs
+            .iter()
+            .filter_map(|p| db.get::<xenpool_core::PbdRecord>(p).ok())
+            .find(|p| p.host == self.state.host || rec.shared)
+            .ok_or_else(|| XenApiError::new("SR_NOT_ATTACHED", [sr.as_str()]))?;
+        let location = pbd
+            .device_config
+            .get("location")
+            .cloned()
+            .unwrap_or_default();
+        if location.is_empty() {
+            return Err(XenApiError::new("SR_NOT_ATTACHED", [sr.as_str()]));
+        }
+        Ok(PathBuf::from(location))
+    }
+
+    /// Creates the backing file of a VDI.
+    pub async fn vdi_create(&self, sr: &Ref, uuid: &str, size: u64) -> Result<(), XenApiError> {
+        let dir = self.sr_dir(sr)?;
+        let uuid = uuid.to_string();
+        tokio::task::spawn_blocking(move || {
+            let driver = xenpool_storage::sr::DirectorySr::open(&dir).map_err(internal)?;
+            xenpool_storage::sr::SrDriver::create_vdi(&driver, &uuid, size).map_err(internal)?;
+            Ok(())
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// Removes the backing file of a VDI.
+    pub async fn vdi_destroy(&self, sr: &Ref, location: &str) -> Result<(), XenApiError> {
+        let dir = self.sr_dir(sr)?;
+        let location = location.to_string();
+        tokio::task::spawn_blocking(move || {
+            let driver = xenpool_storage::sr::DirectorySr::open(&dir).map_err(internal)?;
+            xenpool_storage::sr::SrDriver::destroy_vdi(&driver, &location).map_err(internal)?;
+            Ok(())
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// Does a domain operation on the host the VM is (to be) on. Returns the domain id.
+    pub async fn domain_op(
+        &self,
+        host: &Ref,
+        vm: &VmRecord,
+        op: DomainOp,
+    ) -> Result<i64, XenApiError> {
+        if *host != self.state.host {
+            return crate::pool::forward_domain_op(self, host, vm, op).await;
+        }
+        self.local_domain_op(vm.clone(), op).await
+    }
+
+    /// Does a domain operation on this host.
+    pub async fn local_domain_op(&self, vm: VmRecord, op: DomainOp) -> Result<i64, XenApiError> {
+        let hv = self.hypervisor.clone();
+        tokio::task::spawn_blocking(move || crate::domains::apply(&*hv, &vm, op))
+            .await
+            .map_err(internal)?
+    }
+
+    /// Fails with `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` if the pool has a plan for its
+    /// configured number of host failures now but would not after `change`.
+    pub fn ha_check_change(
+        &self,
+        db: &Database,
+        change: impl FnOnce(&Database, &mut PlannerInput),
+    ) -> Result<(), CoreError> {
+        let Some((_, pool)) = db.all::<PoolRecord>().next() else {
+            return Ok(());
+        };
+        let k = pool.ha_host_failures_to_tolerate;
+        if k <= 0 || pool.ha_allow_overcommit {
+            return Ok(());
+        }
+        let k = k as u32;
+        let mut input = crate::ha::planner_input(db);
+        if xenpool_ha::is_overcommitted(&input, k) {
+            // Already overcommitted: this change does not break a plan that exists.
+            return Ok(());
+        }
+        change(db, &mut input);
+        if xenpool_ha::is_overcommitted(&input, k) {
+            return Err(CoreError::api(
+                "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN",
+                Vec::<String>::new(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Recomputes `pool.ha_plan_exists_for` and `pool.ha_overcommitted`, raising the
+    /// messages xapi raises when they change.
+    pub fn ha_refresh(&self) {
+        if !self.is_coordinator() {
+            return;
+        }
+        let (pool_ref, pool, input) = {
+            let db = self.state.db();
+            let Some((r, p)) = db.all::<PoolRecord>().next() else {
+                return;
+            };
+            (r.clone(), p.clone(), crate::ha::planner_input(&db))
+        };
+        let tolerance = xenpool_ha::max_host_failures_to_tolerate(&input);
+        let n = i64::from(tolerance.max_failures);
+        let ftt = pool.ha_host_failures_to_tolerate;
+        let plan_exists_for = n.min(ftt.max(0));
+        let overcommitted = ftt > n;
+        if plan_exists_for == pool.ha_plan_exists_for && overcommitted == pool.ha_overcommitted {
+            return;
+        }
+        let result = self.state.write(|txn| {
+            txn.update::<PoolRecord>(&pool_ref, |p| {
+                p.ha_plan_exists_for = plan_exists_for;
+                p.ha_overcommitted = overcommitted;
+            })
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record the HA plan state");
+            return;
+        }
+        if plan_exists_for < pool.ha_plan_exists_for {
+            let _ = self.raise_message(
+                "HA_POOL_DROP_IN_PLAN_EXISTS_FOR",
+                3,
+                MessageClass::Pool,
+                &pool.uuid,
+                &plan_exists_for.to_string(),
+            );
+        }
+        if overcommitted && !pool.ha_overcommitted {
+            let _ = self.raise_message(
+                "HA_POOL_OVERCOMMITTED",
+                3,
+                MessageClass::Pool,
+                &pool.uuid,
+                &format!(
+                    "The pool can tolerate {n} host failures but is configured for {ftt}."
+                ),
+            );
+        }
+    }
+
+    /// What to recompute after a VM, device, host or SR change.
+    pub fn after_vm_change(&self) {
+        self.ha_refresh();
+    }
+
+    /// Creates a message record.
+    pub fn raise_message(
+        &self,
+        name: &str,
+        priority: i64,
+        cls: MessageClass,
+        obj_uuid: &str,
+        body: &str,
+    ) -> Result<Ref, CoreError> {
+        let r = self.state.new_ref();
+        let rec = MessageRecord {
+            uuid: self.state.new_uuid(),
+            name: name.to_string(),
+            priority,
+            cls,
+            obj_uuid: obj_uuid.to_string(),
+            timestamp: now(),
+            body: body.to_string(),
+        };
+        self.state.write(|txn| txn.create(r.clone(), rec))?;
+        let _ = Class::Message;
+        Ok(r)
+    }
+}

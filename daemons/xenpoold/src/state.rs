@@ -1,0 +1,110 @@
+//! The state one xenpoold holds: the pool database, this host's identity, the backends,
+//! and the notifications that wake `event.from` waiters.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use xenpool_core::db::Commit;
+use xenpool_core::ops::HostOpsInputs;
+use xenpool_core::{CoreError, Database, DateTime, Ref, Txn};
+
+/// Shared state of the daemon.
+pub struct State {
+    db: Mutex<Database>,
+    /// The database generation after the latest commit; `event.from` waits on it.
+    pub generation: watch::Sender<u64>,
+    rng: Mutex<rand::rngs::StdRng>,
+    /// This host's reference.
+    pub host: Ref,
+    /// Inputs to the host allowed-operations rules that are not database fields.
+    pub host_inputs: Mutex<HostOpsInputs>,
+    /// Cancellation flags of running tasks.
+    pub cancels: Mutex<HashMap<Ref, Arc<AtomicBool>>>,
+    /// Observers of every commit (replication to members).
+    pub commit_hooks: Mutex<Vec<Box<dyn Fn(&Commit) + Send>>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("host", &self.host).finish()
+    }
+}
+
+/// Seconds since the epoch, as the core wants time: passed in.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The current time as a XenAPI timestamp.
+pub fn now() -> DateTime {
+    DateTime::from_unix(now_unix())
+}
+
+impl State {
+    /// Wraps a loaded database.
+    pub fn new(db: Database, host: Ref) -> State {
+        let generation = db.generation();
+        State {
+            db: Mutex::new(db),
+            generation: watch::channel(generation).0,
+            rng: Mutex::new(rand::rngs::StdRng::from_entropy()),
+            host,
+            host_inputs: Mutex::new(HostOpsInputs::default()),
+            cancels: Mutex::new(HashMap::new()),
+            commit_hooks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Reads the database. Never hold the guard across an await.
+    pub fn db(&self) -> MutexGuard<'_, Database> {
+        // A panic while holding the lock would already have aborted the write it was in
+        // (transactions roll back on error, not on unwind), so the data stays usable.
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one transaction, then wakes event waiters and replication.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        let mut db = self.db();
+        let (value, commit) = db.write(f)?;
+        let generation = db.generation();
+        for hook in self.commit_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook(&commit);
+        }
+        drop(db);
+        self.generation.send_replace(generation);
+        Ok(value)
+    }
+
+    /// A fresh random 128-bit number.
+    pub fn random(&self) -> u128 {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).gen()
+    }
+
+    /// A fresh reference.
+    pub fn new_ref(&self) -> Ref {
+        Ref::from_random(self.random())
+    }
+
+    /// A fresh UUID.
+    pub fn new_uuid(&self) -> String {
+        xenpool_core::value::uuid_from_random(self.random())
+    }
+
+    /// The current host allowed-operations inputs.
+    pub fn inputs(&self) -> HostOpsInputs {
+        self.host_inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
