@@ -135,4 +135,10 @@ pub mod codes {
     pub const VM_IS_CONTROL_DOMAIN: &str = "OPERATION_NOT_ALLOWED";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const HOST_IN_USE: &str = "HOST_IN_USE";
+    pub const VM_IS_SNAPSHOT: &str = "VM_IS_SNAPSHOT";
+    pub const VM_IS_IMMOBILE: &str = "VM_IS_IMMOBILE";
+    pub const ONLY_PROVISION_TEMPLATE: &str = "ONLY_PROVISION_TEMPLATE";
+    pub const ONLY_REVERT_SNAPSHOT: &str = "ONLY_REVERT_SNAPSHOT";
+    pub const CLUSTERED_SR_DEGRADED: &str = "CLUSTERED_SR_DEGRADED";
+    pub const HOST_POWER_ON_MODE_DISABLED: &str = "HOST_POWER_ON_MODE_DISABLED";
 }

@@ -1,1 +1,584 @@
-//! Allowed operations.
+//! Allowed operations of VMs and hosts, and the check run before each operation.
+//!
+//! There is one rule set per class: [`check_vm_operation`] and [`check_host_operation`] say
+//! whether an operation may start now and, if not, fail with the XenAPI error xapi sends.
+//! `allowed_operations` is never computed separately: it is the list of operations whose
+//! check passes, so a client that trusts the field is never refused by the call, and an
+//! operation missing from it is always refused.
+//!
+//! # VM rules, first failure wins (as xapi's `check_operation_error`)
+//! 1. `blocked_operations` holds the operation: `OPERATION_BLOCKED [vm; reason]`.
+//! 2. The power state does not allow it: `VM_BAD_POWER_STATE [vm; expected; actual]`, the
+//!    expected states lowercase and joined by `", "`, in xapi's order.
+//! 3. An operation in `current_operations` conflicts with it:
+//!    `OTHER_OPERATION_IN_PROGRESS ["VM"; vm; op; task]` (several: `{op1,op2}`, `{t1,t2}`).
+//!    `clone`/`copy`/`export` may overlap each other, `snapshot`/`checkpoint` too;
+//!    `hard_shutdown` may interrupt anything but another `hard_shutdown`, `hard_reboot`
+//!    anything but a hard shutdown or reboot.
+//! 4. Templates allow only clone, copy, export, metadata_export, provision and (unless a
+//!    default template) destroy: `VM_IS_TEMPLATE [vm; op]`.
+//! 5. Snapshots allow only revert, clone, copy, export, destroy, hard_shutdown and
+//!    metadata_export: `VM_IS_SNAPSHOT [vm; op]`.
+//! 6. `provision` needs a template (`ONLY_PROVISION_TEMPLATE []`), `revert` a snapshot
+//!    (`ONLY_REVERT_SNAPSHOT []`).
+//! 7. `suspend`, `checkpoint` and `pool_migrate` need a mobile VM (`VM_IS_IMMOBILE [vm]`):
+//!    not `nomigrate` or `nested-virt` (from `VM_metrics` when present, else `platform`).
+//! 8. A control domain allows only start, start_on, metadata_export and destroy (destroy not
+//!    on dom0): `OPERATION_NOT_ALLOWED [reason]`.
+//!
+//! Operations outside [`VM_OPERATIONS`] are not implemented by xenpool and always fail with
+//! `OPERATION_NOT_ALLOWED`, so the "listed ⟺ passes" rule holds for every operation.
+//!
+//! # Host rules, first failure wins (as xapi's `valid_operations`)
+//! 1. Operations that bring VMs onto the host (provision, vm_start, vm_resume, vm_migrate)
+//!    and those that take them off (evacuate, reboot, shutdown) exclude each other:
+//!    `OTHER_OPERATION_IN_PROGRESS ["host"; host; op; task]`. xapi leaves `vm_start` out of
+//!    the first group; we count it, since starting a VM on a host being evacuated or
+//!    rebooted is exactly what the exclusion exists to prevent.
+//! 2. reboot, shutdown and apply_updates exclude each other; one provision at a time;
+//!    enable and disable exclude each other, and enable waits for an evacuate, reboot or
+//!    shutdown in progress.
+//! 3. reboot, shutdown and apply_updates need the host disabled: `HOST_NOT_DISABLED []`.
+//! 4. power_on needs the host not live (`HOST_IS_LIVE [host]`) and a power-on mode
+//!    (`HOST_POWER_ON_MODE_DISABLED []`); enable needs it live (`HOST_NOT_LIVE []`).
+//! 5. Aggregated local storage (seed 003): while any host with a PBD for such an SR is not
+//!    live, has reboot or shutdown in progress, or is resynchronising its mirrors, reboot and
+//!    shutdown fail on every host with a PBD for it: `CLUSTERED_SR_DEGRADED [sr]`, the error
+//!    xapi raises for the same situation with clustered storage, which clients already
+//!    explain as "not safe to reboot a host at the moment".
+//!
+//! Liveness and resynchronisation are not database fields: they come in [`HostOpsInputs`]
+//! so the daemon recomputes whenever one of them changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::db::{Database, Txn};
+use crate::error::{codes, CoreError};
+use crate::model::{
+    HostMetricsRecord, HostOperation, HostRecord, PbdRecord, SrRecord, VmMetricsRecord,
+    VmOperation, VmPowerState, VmRecord,
+};
+use crate::value::Ref;
+
+/// Pool state that is not kept in database records, supplied by the daemon.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostOpsInputs {
+    /// Liveness of hosts as the HA or heartbeat layer sees it. A host not listed falls back
+    /// to `host_metrics.live`; a host with neither is not live.
+    pub live: BTreeMap<Ref, bool>,
+    /// Hosts whose aggregated-storage mirrors are resynchronising.
+    pub resyncing: BTreeSet<Ref>,
+    /// SRs that are aggregated local storage. SRs of type `als` or with
+    /// `sm_config["aggregated_local"] = "true"` count as such even when not listed.
+    pub aggregated_srs: BTreeSet<Ref>,
+}
+
+/// The VM operations xenpool implements, in the order `allowed_operations` lists them.
+pub const VM_OPERATIONS: &[VmOperation] = &[
+    VmOperation::Snapshot,
+    VmOperation::Clone,
+    VmOperation::Copy,
+    VmOperation::Revert,
+    VmOperation::Checkpoint,
+    VmOperation::Provision,
+    VmOperation::Start,
+    VmOperation::StartOn,
+    VmOperation::Pause,
+    VmOperation::Unpause,
+    VmOperation::CleanShutdown,
+    VmOperation::CleanReboot,
+    VmOperation::HardShutdown,
+    VmOperation::HardReboot,
+    VmOperation::Suspend,
+    VmOperation::Resume,
+    VmOperation::ResumeOn,
+    VmOperation::PoolMigrate,
+    VmOperation::Export,
+    VmOperation::MetadataExport,
+    VmOperation::Destroy,
+    VmOperation::MakeIntoTemplate,
+];
+
+/// The host operations, in the order `allowed_operations` lists them.
+pub const HOST_OPERATIONS: &[HostOperation] = HostOperation::ALL;
+
+// ---------------------------------------------------------------------------------------
+// VMs
+
+/// The power states in which `op` may start, in xapi's order (which its error text shows).
+/// Empty for operations xenpool does not implement.
+pub fn vm_allowed_power_states(vm: &VmRecord, op: VmOperation) -> &'static [VmPowerState] {
+    use VmOperation as O;
+    use VmPowerState::{Halted, Paused, Running, Suspended};
+    match op {
+        O::Provision | O::Start | O::StartOn | O::MakeIntoTemplate => &[Halted],
+        O::Unpause => &[Paused],
+        O::Resume | O::ResumeOn => &[Suspended],
+        O::CleanReboot | O::CleanShutdown | O::Pause | O::PoolMigrate | O::Suspend => &[Running],
+        // A snapshot's disks are immutable, so copying one that is suspended is safe.
+        O::Clone | O::Copy if vm.is_a_snapshot => &[Halted, Suspended],
+        O::Clone | O::Copy => &[Halted],
+        O::Destroy | O::Export => &[Halted, Suspended],
+        O::HardReboot => &[Paused, Running],
+        O::Checkpoint | O::HardShutdown => &[Paused, Suspended, Running],
+        O::MetadataExport | O::Revert | O::Snapshot => &[Halted, Paused, Suspended, Running],
+        _ => &[],
+    }
+}
+
+fn power_state_lowercase(s: VmPowerState) -> &'static str {
+    match s {
+        VmPowerState::Halted => "halted",
+        VmPowerState::Paused => "paused",
+        VmPowerState::Running => "running",
+        VmPowerState::Suspended => "suspended",
+    }
+}
+
+/// Whether `op` may run while `current` are in progress (xapi's `is_allowed_concurrently`).
+fn vm_op_allowed_concurrently(op: VmOperation, current: &BTreeMap<String, VmOperation>) -> bool {
+    use VmOperation as O;
+    if current.is_empty() {
+        return true;
+    }
+    let within =
+        |group: &[VmOperation]| group.contains(&op) && current.values().all(|c| group.contains(c));
+    if within(&[O::Clone, O::Copy, O::Export])
+        || within(&[O::Snapshot, O::Checkpoint])
+        || within(&[O::GetBootRecord])
+    {
+        return true;
+    }
+    let only = |single: VmOperation| current.len() == 1 && current.values().all(|c| *c == single);
+    match op {
+        O::HardShutdown => !current.values().any(|c| *c == O::HardShutdown),
+        O::HardReboot => !current
+            .values()
+            .any(|c| matches!(c, O::HardShutdown | O::HardReboot)),
+        O::Snapshot => only(O::SnapshotWithQuiesce),
+        O::MetadataExport | O::CleanShutdown | O::CleanReboot => only(O::MigrateSend),
+        _ => false,
+    }
+}
+
+fn other_vm_operation_in_progress(
+    vm_ref: &Ref,
+    current: &BTreeMap<String, VmOperation>,
+) -> CoreError {
+    let (ops, tasks) = if let (1, Some((task, op))) = (current.len(), current.iter().next()) {
+        (op.as_str().to_string(), task.clone())
+    } else {
+        let ops: Vec<&str> = current.values().map(|o| o.as_str()).collect();
+        let tasks: Vec<&str> = current.keys().map(String::as_str).collect();
+        (
+            format!("{{{}}}", ops.join(",")),
+            format!("{{{}}}", tasks.join(",")),
+        )
+    };
+    CoreError::api(
+        codes::OTHER_OPERATION_IN_PROGRESS,
+        ["VM".to_string(), vm_ref.to_string(), ops, tasks],
+    )
+}
+
+fn flag_true(map: &BTreeMap<String, String>, key: &str) -> bool {
+    map.get(key)
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Whether the VM may move between hosts: neither `nomigrate` nor `nested-virt`. Running
+/// VMs keep what they booted with in `VM_metrics`; otherwise `platform` decides.
+pub fn vm_is_mobile(db: &Database, vm: &VmRecord) -> bool {
+    match db.get::<VmMetricsRecord>(&vm.metrics) {
+        Ok(m) if vm.power_state != VmPowerState::Halted => !m.nomigrate && !m.nested_virt,
+        _ => !flag_true(&vm.platform, "nomigrate") && !flag_true(&vm.platform, "nested-virt"),
+    }
+}
+
+/// The rule set for VMs: `Err` with the first failing rule's XenAPI error.
+fn vm_operation_error(
+    db: &Database,
+    vm_ref: &Ref,
+    vm: &VmRecord,
+    op: VmOperation,
+) -> Result<(), CoreError> {
+    use VmOperation as O;
+    let vm_str = vm_ref.to_string();
+    if !VM_OPERATIONS.contains(&op) {
+        return Err(CoreError::api(
+            codes::OPERATION_NOT_ALLOWED,
+            [format!("VM.{op} is not supported by xenpool")],
+        ));
+    }
+    if let Some(reason) = vm.blocked_operations.get(&op) {
+        return Err(CoreError::api(
+            codes::OPERATION_BLOCKED,
+            [vm_str, reason.clone()],
+        ));
+    }
+    let states = vm_allowed_power_states(vm, op);
+    if !states.contains(&vm.power_state) {
+        let expected: Vec<&str> = states.iter().map(|s| power_state_lowercase(*s)).collect();
+        return Err(CoreError::api(
+            codes::VM_BAD_POWER_STATE,
+            [
+                vm_str,
+                expected.join(", "),
+                power_state_lowercase(vm.power_state).to_string(),
+            ],
+        ));
+    }
+    if !vm_op_allowed_concurrently(op, &vm.current_operations) {
+        return Err(other_vm_operation_in_progress(
+            vm_ref,
+            &vm.current_operations,
+        ));
+    }
+    if vm.is_a_template && !vm.is_a_snapshot {
+        let default_template =
+            vm.is_default_template || flag_true(&vm.other_config, "default_template");
+        let ok = matches!(
+            op,
+            O::Clone | O::Copy | O::Export | O::MetadataExport | O::Provision
+        ) || (op == O::Destroy && !default_template);
+        if !ok {
+            return Err(CoreError::api(
+                codes::VM_IS_TEMPLATE,
+                [vm_str, op.as_str().to_string()],
+            ));
+        }
+    }
+    if vm.is_a_snapshot
+        && !matches!(
+            op,
+            O::Revert
+                | O::Clone
+                | O::Copy
+                | O::Export
+                | O::Destroy
+                | O::HardShutdown
+                | O::MetadataExport
+        )
+    {
+        return Err(CoreError::api(
+            codes::VM_IS_SNAPSHOT,
+            [vm_str, op.as_str().to_string()],
+        ));
+    }
+    if op == O::Provision && !vm.is_a_template {
+        return Err(CoreError::api(
+            codes::ONLY_PROVISION_TEMPLATE,
+            Vec::<String>::new(),
+        ));
+    }
+    if op == O::Revert && !vm.is_a_snapshot {
+        return Err(CoreError::api(
+            codes::ONLY_REVERT_SNAPSHOT,
+            Vec::<String>::new(),
+        ));
+    }
+    if matches!(op, O::Suspend | O::Checkpoint | O::PoolMigrate) && !vm_is_mobile(db, vm) {
+        return Err(CoreError::api(codes::VM_IS_IMMOBILE, [vm_str]));
+    }
+    if vm.is_control_domain {
+        // dom0 is the host itself; other control domains (driver domains) may be removed.
+        if op == O::Destroy && vm.domid == 0 {
+            return Err(CoreError::api(
+                codes::OPERATION_NOT_ALLOWED,
+                ["This operation is not allowed on dom0"],
+            ));
+        }
+        if !matches!(op, O::Start | O::StartOn | O::MetadataExport | O::Destroy) {
+            return Err(CoreError::api(
+                codes::OPERATION_NOT_ALLOWED,
+                ["This operation is not allowed on a control domain"],
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `op` may start on the VM now; the error is what the XenAPI call returns.
+/// `HANDLE_INVALID` when there is no such VM.
+pub fn check_vm_operation(db: &Database, vm: &Ref, op: VmOperation) -> Result<(), CoreError> {
+    let record = db.get::<VmRecord>(vm)?;
+    vm_operation_error(db, vm, record, op)
+}
+
+/// `VM.allowed_operations`: every operation of [`VM_OPERATIONS`] whose check passes.
+pub fn vm_allowed_operations(db: &Database, vm: &Ref) -> Result<Vec<VmOperation>, CoreError> {
+    let record = db.get::<VmRecord>(vm)?;
+    Ok(VM_OPERATIONS
+        .iter()
+        .copied()
+        .filter(|op| vm_operation_error(db, vm, record, *op).is_ok())
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// Hosts
+
+/// Whether the host is live: the daemon's view in `inputs.live`, else `host_metrics.live`.
+pub fn host_is_live(db: &Database, host: &Ref, inputs: &HostOpsInputs) -> bool {
+    if let Some(live) = inputs.live.get(host) {
+        return *live;
+    }
+    db.get::<HostRecord>(host)
+        .and_then(|h| db.get::<HostMetricsRecord>(&h.metrics))
+        .is_ok_and(|m| m.live)
+}
+
+/// Whether the SR is aggregated local storage (seed 003).
+pub fn sr_is_aggregated(sr_ref: &Ref, sr: &SrRecord, inputs: &HostOpsInputs) -> bool {
+    inputs.aggregated_srs.contains(sr_ref)
+        || sr.r#type == "als"
+        || sr
+            .sm_config
+            .get("aggregated_local")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The hosts that have a PBD for the SR, plugged or not.
+fn hosts_of_sr(db: &Database, sr: &SrRecord) -> BTreeSet<Ref> {
+    sr.PBDs
+        .iter()
+        .filter_map(|p| db.get::<PbdRecord>(p).ok())
+        .map(|p| p.host.clone())
+        .filter(|h| !h.is_null())
+        .collect()
+}
+
+/// Whether the aggregated SR cannot lose another host now: some host with a PBD for it is
+/// not live, is rebooting or shutting down, or is resynchronising its mirrors.
+pub fn aggregated_sr_degraded(db: &Database, sr: &SrRecord, inputs: &HostOpsInputs) -> bool {
+    hosts_of_sr(db, sr).iter().any(|h| {
+        !host_is_live(db, h, inputs)
+            || inputs.resyncing.contains(h)
+            || db.get::<HostRecord>(h).is_ok_and(|r| {
+                r.current_operations
+                    .values()
+                    .any(|o| matches!(o, HostOperation::Reboot | HostOperation::Shutdown))
+            })
+    })
+}
+
+/// The aggregated SRs the host has a PBD for that are degraded, in reference order.
+fn degraded_srs_of_host(db: &Database, host: &HostRecord, inputs: &HostOpsInputs) -> BTreeSet<Ref> {
+    let mut out = BTreeSet::new();
+    for pbd in host.PBDs.iter().filter_map(|p| db.get::<PbdRecord>(p).ok()) {
+        if out.contains(&pbd.SR) {
+            continue;
+        }
+        if let Ok(sr) = db.get::<SrRecord>(&pbd.SR) {
+            if sr_is_aggregated(&pbd.SR, sr, inputs) && aggregated_sr_degraded(db, sr, inputs) {
+                out.insert(pbd.SR.clone());
+            }
+        }
+    }
+    out
+}
+
+fn is_creating(op: HostOperation) -> bool {
+    matches!(
+        op,
+        HostOperation::Provision
+            | HostOperation::VmStart
+            | HostOperation::VmResume
+            | HostOperation::VmMigrate
+    )
+}
+
+fn is_removing(op: HostOperation) -> bool {
+    matches!(
+        op,
+        HostOperation::Evacuate | HostOperation::Reboot | HostOperation::Shutdown
+    )
+}
+
+/// Whether `op` may not run while `current` is in progress on the same host.
+fn host_ops_conflict(op: HostOperation, current: HostOperation) -> bool {
+    use HostOperation as H;
+    let power_cycle = |o: H| matches!(o, H::Reboot | H::Shutdown | H::ApplyUpdates);
+    (is_creating(op) && is_removing(current))
+        || (is_removing(op) && is_creating(current))
+        || (power_cycle(op) && power_cycle(current) && op != current)
+        || (op == H::Provision && current == H::Provision)
+        || (op == H::Enable && (current == H::Disable || is_removing(current)))
+        || (op == H::Disable && current == H::Enable)
+}
+
+/// The rule set for hosts, given the degraded aggregated SRs the host has a PBD for.
+fn host_operation_error(
+    host_ref: &Ref,
+    host: &HostRecord,
+    op: HostOperation,
+    live: bool,
+    degraded_srs: &BTreeSet<Ref>,
+) -> Result<(), CoreError> {
+    use HostOperation as H;
+    if let Some((task, current)) = host
+        .current_operations
+        .iter()
+        .find(|(_, c)| host_ops_conflict(op, **c))
+    {
+        return Err(CoreError::api(
+            codes::OTHER_OPERATION_IN_PROGRESS,
+            [
+                "host".to_string(),
+                host_ref.to_string(),
+                current.as_str().to_string(),
+                task.clone(),
+            ],
+        ));
+    }
+    match op {
+        H::Reboot | H::Shutdown | H::ApplyUpdates if host.enabled => Err(CoreError::api(
+            codes::HOST_NOT_DISABLED,
+            Vec::<String>::new(),
+        )),
+        H::PowerOn if live => Err(CoreError::api(codes::HOST_IS_LIVE, [host_ref.to_string()])),
+        H::PowerOn if host.power_on_mode.is_empty() => Err(CoreError::api(
+            codes::HOST_POWER_ON_MODE_DISABLED,
+            Vec::<String>::new(),
+        )),
+        H::Enable if !live => Err(CoreError::api(codes::HOST_NOT_LIVE, Vec::<String>::new())),
+        H::Reboot | H::Shutdown => match degraded_srs.iter().next() {
+            Some(sr) => Err(CoreError::api(
+                codes::CLUSTERED_SR_DEGRADED,
+                [sr.to_string()],
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Checks that `op` may start on the host now; the error is what the XenAPI call returns.
+/// `HANDLE_INVALID` when there is no such host.
+pub fn check_host_operation(
+    db: &Database,
+    host: &Ref,
+    op: HostOperation,
+    inputs: &HostOpsInputs,
+) -> Result<(), CoreError> {
+    let record = db.get::<HostRecord>(host)?;
+    let degraded = degraded_srs_of_host(db, record, inputs);
+    host_operation_error(host, record, op, host_is_live(db, host, inputs), &degraded)
+}
+
+/// `host.allowed_operations`: every host operation whose check passes.
+pub fn host_allowed_operations(
+    db: &Database,
+    host: &Ref,
+    inputs: &HostOpsInputs,
+) -> Result<Vec<HostOperation>, CoreError> {
+    let record = db.get::<HostRecord>(host)?;
+    let degraded = degraded_srs_of_host(db, record, inputs);
+    Ok(allowed_host_ops(
+        host,
+        record,
+        host_is_live(db, host, inputs),
+        &degraded,
+    ))
+}
+
+fn allowed_host_ops(
+    host_ref: &Ref,
+    host: &HostRecord,
+    live: bool,
+    degraded: &BTreeSet<Ref>,
+) -> Vec<HostOperation> {
+    HOST_OPERATIONS
+        .iter()
+        .copied()
+        .filter(|op| host_operation_error(host_ref, host, *op, live, degraded).is_ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing the fields
+
+/// Recomputes one VM's `allowed_operations` and writes it if it changed. Returns whether
+/// it changed. For the daemon to call after each VM operation starts or ends.
+pub fn refresh_vm_allowed_operations(txn: &mut Txn<'_>, vm: &Ref) -> Result<bool, CoreError> {
+    let allowed = vm_allowed_operations(txn.db(), vm)?;
+    if txn.db().get::<VmRecord>(vm)?.allowed_operations == allowed {
+        return Ok(false);
+    }
+    txn.update::<VmRecord>(vm, |r| r.allowed_operations = allowed)?;
+    Ok(true)
+}
+
+/// Recomputes one host's `allowed_operations` and writes it if it changed. Returns whether
+/// it changed. A host operation or liveness change on a host with aggregated storage also
+/// changes its peers: use [`refresh_hosts_allowed_operations`] then.
+pub fn refresh_host_allowed_operations(
+    txn: &mut Txn<'_>,
+    host: &Ref,
+    inputs: &HostOpsInputs,
+) -> Result<bool, CoreError> {
+    let allowed = host_allowed_operations(txn.db(), host, inputs)?;
+    if txn.db().get::<HostRecord>(host)?.allowed_operations == allowed {
+        return Ok(false);
+    }
+    txn.update::<HostRecord>(host, |r| r.allowed_operations = allowed)?;
+    Ok(true)
+}
+
+/// Recomputes `allowed_operations` of every host, writing those that changed. Each
+/// aggregated SR's state is worked out once, so this stays linear in PBDs.
+pub fn refresh_hosts_allowed_operations(
+    txn: &mut Txn<'_>,
+    inputs: &HostOpsInputs,
+) -> Result<usize, CoreError> {
+    let db = txn.db();
+    let degraded_srs: BTreeSet<Ref> = db
+        .all::<SrRecord>()
+        .filter(|(r, sr)| sr_is_aggregated(r, sr, inputs) && aggregated_sr_degraded(db, sr, inputs))
+        .map(|(r, _)| r.clone())
+        .collect();
+    let mut changes = Vec::new();
+    for (host_ref, host) in db.all::<HostRecord>() {
+        let mine: BTreeSet<Ref> = host
+            .PBDs
+            .iter()
+            .filter_map(|p| db.get::<PbdRecord>(p).ok())
+            .map(|p| p.SR.clone())
+            .filter(|sr| degraded_srs.contains(sr))
+            .collect();
+        let allowed = allowed_host_ops(host_ref, host, host_is_live(db, host_ref, inputs), &mine);
+        if host.allowed_operations != allowed {
+            changes.push((host_ref.clone(), allowed));
+        }
+    }
+    let n = changes.len();
+    for (r, allowed) in changes {
+        txn.update::<HostRecord>(&r, |h| h.allowed_operations = allowed)?;
+    }
+    Ok(n)
+}
+
+/// Recomputes `allowed_operations` of every VM and every host, writing only those whose
+/// value changed. Returns how many records were written.
+pub fn refresh_allowed_operations(
+    txn: &mut Txn<'_>,
+    inputs: &HostOpsInputs,
+) -> Result<usize, CoreError> {
+    let db = txn.db();
+    let mut changes = Vec::new();
+    for (vm_ref, vm) in db.all::<VmRecord>() {
+        let allowed: Vec<VmOperation> = VM_OPERATIONS
+            .iter()
+            .copied()
+            .filter(|op| vm_operation_error(db, vm_ref, vm, *op).is_ok())
+            .collect();
+        if vm.allowed_operations != allowed {
+            changes.push((vm_ref.clone(), allowed));
+        }
+    }
+    let n = changes.len();
+    for (r, allowed) in changes {
+        txn.update::<VmRecord>(&r, |v| v.allowed_operations = allowed)?;
+    }
+    Ok(n + refresh_hosts_allowed_operations(txn, inputs)?)
+}
