@@ -1,1 +1,203 @@
-//! Cross-crate and multi-process tests live under `tests/`.
+//! Harness for tests that run real xenpoold processes: start one on a loopback address with
+//! its own data directory, wait until it serves, log in, and kill it (`SIGKILL`, `SIGSTOP`)
+//! when a test wants a fault.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The directory holding the workspace's binaries (`target/debug` or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, building it if it is missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bins", "--workspace"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+/// A free TCP port on `addr` (racy in principle; fine for tests on loopback).
+pub fn free_port(addr: IpAddr) -> u16 {
+    TcpListener::bind((addr, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// One running xenpoold.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The process.
+    pub child: Option<Child>,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its address.
+    pub address: IpAddr,
+    /// Plain HTTP port.
+    pub http_port: u16,
+    /// HTTPS port.
+    pub https_port: u16,
+    /// Extra flags it was started with.
+    pub extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon with a data directory under `root`.
+    pub fn start(root: &Path, name: &str, address: IpAddr, extra: &[&str]) -> Daemon {
+        let data_dir = root.join(name);
+        let mut d = Daemon {
+            child: None,
+            data_dir,
+            address,
+            http_port: free_port(address),
+            https_port: free_port(address),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon on given ports.
+    pub fn start_on(
+        root: &Path,
+        name: &str,
+        address: IpAddr,
+        http_port: u16,
+        https_port: u16,
+        extra: &[&str],
+    ) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            data_dir: root.join(name),
+            address,
+            http_port,
+            https_port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// (Re)starts the process with the same data directory and ports.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(binary("xenpoold"));
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--address")
+            .arg(self.address.to_string())
+            .arg("--http-port")
+            .arg(self.http_port.to_string())
+            .arg("--https-port")
+            .arg(self.https_port.to_string())
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn xenpoold");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            while let Some(Ok(line)) = lines.next() {
+                if !sent && line.starts_with("xenpoold ready") {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("xenpoold did not become ready");
+        self.child = Some(child);
+    }
+
+    /// `http://address:port/`
+    pub fn url(&self) -> String {
+        format!("http://{}:{}/", self.address, self.http_port)
+    }
+
+    /// `https://address:port/`
+    pub fn https_url(&self) -> String {
+        format!("https://{}:{}/", self.address, self.https_port)
+    }
+
+    /// The root password created on first start.
+    pub fn root_password(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("root-password"))
+            .expect("root password file")
+            .trim()
+            .to_string()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("kill");
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A logged-in Rust client.
+    pub async fn client(&self) -> xenpool_rpc::Client {
+        let c = xenpool_rpc::Client::new(&self.url()).expect("client");
+        c.login_with_password("root", &self.root_password())
+            .await
+            .expect("login");
+        c
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}

@@ -56,6 +56,7 @@ pub fn random_password(state: &State) -> String {
 }
 
 /// The objects of a new host record, created in one transaction with the caller's pool.
+#[derive(Debug)]
 pub struct NewHost {
     /// The host.
     pub host: Ref,

@@ -149,3 +149,17 @@ pub fn unplug_pbd(input: &mut PlannerInput, host: &Ref, sr: &Ref) {
         h.srs.remove(sr.as_str());
     }
 }
+
+fn planner_error(e: xenpool_ha::HaError) -> xenpool_core::CoreError {
+    xenpool_core::CoreError::api("INTERNAL_ERROR", [format!("failover planner: {e}")])
+}
+
+/// The largest number of host failures the pool tolerates.
+pub fn tolerance(input: &PlannerInput) -> Result<xenpool_ha::Tolerance, xenpool_core::CoreError> {
+    xenpool_ha::max_host_failures_to_tolerate(input).map_err(planner_error)
+}
+
+/// Whether the pool lacks a plan for `k` host failures.
+pub fn overcommitted(input: &PlannerInput, k: u32) -> Result<bool, xenpool_core::CoreError> {
+    xenpool_ha::is_overcommitted(input, k).map_err(planner_error)
+}

@@ -9,6 +9,7 @@ use xenpool_core::{
 };
 use xenpool_ha::PlannerInput;
 use xenpool_rpc::{Request, XenApiError};
+use xenpool_storage::SrDriver;
 
 use crate::config::Config;
 use crate::state::{now, State};
@@ -139,14 +140,23 @@ impl Node {
         Ok(PathBuf::from(location))
     }
 
-    /// Creates the backing file of a VDI.
-    pub async fn vdi_create(&self, sr: &Ref, uuid: &str, size: u64) -> Result<(), XenApiError> {
+    fn sr_driver(&self, sr: &Ref) -> Result<Box<dyn SrDriver>, XenApiError> {
         let dir = self.sr_dir(sr)?;
-        let uuid = uuid.to_string();
+        let shared = self.state.db().get::<SrRecord>(sr).is_ok_and(|s| s.shared);
+        Ok(if shared {
+            Box::new(xenpool_storage::SharedDirSr::open(&dir).map_err(internal)?)
+        } else {
+            Box::new(xenpool_storage::LocalDirSr::open(&dir).map_err(internal)?)
+        })
+    }
+
+    /// Creates the backing file of a VDI; returns its location.
+    pub async fn vdi_create(&self, sr: &Ref, name: &str, size: u64) -> Result<String, XenApiError> {
+        let driver = self.sr_driver(sr)?;
+        let name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            let driver = xenpool_storage::sr::DirectorySr::open(&dir).map_err(internal)?;
-            xenpool_storage::sr::SrDriver::create_vdi(&driver, &uuid, size).map_err(internal)?;
-            Ok(())
+            let info = driver.create(&name, size).map_err(internal)?;
+            Ok(info.location)
         })
         .await
         .map_err(internal)?
@@ -154,13 +164,9 @@ impl Node {
 
     /// Removes the backing file of a VDI.
     pub async fn vdi_destroy(&self, sr: &Ref, location: &str) -> Result<(), XenApiError> {
-        let dir = self.sr_dir(sr)?;
+        let driver = self.sr_driver(sr)?;
         let location = location.to_string();
-        tokio::task::spawn_blocking(move || {
-            let driver = xenpool_storage::sr::DirectorySr::open(&dir).map_err(internal)?;
-            xenpool_storage::sr::SrDriver::destroy_vdi(&driver, &location).map_err(internal)?;
-            Ok(())
-        })
+        tokio::task::spawn_blocking(move || driver.destroy(&location).map_err(internal))
         .await
         .map_err(internal)?
     }
@@ -202,12 +208,12 @@ impl Node {
         }
         let k = k as u32;
         let mut input = crate::ha::planner_input(db);
-        if xenpool_ha::is_overcommitted(&input, k) {
+        if crate::ha::overcommitted(&input, k)? {
             // Already overcommitted: this change does not break a plan that exists.
             return Ok(());
         }
         change(db, &mut input);
-        if xenpool_ha::is_overcommitted(&input, k) {
+        if crate::ha::overcommitted(&input, k)? {
             return Err(CoreError::api(
                 "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN",
                 Vec::<String>::new(),
@@ -229,7 +235,13 @@ impl Node {
             };
             (r.clone(), p.clone(), crate::ha::planner_input(&db))
         };
-        let tolerance = xenpool_ha::max_host_failures_to_tolerate(&input);
+        let tolerance = match crate::ha::tolerance(&input) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not compute the failover plan");
+                return;
+            }
+        };
         let n = i64::from(tolerance.max_failures);
         let ftt = pool.ha_host_failures_to_tolerate;
         let plan_exists_for = n.min(ftt.max(0));

@@ -2,7 +2,7 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use xenpool_core::{Class, LocalUserRecord, Record, Ref, SessionRecord};
+use xenpool_core::{Class, LocalUserRecord, Ref, SessionRecord};
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, ref_param, Api, ApiResult, Caller, Ctx};
@@ -163,9 +163,11 @@ impl Api {
         }
         let found = {
             let db = self.node().state.db();
-            db.all::<LocalUserRecord>()
+            let found = db
+                .all::<LocalUserRecord>()
                 .find(|(_, u)| u.short_name == user)
-                .map(|(r, u)| (r.clone(), u.clone()))
+                .map(|(r, u)| (r.clone(), u.clone()));
+            found
         };
         let Some((user_ref, record)) = found else {
             // Spend the same time as a real check so user names cannot be probed by timing.
@@ -291,6 +293,3 @@ impl Api {
 /// A hash of a random string, used only to spend verification time on unknown users.
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0wPzWXqF5YWx9V9mW8bC6b6Rk0q9VyJm3Vb+O7r8m2I";
-
-#[allow(dead_code)]
-fn _assert_record<R: Record>() {}

@@ -4,7 +4,7 @@
 use xenpool_core::ops::{check_host_operation, refresh_vm_allowed_operations};
 use xenpool_core::{
     Class, CoreError, HostOperation, HostRecord, MessageClass, MessageRecord, NetworkRecord,
-    Object, PbdRecord, Ref, SrRecord, VbdRecord, VdiRecord, VifRecord, VmPowerState, VmRecord,
+    Object, PbdRecord, Ref, SrRecord, VbdRecord, VdiRecord, VmPowerState, VmRecord,
 };
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
@@ -65,9 +65,10 @@ impl Api {
                     .db()
                     .get::<SrRecord>(&sr)
                     .map_err(api_error)?;
-                node.vdi_create(&sr, &rec.uuid, rec.virtual_size as u64)
+                rec.location = node
+                    .vdi_create(&sr, &rec.uuid, rec.virtual_size as u64)
                     .await?;
-                let uuid = rec.uuid.clone();
+                let uuid = rec.location.clone();
                 let created = state.write(|txn| txn.create(vdi.clone(), *rec));
                 if let Err(e) = created {
                     let _ = node.vdi_destroy(&sr, &uuid).await;
@@ -333,6 +334,3 @@ fn cx_force_overcommit(db: &xenpool_core::Database) -> bool {
         .next()
         .is_some_and(|(_, p)| p.ha_allow_overcommit)
 }
-
-#[allow(dead_code)]
-fn _unused(_: MessageRecord) {}

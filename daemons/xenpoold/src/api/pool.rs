@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use xenpool_core::{Class, CoreError, PoolRecord, Ref};
+use xenpool_core::{CoreError, PoolRecord, Ref};
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, Api, Ctx};
@@ -24,7 +24,7 @@ impl Api {
             "ha_compute_max_host_failures_to_tolerate" => {
                 req.reader(1)?;
                 let input = crate::ha::planner_input(&node.state.db());
-                let t = xenpool_ha::max_host_failures_to_tolerate(&input);
+                let t = crate::ha::tolerance(&input).map_err(api_error)?;
                 node.ha_refresh();
                 int(i64::from(t.max_failures), cx.ints)
             }
@@ -49,7 +49,7 @@ impl Api {
                         v.priority = xenpool_ha::RestartPriority::None;
                     }
                 }
-                let t = xenpool_ha::max_host_failures_to_tolerate(&input);
+                let t = crate::ha::tolerance(&input).map_err(api_error)?;
                 int(i64::from(t.max_failures), cx.ints)
             }
             "ha_compute_vm_failover_plan" => {
@@ -122,7 +122,7 @@ impl Api {
                             .ok_or_else(|| CoreError::handle_invalid("pool", Ref::null()))?;
                         if !pool.ha_allow_overcommit {
                             let input = crate::ha::planner_input(db);
-                            if xenpool_ha::is_overcommitted(&input, value as u32) {
+                            if crate::ha::overcommitted(&input, value as u32)? {
                                 return Err(CoreError::api(
                                     "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN",
                                     Vec::<String>::new(),
@@ -147,11 +147,6 @@ fn p_names(req: &Request) -> Vec<String> {
         Some(Wire::Struct(members)) => members.iter().map(|(k, _)| k.clone()).collect(),
         _ => Vec::new(),
     }
-}
-
-#[allow(dead_code)]
-fn _class() -> Class {
-    Class::Pool
 }
 
 impl Api {

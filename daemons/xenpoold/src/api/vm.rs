@@ -271,7 +271,7 @@ impl Api {
                     });
                 }
                 txn.create(vm.clone(), *rec)?;
-                refresh_vm_allowed_operations(txn, &vm)
+                refresh_vm_allowed_operations(txn, &vm).map(|_| ())
             })
             .map_err(api_error)?;
         Ok(vm)
@@ -355,7 +355,7 @@ impl Api {
                         },
                     )?;
                 }
-                refresh_vm_allowed_operations(txn, &new)
+                refresh_vm_allowed_operations(txn, &new).map(|_| ())
             })
             .map_err(api_error)?;
         Ok(new)
@@ -391,7 +391,7 @@ impl Api {
         let _ = self
             .node()
             .state
-            .write(|txn| refresh_vm_allowed_operations(txn, vm));
+            .write(|txn| refresh_vm_allowed_operations(txn, vm).map(|_| ()));
     }
 
     async fn power_op(
@@ -523,7 +523,7 @@ impl Api {
                     })?;
                 }
             }
-            refresh_vm_allowed_operations(txn, vm)
+            refresh_vm_allowed_operations(txn, vm).map(|_| ())
         });
         if let Err(e) = result {
             tracing::error!(vm = %vm, error = %e, "could not record a VM operation's result");
