@@ -1,1 +1,32 @@
-//! xenpool-storage
+//! Storage for a xenpool host: where the pool database is kept on disk, and the drivers that
+//! create and remove virtual disks (VDIs) on storage repositories (SRs).
+//!
+//! This crate carries out what it is told. It never decides policy: which host may plug an
+//! SR, whether a disk may be resized while a VM runs, or which pool rules apply all live in
+//! `xenpool-core`. A driver reports what the storage can do and what went wrong, nothing more.
+//!
+//! # Layout
+//!
+//! - [`sqlite`] holds [`SqlitePersistence`], the durable implementation of
+//!   [`xenpool_core::persist::Persistence`] (SQLite in WAL mode, one transaction per batch,
+//!   `synchronous=FULL`).
+//! - [`sr`] holds the [`SrDriver`] trait every SR backend implements, and the types it speaks in.
+//! - [`dir`] holds [`LocalDirSr`] (one sparse file per VDI in a directory of one host) and
+//!   [`SharedDirSr`] (the same layout on a directory several hosts mount, such as NFS, with
+//!   file locks and a pool claim).
+//! - [`conformance`] holds the checks every [`SrDriver`] must pass; drivers outside this crate run
+//!   them against their own backend.
+//! - [`error`] holds [`StorageError`].
+
+#![deny(missing_docs)]
+
+pub mod conformance;
+pub mod dir;
+pub mod error;
+pub mod sqlite;
+pub mod sr;
+
+pub use dir::{LocalDirSr, SharedDirSr};
+pub use error::StorageError;
+pub use sqlite::SqlitePersistence;
+pub use sr::{SrDriver, SrUsage, VdiInfo};

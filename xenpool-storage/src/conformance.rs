@@ -1,0 +1,293 @@
+//! Checks every [`SrDriver`] must pass.
+//!
+//! A driver's own tests call [`run`] with a function that makes a fresh, empty SR each time:
+//!
+//! ```no_run
+//! # use xenpool_storage::{conformance, LocalDirSr};
+//! conformance::run(|| {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let sr = LocalDirSr::open(dir.path()).unwrap();
+//!     (dir, sr) // the first element is kept alive for as long as the SR is used
+//! });
+//! ```
+//!
+//! The checks panic on the first failure with a message naming the check, as test
+//! assertions do.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+use crate::sr::SrDriver;
+use crate::StorageError;
+
+const MIB: u64 = 1 << 20;
+
+fn ok<T>(check: &str, what: &str, r: Result<T, StorageError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("conformance/{check}: {what} failed: {e}"),
+    }
+}
+
+fn no_such_vdi<T: std::fmt::Debug>(check: &str, what: &str, r: Result<T, StorageError>) {
+    match r {
+        Err(StorageError::NoSuchVdi(_)) => {}
+        other => panic!("conformance/{check}: {what}: expected NoSuchVdi, got {other:?}"),
+    }
+}
+
+fn write_at(check: &str, d: &dyn SrDriver, location: &str, offset: u64, data: &[u8]) {
+    let att = ok(check, "attach", d.attach(location));
+    let f = match OpenOptions::new().write(true).open(&att.path) {
+        Ok(f) => f,
+        Err(e) => panic!("conformance/{check}: open {}: {e}", att.path.display()),
+    };
+    if let Err(e) = f.write_all_at(data, offset) {
+        panic!("conformance/{check}: write: {e}");
+    }
+    ok(check, "detach", d.detach(location));
+}
+
+fn read_at(check: &str, d: &dyn SrDriver, location: &str, offset: u64, len: usize) -> Vec<u8> {
+    let att = ok(check, "attach", d.attach(location));
+    let f = match OpenOptions::new().read(true).open(&att.path) {
+        Ok(f) => f,
+        Err(e) => panic!("conformance/{check}: open {}: {e}", att.path.display()),
+    };
+    let mut buf = vec![0u8; len];
+    if let Err(e) = f.read_exact_at(&mut buf, offset) {
+        panic!("conformance/{check}: read: {e}");
+    }
+    ok(check, "detach", d.detach(location));
+    buf
+}
+
+/// Runs every check. `make` returns a guard (kept alive while the SR is in use, such as a
+/// temporary directory) and a driver for a fresh, empty SR; it is called once per check.
+///
+/// Checks that read and write data open the path [`SrDriver::attach`] returns as a file.
+pub fn run<G, D: SrDriver>(make: impl Fn() -> (G, D)) {
+    let checks: &[fn(&dyn SrDriver)] = &[
+        fresh_sr_is_empty,
+        create_then_stat_and_list,
+        names_are_kept_verbatim,
+        destroy_removes,
+        unknown_locations_are_errors,
+        resize_grows_and_keeps_data,
+        shrink_is_refused_without_change,
+        clone_is_an_independent_copy,
+        new_vdi_reads_as_zeros,
+        usage_adds_up,
+        concurrent_creates_are_distinct,
+    ];
+    for check in checks {
+        let (guard, driver) = make();
+        check(&driver);
+        drop(driver);
+        drop(guard);
+    }
+}
+
+fn fresh_sr_is_empty(d: &dyn SrDriver) {
+    let c = "fresh_sr_is_empty";
+    assert!(
+        ok(c, "list", d.list()).is_empty(),
+        "{c}: a new SR lists VDIs"
+    );
+    let u = ok(c, "usage", d.usage());
+    assert_eq!(u.virtual_allocation, 0, "{c}");
+    assert_eq!(u.physical_utilisation, 0, "{c}");
+}
+
+fn create_then_stat_and_list(d: &dyn SrDriver) {
+    let c = "create_then_stat_and_list";
+    let a = ok(c, "create", d.create("disk a", 64 * MIB));
+    let b = ok(c, "create", d.create("disk b", 0));
+    assert_ne!(a.location, b.location, "{c}: locations must be unique");
+    assert_eq!(a.virtual_size, 64 * MIB, "{c}");
+    assert_eq!(b.virtual_size, 0, "{c}");
+    assert!(
+        a.physical_utilisation <= a.virtual_size,
+        "{c}: a fresh VDI takes more than its size"
+    );
+    assert_eq!(
+        ok(c, "stat", d.stat(&a.location)),
+        a,
+        "{c}: stat differs from create"
+    );
+    let mut listed = ok(c, "list", d.list());
+    listed.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(listed, vec![a, b], "{c}");
+}
+
+fn names_are_kept_verbatim(d: &dyn SrDriver) {
+    let c = "names_are_kept_verbatim";
+    for name in [
+        "",
+        "  spaces  ",
+        "ünïcødé ✓",
+        "slash/and\\back",
+        "../../etc",
+        "x".repeat(1000).as_str(),
+    ] {
+        let v = ok(c, "create", d.create(name, MIB));
+        assert_eq!(ok(c, "stat", d.stat(&v.location)).name, name, "{c}");
+    }
+}
+
+fn destroy_removes(d: &dyn SrDriver) {
+    let c = "destroy_removes";
+    let a = ok(c, "create", d.create("a", MIB));
+    let b = ok(c, "create", d.create("b", MIB));
+    ok(c, "destroy", d.destroy(&a.location));
+    assert_eq!(ok(c, "list", d.list()), vec![b.clone()], "{c}");
+    no_such_vdi(c, "stat after destroy", d.stat(&a.location));
+    no_such_vdi(c, "second destroy", d.destroy(&a.location));
+    no_such_vdi(c, "attach after destroy", d.attach(&a.location));
+    ok(c, "destroy", d.destroy(&b.location));
+    assert!(ok(c, "list", d.list()).is_empty(), "{c}");
+}
+
+fn unknown_locations_are_errors(d: &dyn SrDriver) {
+    let c = "unknown_locations_are_errors";
+    for loc in [
+        "00000000-0000-0000-0000-000000000000",
+        "",
+        "../x",
+        "not a location",
+    ] {
+        no_such_vdi(c, "stat", d.stat(loc));
+        no_such_vdi(c, "destroy", d.destroy(loc));
+        no_such_vdi(c, "resize", d.resize(loc, MIB));
+        no_such_vdi(c, "clone", d.clone_vdi(loc, "x"));
+        no_such_vdi(c, "attach", d.attach(loc));
+        no_such_vdi(c, "detach", d.detach(loc));
+    }
+}
+
+fn resize_grows_and_keeps_data(d: &dyn SrDriver) {
+    let c = "resize_grows_and_keeps_data";
+    let v = ok(c, "create", d.create("grow", MIB));
+    write_at(c, d, &v.location, 100, b"keep me");
+    let grown = ok(c, "resize", d.resize(&v.location, 8 * MIB));
+    assert_eq!(grown.virtual_size, 8 * MIB, "{c}");
+    assert_eq!(
+        ok(c, "stat", d.stat(&v.location)).virtual_size,
+        8 * MIB,
+        "{c}"
+    );
+    assert_eq!(read_at(c, d, &v.location, 100, 7), b"keep me", "{c}");
+    assert_eq!(read_at(c, d, &v.location, 8 * MIB - 4, 4), [0; 4], "{c}");
+    // Resizing to the same size is allowed and changes nothing.
+    assert_eq!(
+        ok(c, "resize", d.resize(&v.location, 8 * MIB)).virtual_size,
+        8 * MIB,
+        "{c}"
+    );
+}
+
+fn shrink_is_refused_without_change(d: &dyn SrDriver) {
+    let c = "shrink_is_refused_without_change";
+    let v = ok(c, "create", d.create("shrink", 4 * MIB));
+    match d.resize(&v.location, MIB) {
+        Err(StorageError::ShrinkNotSupported { .. }) => {}
+        other => panic!("{c}: expected ShrinkNotSupported, got {other:?}"),
+    }
+    assert_eq!(
+        ok(c, "stat", d.stat(&v.location)).virtual_size,
+        4 * MIB,
+        "{c}"
+    );
+}
+
+fn clone_is_an_independent_copy(d: &dyn SrDriver) {
+    let c = "clone_is_an_independent_copy";
+    let v = ok(c, "create", d.create("base", 3 * MIB));
+    write_at(c, d, &v.location, 0, b"head");
+    write_at(c, d, &v.location, 2 * MIB + 5, b"tail");
+    let copy = ok(c, "clone", d.clone_vdi(&v.location, "copy"));
+    assert_ne!(copy.location, v.location, "{c}");
+    assert_eq!(copy.name, "copy", "{c}");
+    assert_eq!(copy.virtual_size, v.virtual_size, "{c}");
+    assert_eq!(read_at(c, d, &copy.location, 0, 4), b"head", "{c}");
+    assert_eq!(
+        read_at(c, d, &copy.location, 2 * MIB + 5, 4),
+        b"tail",
+        "{c}"
+    );
+    write_at(c, d, &v.location, 0, b"HEAD");
+    write_at(c, d, &copy.location, 2 * MIB + 5, b"TAIL");
+    assert_eq!(
+        read_at(c, d, &copy.location, 0, 4),
+        b"head",
+        "{c}: clone follows its source"
+    );
+    assert_eq!(
+        read_at(c, d, &v.location, 2 * MIB + 5, 4),
+        b"tail",
+        "{c}: source follows its clone"
+    );
+    ok(c, "destroy source", d.destroy(&v.location));
+    assert_eq!(
+        read_at(c, d, &copy.location, 0, 4),
+        b"head",
+        "{c}: clone lost with source"
+    );
+}
+
+fn new_vdi_reads_as_zeros(d: &dyn SrDriver) {
+    let c = "new_vdi_reads_as_zeros";
+    let v = ok(c, "create", d.create("zeros", 2 * MIB));
+    assert!(
+        read_at(c, d, &v.location, MIB - 10, 20)
+            .iter()
+            .all(|&b| b == 0),
+        "{c}"
+    );
+}
+
+fn usage_adds_up(d: &dyn SrDriver) {
+    let c = "usage_adds_up";
+    let a = ok(c, "create", d.create("a", 5 * MIB));
+    let _b = ok(c, "create", d.create("b", 7 * MIB));
+    write_at(c, d, &a.location, 0, &vec![0xa5; 64 * 1024]);
+    let u = ok(c, "usage", d.usage());
+    assert_eq!(u.virtual_allocation, 12 * MIB, "{c}");
+    let listed: u64 = ok(c, "list", d.list())
+        .iter()
+        .map(|v| v.physical_utilisation)
+        .sum();
+    assert_eq!(u.physical_utilisation, listed, "{c}");
+    assert!(
+        u.physical_utilisation >= 64 * 1024,
+        "{c}: written data not counted"
+    );
+    assert!(u.physical_size >= u.physical_utilisation, "{c}");
+}
+
+fn concurrent_creates_are_distinct(d: &dyn SrDriver) {
+    let c = "concurrent_creates_are_distinct";
+    let made: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| ok(c, "create", d.create(&format!("t{t}-{i}"), MIB)).location)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                Err(_) => panic!("{c}: a creating thread panicked"),
+            })
+            .collect()
+    });
+    let mut unique = made.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 40, "{c}: duplicate locations");
+    assert_eq!(ok(c, "list", d.list()).len(), 40, "{c}");
+}

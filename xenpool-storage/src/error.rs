@@ -1,0 +1,92 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file-system call failed.
+    #[error("{context} ({}): {source}", path.display())]
+    Io {
+        /// What we were doing.
+        context: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite refused a statement.
+    #[error("sqlite: {context}: {source}")]
+    Sqlite {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database file was written by a newer schema than this build knows.
+    #[error("database schema version {found} is newer than the supported {supported}")]
+    SchemaTooNew {
+        /// The version in the file.
+        found: i64,
+        /// The newest version this build reads.
+        supported: i64,
+    },
+    /// A number does not fit SQLite's signed 64-bit integers.
+    #[error("{what} {value} does not fit in a signed 64-bit integer")]
+    OutOfRange {
+        /// Which number.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// No VDI with this location exists on the SR.
+    #[error("no VDI at location {0}")]
+    NoSuchVdi(String),
+    /// The driver cannot make a VDI smaller.
+    #[error("cannot shrink VDI {location} from {current} to {requested} bytes")]
+    ShrinkNotSupported {
+        /// The VDI.
+        location: String,
+        /// Its size now.
+        current: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+    /// The SR is claimed for exclusive use by another pool.
+    #[error("SR is in use by pool {holder}")]
+    ClaimedByOtherPool {
+        /// The pool that holds the claim.
+        holder: String,
+    },
+    /// A file the driver wrote is not in the expected format.
+    #[error("corrupt SR metadata at {}: {reason}", path.display())]
+    CorruptMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        StorageError::Io {
+            context,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sqlite(context: impl Into<String>, source: rusqlite::Error) -> Self {
+        StorageError::Sqlite {
+            context: context.into(),
+            source,
+        }
+    }
+}

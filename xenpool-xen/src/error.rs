@@ -1,0 +1,81 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+use crate::hypervisor::{DomId, DomainState};
+
+/// Why a hypervisor call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum XenError {
+    /// The host lacks the free memory the domain needs.
+    #[error("not enough memory: {needed} bytes needed, {free} free")]
+    NotEnoughMemory {
+        /// Bytes the operation needs.
+        needed: u64,
+        /// Bytes free on the host.
+        free: u64,
+    },
+    /// No domain has this id.
+    #[error("no domain {0}")]
+    NoSuchDomain(DomId),
+    /// A domain for this VM already exists on the host.
+    #[error("a domain for VM {uuid} already exists ({domid})")]
+    DomainExists {
+        /// The VM's UUID.
+        uuid: String,
+        /// The existing domain.
+        domid: DomId,
+    },
+    /// The operation does not apply to a domain in this state.
+    #[error("cannot {operation} {domid}: it is {state:?}")]
+    InvalidState {
+        /// The domain.
+        domid: DomId,
+        /// Its state.
+        state: DomainState,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The operation would act on the control domain, which toolstacks must not touch.
+    #[error("cannot {0} the control domain")]
+    ControlDomain(&'static str),
+    /// The state file could not be read or written.
+    #[error("{context} ({}): {source}", path.display())]
+    StateFile {
+        /// What we were doing.
+        context: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is not in the expected format.
+    #[error("corrupt state file {}: {reason}", path.display())]
+    CorruptState {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// This host is not running Xen (or this process cannot reach the hypervisor).
+    #[error("not a Xen host: {0}")]
+    NotXen(String),
+    /// The backend does not implement this operation.
+    #[error("{backend} backend does not support {operation}")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The hypervisor refused a call.
+    #[error("{call} failed: {source}")]
+    Hypercall {
+        /// The library call.
+        call: &'static str,
+        /// The errno it left.
+        #[source]
+        source: std::io::Error,
+    },
+}

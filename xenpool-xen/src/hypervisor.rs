@@ -1,0 +1,118 @@
+//! The interface the daemon drives, and the types it speaks in.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::XenError;
+
+/// A domain id: 0 is the control domain; guests get fresh ids as they are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DomId(pub u32);
+
+impl DomId {
+    /// The control domain (dom0).
+    pub const CONTROL: DomId = DomId(0);
+}
+
+impl fmt::Display for DomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "domain {}", self.0)
+    }
+}
+
+/// The host as the hypervisor sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// All memory of the host, in bytes.
+    pub memory_total: u64,
+    /// Memory no domain holds, in bytes.
+    pub memory_free: u64,
+    /// Physical CPUs.
+    pub cpus: u32,
+    /// Memory held by the control domain, in bytes.
+    pub control_domain_memory: u64,
+    /// Hypervisor version, such as `4.17` or `simulated-1`.
+    pub version: String,
+}
+
+/// What to build a domain from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSpec {
+    /// The VM's UUID; at most one domain per VM on a host.
+    pub uuid: String,
+    /// The VM's name, for logs.
+    pub name: String,
+    /// Memory the domain holds, in bytes.
+    pub memory: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+}
+
+/// Where a domain is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DomainState {
+    /// Its vCPUs are scheduled.
+    Running,
+    /// It exists and holds its memory, but its vCPUs do not run (also right after create).
+    Paused,
+    /// The guest stopped; the domain still holds its memory until destroyed.
+    Shutdown,
+    /// Its memory image is saved and its memory given back to the host.
+    Suspended,
+}
+
+/// One domain as listed by the hypervisor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// Its id.
+    pub domid: DomId,
+    /// The VM's UUID.
+    pub uuid: String,
+    /// The VM's name.
+    pub name: String,
+    /// Its state.
+    pub state: DomainState,
+    /// Memory it holds now, in bytes (0 while suspended).
+    pub memory: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+}
+
+/// One host's hypervisor.
+///
+/// Calls block: a backend may take seconds to boot or stop a guest (the simulated backend
+/// sleeps for its configured delay), so async callers run them on blocking threads
+/// (`tokio::task::spawn_blocking`). Implementations are safe to call from several threads.
+///
+/// Life of a domain: `create_domain` → Paused; `unpause` → Running; `pause` → Paused;
+/// `suspend` (Running or Paused) → Suspended; `resume` → Running; `shutdown` → Shutdown;
+/// `reboot` (Running) → Running; `destroy` from any state removes it. Any other transition
+/// fails with [`XenError::InvalidState`] and changes nothing.
+pub trait Hypervisor: Send + Sync {
+    /// Memory, CPUs and version of the host.
+    fn host_info(&self) -> Result<HostInfo, XenError>;
+    /// Builds a paused domain holding `spec.memory`.
+    fn create_domain(&self, spec: &DomainSpec) -> Result<DomId, XenError>;
+    /// Lets a paused domain run (also how a freshly created domain starts).
+    fn unpause(&self, domid: DomId) -> Result<(), XenError>;
+    /// Stops scheduling a running domain.
+    fn pause(&self, domid: DomId) -> Result<(), XenError>;
+    /// Saves a domain's memory image and frees its memory.
+    fn suspend(&self, domid: DomId) -> Result<(), XenError>;
+    /// Restores a suspended domain and lets it run; needs its memory back.
+    fn resume(&self, domid: DomId) -> Result<(), XenError>;
+    /// Stops the guest: `clean` asks it to shut down (it must be running), otherwise it is
+    /// stopped at once.
+    fn shutdown(&self, domid: DomId, clean: bool) -> Result<(), XenError>;
+    /// Restarts a running guest in place.
+    fn reboot(&self, domid: DomId) -> Result<(), XenError>;
+    /// Removes a domain in any state and frees its memory.
+    fn destroy(&self, domid: DomId) -> Result<(), XenError>;
+    /// Every domain, the control domain first.
+    fn list(&self) -> Result<Vec<DomainInfo>, XenError>;
+    /// The domain of the VM with this UUID, if it has one here.
+    fn domain_by_uuid(&self, uuid: &str) -> Result<Option<DomainInfo>, XenError> {
+        Ok(self.list()?.into_iter().find(|d| d.uuid == uuid))
+    }
+}
