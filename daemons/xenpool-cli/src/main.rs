@@ -27,7 +27,9 @@ struct Options {
 
 const USAGE: &str = "usage: xenpool -s HOST [-p PORT] [--https] -u USER (-pw PASSWORD | -pwf FILE) [--minimal] COMMAND [key=value ...]
 commands: vm-list vm-start vm-shutdown vm-reboot vm-suspend vm-resume vm-param-list vm-install vm-uninstall
-          host-list pool-list sr-list network-list vdi-list task-list message-list event-wait";
+          host-list pool-list sr-list network-list vdi-list task-list message-list event-wait
+          pool-join pool-eject pool-designate-new-master pool-emergency-transition-to-master
+          pool-emergency-reset-master pool-recover-slaves";
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Options> {
     let mut o = Options {
@@ -230,7 +232,19 @@ async fn run(o: Options) -> anyhow::Result<()> {
         .password
         .clone()
         .context("give a password with -pw or -pwf")?;
-    let session = client.login_with_password(&o.user, &password).await?;
+    // Emergency commands go to a member whose coordinator may be gone: a local session.
+    let local = o.command.starts_with("pool-emergency") || o.command == "pool-recover-slaves";
+    let session = if local {
+        let v = client
+            .call(
+                "session.slave_local_login_with_password",
+                vec![Value::String(o.user.clone()), Value::String(password.clone())],
+            )
+            .await?;
+        wire_text(&v)
+    } else {
+        client.login_with_password(&o.user, &password).await?
+    };
     let s = Session {
         client,
         session: Value::String(session),
@@ -337,6 +351,50 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             Ok(())
         }
         "event-wait" => event_wait(s, &o.args).await,
+        "pool-join" => {
+            let get = |k: &str| {
+                o.args
+                    .get(k)
+                    .cloned()
+                    .with_context(|| format!("pool-join needs {k}="))
+            };
+            s.call(
+                "pool.join",
+                vec![
+                    Value::String(get("master-address")?),
+                    Value::String(get("master-username")?),
+                    Value::String(get("master-password")?),
+                ],
+            )
+            .await?;
+            Ok(())
+        }
+        "pool-eject" | "pool-designate-new-master" => {
+            let uuid = o.args.get("host-uuid").context("give host-uuid=")?;
+            let host = s.call("host.get_by_uuid", vec![Value::String(uuid.clone())]).await?;
+            let method = if o.command == "pool-eject" {
+                "pool.eject"
+            } else {
+                "pool.designate_new_master"
+            };
+            s.call(method, vec![host]).await?;
+            Ok(())
+        }
+        "pool-emergency-transition-to-master" => {
+            s.call("pool.emergency_transition_to_master", vec![]).await?;
+            Ok(())
+        }
+        "pool-emergency-reset-master" => {
+            let addr = o.args.get("master-address").context("give master-address=")?;
+            s.call("pool.emergency_reset_master", vec![Value::String(addr.clone())])
+                .await?;
+            Ok(())
+        }
+        "pool-recover-slaves" => {
+            let v = s.call("pool.recover_slaves", vec![]).await?;
+            println!("{}", wire_text(&v));
+            Ok(())
+        }
         other => bail!("unknown command {other}\n{USAGE}"),
     }
 }

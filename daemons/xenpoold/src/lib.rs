@@ -91,8 +91,13 @@ pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path:
         state,
         config,
         hypervisor,
-        role: RwLock::new(role),
+        role: RwLock::new(role.clone()),
+        liveness: crate::pool::Liveness::default(),
+        local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
+    if let Role::Member { coordinator } = &role {
+        node.state.set_write_gate(Some(coordinator.clone()));
+    }
     if node.is_coordinator() {
         reconcile(&node)?;
     }

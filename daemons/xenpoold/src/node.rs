@@ -67,6 +67,11 @@ pub struct Node {
     pub hypervisor: Arc<dyn xenpool_xen::Hypervisor>,
     /// Coordinator or member.
     pub role: RwLock<Role>,
+    /// When members were last heard from (on the coordinator).
+    pub liveness: crate::pool::Liveness,
+    /// Sessions from `session.slave_local_login_with_password`: kept by this host only, so
+    /// a member can be administered while its coordinator is gone.
+    pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::api::Caller>>,
 }
 
 impl std::fmt::Debug for Node {

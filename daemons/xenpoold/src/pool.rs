@@ -1,13 +1,28 @@
-//! Pool membership: the role file, and work forwarded between hosts.
+//! Pool membership: the role file and pool secret, joining and ejecting, the member's
+//! replication loop, the coordinator's liveness monitor, work forwarded between hosts, and
+//! coordinator transfer.
+//!
+//! Replication is pulled: each member long-polls its coordinator for the batches committed
+//! after its own generation, applies them in order and persists them. The poll is also the
+//! member's heartbeat: a member not heard from within the liveness timeout is marked not
+//! live.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use xenpool_core::{Ref, VmRecord};
-use xenpool_rpc::XenApiError;
+use xenpool_core::persist::{StoredObject, StoredState, WriteBatch};
+use xenpool_core::{
+    Class, CoreError, Database, HostMetricsRecord, HostRecord, MessageClass, NetworkRecord, Object,
+    PbdRecord, PifRecord, PoolRecord, Ref, SrRecord, VmPowerState, VmRecord,
+};
+use xenpool_rpc::{Client, RpcError, Value as Wire, XenApiError};
 
 use crate::node::{DomainOp, Node, Role};
 
 const ROLE_FILE: &str = "pool-role";
+const SECRET_FILE: &str = "pool-secret";
 
 /// Reads the role file: `master`, or `slave:<coordinator address>` (xapi's spelling).
 pub fn read_role(data_dir: &Path) -> Role {
@@ -22,17 +37,85 @@ pub fn read_role(data_dir: &Path) -> Role {
     }
 }
 
+fn write_durably(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    crate::bootstrap::write_secret(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Writes the role file durably.
 pub fn write_role(data_dir: &Path, role: &Role) -> anyhow::Result<()> {
     let text = match role {
         Role::Coordinator => "master".to_string(),
         Role::Member { coordinator } => format!("slave:{coordinator}"),
     };
-    let tmp = data_dir.join(format!("{ROLE_FILE}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, data_dir.join(ROLE_FILE))?;
-    Ok(())
+    write_durably(&data_dir.join(ROLE_FILE), &text)
+}
+
+/// The pool secret hosts use to authenticate each other, if this host has one.
+pub fn read_secret(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(SECRET_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Keeps the pool secret (owner-readable only).
+pub fn write_secret_file(data_dir: &Path, secret: &str) -> anyhow::Result<()> {
+    write_durably(&data_dir.join(SECRET_FILE), secret)
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn secret_matches(node: &Node, given: &str) -> bool {
+    let Some(mine) = read_secret(&node.config.data_dir) else {
+        return false;
+    };
+    let (a, b) = (mine.as_bytes(), given.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The URL of another host: its address with this host's port (every host of a pool serves
+/// the same port, as `HOST_IS_SLAVE` names only an address).
+pub fn host_url(node: &Node, address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') && address.matches(':').count() == 1 {
+        format!("http://{address}/")
+    } else {
+        format!("http://{address}:{}/", node.config.http_port)
+    }
+}
+
+/// A client for host-to-host calls: no redirect following (the caller wants to see them).
+pub fn peer_client(node: &Node, address: &str, timeout: Duration) -> Result<Client, XenApiError> {
+    Client::builder(&host_url(node, address))
+        .max_redirects(0)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| XenApiError::internal_error(e.to_string()))
+}
+
+fn rpc_error(e: RpcError) -> XenApiError {
+    match e.api() {
+        Some(api) => api.clone(),
+        None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
+    }
+}
+
+fn host_address(db: &Database, host: &Ref) -> Result<String, XenApiError> {
+    db.get::<HostRecord>(host)
+        .map(|h| h.address.clone())
+        .map_err(crate::api::api_error)
+}
+
+fn secret_or_error(node: &Node) -> Result<String, XenApiError> {
+    read_secret(&node.config.data_dir)
+        .ok_or_else(|| XenApiError::internal_error("this host has no pool secret"))
 }
 
 /// Runs a domain operation on another host of the pool.
@@ -42,11 +125,670 @@ pub async fn forward_domain_op(
     vm: &VmRecord,
     op: DomainOp,
 ) -> Result<i64, XenApiError> {
-    let _ = (node, vm, op);
-    Err(XenApiError::new("HOST_OFFLINE", [host.as_str()]))
+    let address = host_address(&node.state.db(), host)?;
+    let secret = secret_or_error(node)?;
+    let client = peer_client(node, &address, Duration::from_secs(120))?;
+    let vm_json = serde_json::to_string(vm).map_err(|e| XenApiError::internal_error(e.to_string()))?;
+    let result = client
+        .call(
+            "host.xenpool_domain_op",
+            vec![
+                Wire::String(secret),
+                Wire::String(vm_json),
+                Wire::String(op_name(op).to_string()),
+            ],
+        )
+        .await
+        .map_err(rpc_error)?;
+    match result {
+        Wire::Int(i) => Ok(i),
+        Wire::String(s) => s
+            .parse()
+            .map_err(|_| XenApiError::internal_error("bad domain id from member")),
+        _ => Err(XenApiError::internal_error("bad domain id from member")),
+    }
 }
 
-/// Starts the background work of this host's role.
-pub fn start_background(node: &std::sync::Arc<Node>, stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = (node, stop);
+/// The wire name of a domain operation between hosts.
+pub fn op_name(op: DomainOp) -> &'static str {
+    match op {
+        DomainOp::Start { paused: false } => "start",
+        DomainOp::Start { paused: true } => "start_paused",
+        DomainOp::Resume { paused: false } => "resume",
+        DomainOp::Resume { paused: true } => "resume_paused",
+        DomainOp::Shutdown { clean: true } => "clean_shutdown",
+        DomainOp::Shutdown { clean: false } => "hard_shutdown",
+        DomainOp::Reboot { clean: true } => "clean_reboot",
+        DomainOp::Reboot { clean: false } => "hard_reboot",
+        DomainOp::Suspend => "suspend",
+        DomainOp::Pause => "pause",
+        DomainOp::Unpause => "unpause",
+    }
+}
+
+/// A domain operation from its wire name.
+pub fn parse_op(s: &str) -> Option<DomainOp> {
+    Some(match s {
+        "start" => DomainOp::Start { paused: false },
+        "start_paused" => DomainOp::Start { paused: true },
+        "resume" => DomainOp::Resume { paused: false },
+        "resume_paused" => DomainOp::Resume { paused: true },
+        "clean_shutdown" => DomainOp::Shutdown { clean: true },
+        "hard_shutdown" => DomainOp::Shutdown { clean: false },
+        "clean_reboot" => DomainOp::Reboot { clean: true },
+        "hard_reboot" => DomainOp::Reboot { clean: false },
+        "suspend" => DomainOp::Suspend,
+        "pause" => DomainOp::Pause,
+        "unpause" => DomainOp::Unpause,
+        _ => return None,
+    })
+}
+
+/// When the coordinator last heard from each member.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    last_contact: Mutex<HashMap<Ref, Instant>>,
+    /// Generation each member reported it holds.
+    member_generation: Mutex<HashMap<Ref, u64>>,
+}
+
+impl Liveness {
+    /// Records a contact from a member.
+    pub fn contact(&self, host: &Ref, generation: u64) {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.clone(), Instant::now());
+        self.member_generation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.clone(), generation);
+    }
+
+    /// The generation a member last reported.
+    pub fn generation_of(&self, host: &Ref) -> Option<u64> {
+        self.member_generation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .copied()
+    }
+
+    /// Forgets every contact, giving every member a fresh grace period.
+    pub fn reset(&self) {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn seen_within(&self, host: &Ref, timeout: Duration, start: Instant) -> bool {
+        let map = self.last_contact.lock().unwrap_or_else(|e| e.into_inner());
+        let last = map.get(host).copied().unwrap_or(start);
+        last.elapsed() < timeout
+    }
+}
+
+/// Starts the background work of this host: a coordinator watches its members' liveness, a
+/// member follows its coordinator. The loop follows role changes.
+pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut coordinator_since: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match node.role() {
+                Role::Coordinator => {
+                    let start = *coordinator_since.get_or_insert_with(|| {
+                        node.liveness.reset();
+                        Instant::now()
+                    });
+                    liveness_tick(&node, start);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Role::Member { coordinator } => {
+                    coordinator_since = None;
+                    tokio::select! {
+                        r = replicate_once(&node, &coordinator) => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "replication poll failed");
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                        }
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Marks members live or not from the time since their last poll.
+fn liveness_tick(node: &Node, start: Instant) {
+    let timeout = Duration::from_secs_f64(node.config.liveness_timeout_secs.max(0.5));
+    let changes: Vec<(Ref, bool)> = {
+        let db = node.state.db();
+        db.all::<HostRecord>()
+            .filter(|(r, _)| **r != node.state.host)
+            .filter_map(|(r, h)| {
+                let live_now = node.liveness.seen_within(r, timeout, start);
+                let recorded = db
+                    .get::<HostMetricsRecord>(&h.metrics)
+                    .map(|m| m.live)
+                    .unwrap_or(false);
+                (live_now != recorded).then(|| (r.clone(), live_now))
+            })
+            .collect()
+    };
+    if changes.is_empty() {
+        return;
+    }
+    let inputs = node.state.inputs();
+    let result = node.state.write(|txn| {
+        for (host, live) in &changes {
+            let metrics = txn.get::<HostRecord>(host)?.metrics.clone();
+            txn.update::<HostMetricsRecord>(&metrics, |m| {
+                m.live = *live;
+                m.last_updated = crate::state::now();
+            })?;
+        }
+        xenpool_core::ops::refresh_allowed_operations(txn, &inputs).map(|_| ())
+    });
+    match result {
+        Ok(()) => {
+            for (host, live) in &changes {
+                tracing::info!(host = %host, live, "member liveness changed");
+            }
+            node.ha_refresh();
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record member liveness"),
+    }
+}
+
+/// One long-poll of the coordinator; applies what it returns.
+async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiError> {
+    let secret = secret_or_error(node)?;
+    let timeout = node.config.heartbeat_interval_secs.clamp(0.1, 10.0);
+    let client = peer_client(node, coordinator, Duration::from_secs_f64(timeout + 10.0))?;
+    let generation = node.state.db().generation();
+    let result = client
+        .call(
+            "pool.xenpool_replicate",
+            vec![
+                Wire::String(secret),
+                Wire::String(node.state.host.as_str().to_string()),
+                Wire::String(generation.to_string()),
+                Wire::Double(timeout),
+            ],
+        )
+        .await;
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(api) = e.api() {
+                if api.code == xenpool_rpc::HOST_IS_SLAVE {
+                    if let Some(addr) = api.params.first() {
+                        tracing::info!(coordinator = %addr, "following the new coordinator");
+                        let _ = crate::set_role(
+                            node,
+                            Role::Member {
+                                coordinator: addr.clone(),
+                            },
+                        );
+                        return Ok(());
+                    }
+                }
+            }
+            return Err(rpc_error(e));
+        }
+    };
+    let Wire::Struct(fields) = value else {
+        return Err(XenApiError::internal_error("bad replication answer"));
+    };
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+    if let Some(Wire::String(snapshot)) = get("snapshot") {
+        if !snapshot.is_empty() {
+            let state: StoredState = serde_json::from_str(snapshot)
+                .map_err(|e| XenApiError::internal_error(format!("bad snapshot: {e}")))?;
+            node.state
+                .replace_with(&state)
+                .map_err(crate::api::api_error)?;
+        }
+    }
+    if let Some(Wire::Array(items)) = get("batches") {
+        let mut batches = Vec::with_capacity(items.len());
+        for item in items {
+            if let Wire::String(s) = item {
+                let b: WriteBatch = serde_json::from_str(s)
+                    .map_err(|e| XenApiError::internal_error(format!("bad batch: {e}")))?;
+                batches.push(b);
+            }
+        }
+        node.state
+            .apply_replicated(&batches)
+            .map_err(crate::api::api_error)?;
+    }
+    Ok(())
+}
+
+/// The coordinator's side of a replication poll.
+pub async fn serve_replication(
+    node: &Node,
+    host: &Ref,
+    from: u64,
+    timeout: f64,
+) -> Result<Wire, XenApiError> {
+    if let Role::Member { coordinator } = node.role() {
+        return Err(XenApiError::host_is_slave(&coordinator));
+    }
+    if !node.state.db().exists(Class::Host, host) {
+        return Err(XenApiError::handle_invalid("host", host.as_str()));
+    }
+    node.liveness.contact(host, from);
+    let mut rx = node.state.generation.subscribe();
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 30.0));
+    loop {
+        rx.borrow_and_update();
+        let current = node.state.db().generation();
+        if current > from {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            break;
+        }
+    }
+    node.liveness.contact(host, from);
+    let (batches, snapshot) = match node.state.batches_since(from) {
+        Some(b) => (b, String::new()),
+        None => {
+            let state = node.state.db().to_stored();
+            let text = serde_json::to_string(&state)
+                .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+            (Vec::new(), text)
+        }
+    };
+    let batches = batches
+        .iter()
+        .map(|b| serde_json::to_string(b).map(Wire::String))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+    Ok(Wire::Struct(vec![
+        ("batches".into(), Wire::Array(batches)),
+        ("snapshot".into(), Wire::String(snapshot)),
+    ]))
+}
+
+/// What a joining host sends: its own objects (host, metrics, control domain, local SRs
+/// with their VDIs and PBDs, PIFs and the networks they are on).
+pub fn export_for_join(db: &Database, host: &Ref) -> Result<Vec<StoredObject>, CoreError> {
+    let mut out = Vec::new();
+    let mut push = |class: Class, r: &Ref, o: &Object| {
+        out.push(StoredObject {
+            class: class.name().to_string(),
+            reference: r.as_str().to_string(),
+            generation: 0,
+            body: o.to_json(),
+        })
+    };
+    let h = db.get::<HostRecord>(host)?;
+    push(Class::Host, host, db.object(Class::Host, host)?);
+    if let Ok(o) = db.object(Class::HostMetrics, &h.metrics) {
+        push(Class::HostMetrics, &h.metrics, o);
+    }
+    for (r, vm) in db.all::<VmRecord>() {
+        if vm.is_control_domain && vm.resident_on == *host {
+            push(Class::VM, r, db.object(Class::VM, r)?);
+            if let Ok(o) = db.object(Class::VMMetrics, &vm.metrics) {
+                push(Class::VMMetrics, &vm.metrics, o);
+            }
+        }
+    }
+    for pbd in &h.PBDs {
+        let b = db.get::<PbdRecord>(pbd)?;
+        let sr = db.get::<SrRecord>(&b.SR)?;
+        if sr.shared {
+            continue;
+        }
+        push(Class::SR, &b.SR, db.object(Class::SR, &b.SR)?);
+        push(Class::PBD, pbd, db.object(Class::PBD, pbd)?);
+        for vdi in &sr.VDIs {
+            push(Class::VDI, vdi, db.object(Class::VDI, vdi)?);
+        }
+    }
+    for pif in &h.PIFs {
+        let p = db.get::<PifRecord>(pif)?;
+        push(Class::Network, &p.network, db.object(Class::Network, &p.network)?);
+        push(Class::PIF, pif, db.object(Class::PIF, pif)?);
+    }
+    Ok(out)
+}
+
+/// The coordinator adds a joining host's objects in one transaction. Parent-side sets are
+/// rebuilt by the relations; the joiner's networks map onto the pool's by bridge.
+pub fn import_joining_host(
+    txn: &mut xenpool_core::Txn<'_>,
+    node: &Node,
+    objects: &[StoredObject],
+) -> Result<Ref, CoreError> {
+    let mut decoded = Vec::new();
+    for o in objects {
+        let class = Class::parse(&o.class)
+            .ok_or_else(|| CoreError::InvalidValue {
+                field: "class".into(),
+                value: o.class.clone(),
+            })?;
+        decoded.push((class, Ref::from_string(o.reference.clone()), Object::from_json(class, &o.body)?));
+    }
+    let host_ref = decoded
+        .iter()
+        .find(|(c, _, _)| *c == Class::Host)
+        .map(|(_, r, _)| r.clone())
+        .ok_or_else(|| CoreError::InvalidValue {
+            field: "host".into(),
+            value: "missing".into(),
+        })?;
+    if txn.db().exists(Class::Host, &host_ref) {
+        return Err(CoreError::api(
+            "POOL_JOINING_HOST_ALREADY_IN_POOL",
+            [host_ref.as_str()],
+        ));
+    }
+    // Networks: the pool's network with the same bridge, else the joiner's is added.
+    let mut network_map: HashMap<Ref, Ref> = HashMap::new();
+    for (class, r, o) in &decoded {
+        if let (Class::Network, Object::Network(n)) = (class, o) {
+            let existing = txn
+                .db()
+                .all::<NetworkRecord>()
+                .find(|(_, p)| p.bridge == n.bridge)
+                .map(|(pr, _)| pr.clone());
+            match existing {
+                Some(pr) => {
+                    network_map.insert(r.clone(), pr);
+                }
+                None => {
+                    let mut n = (**n).clone();
+                    n.PIFs.clear();
+                    n.VIFs.clear();
+                    txn.create(r.clone(), n)?;
+                    network_map.insert(r.clone(), r.clone());
+                }
+            }
+        }
+    }
+    // Parents before children, with parent-side sets emptied.
+    let order = [
+        Class::HostMetrics,
+        Class::Host,
+        Class::VMMetrics,
+        Class::SR,
+        Class::PBD,
+        Class::VDI,
+        Class::PIF,
+        Class::VM,
+    ];
+    for class in order {
+        for (c, r, o) in &decoded {
+            if *c != class {
+                continue;
+            }
+            let obj = match o.clone() {
+                Object::Host(mut h) => {
+                    h.resident_VMs.clear();
+                    h.PBDs.clear();
+                    h.PIFs.clear();
+                    Object::Host(h)
+                }
+                Object::SR(mut s) => {
+                    s.PBDs.clear();
+                    s.VDIs.clear();
+                    Object::SR(s)
+                }
+                Object::VDI(mut d) => {
+                    d.VBDs.clear();
+                    d.snapshots.clear();
+                    d.snapshot_of = Ref::null();
+                    Object::VDI(d)
+                }
+                Object::PIF(mut p) => {
+                    p.network = network_map.get(&p.network).cloned().unwrap_or_default();
+                    Object::PIF(p)
+                }
+                Object::VM(mut v) => {
+                    v.VBDs.clear();
+                    v.VIFs.clear();
+                    v.snapshots.clear();
+                    Object::VM(v)
+                }
+                other => other,
+            };
+            txn.create_object(r.clone(), obj)?;
+        }
+    }
+    // The pool's shared SRs are plugged on the new host with the coordinator's settings.
+    let shared: Vec<(Ref, PbdRecord)> = txn
+        .db()
+        .all::<SrRecord>()
+        .filter(|(_, s)| s.shared)
+        .filter_map(|(sr, s)| {
+            s.PBDs
+                .iter()
+                .filter_map(|p| txn.db().get::<PbdRecord>(p).ok())
+                .next()
+                .map(|p| (sr.clone(), p.clone()))
+        })
+        .collect();
+    for (sr, template) in shared {
+        txn.create(
+            node.state.new_ref(),
+            PbdRecord {
+                uuid: node.state.new_uuid(),
+                host: host_ref.clone(),
+                SR: sr,
+                device_config: template.device_config.clone(),
+                currently_attached: true,
+                other_config: Default::default(),
+            },
+        )?;
+    }
+    Ok(host_ref)
+}
+
+/// Checks a standalone host may join a pool (xapi's preconditions and error codes).
+pub fn check_can_join(node: &Node, master_address: &str) -> Result<(), XenApiError> {
+    if !node.is_coordinator() {
+        return Err(XenApiError::new(
+            "OPERATION_NOT_ALLOWED",
+            ["this host is already a member of a pool"],
+        ));
+    }
+    let me = node.config.address.to_string();
+    if master_address == me || master_address.split(':').next() == Some(me.as_str()) {
+        return Err(XenApiError::new(
+            "OPERATION_NOT_ALLOWED",
+            ["a host cannot join itself"],
+        ));
+    }
+    let db = node.state.db();
+    if let Some((_, pool)) = db.all::<PoolRecord>().next() {
+        if pool.ha_enabled {
+            return Err(XenApiError::new("HA_IS_ENABLED", Vec::<String>::new()));
+        }
+    }
+    if db.count(Class::Host) > 1 {
+        return Err(XenApiError::new(
+            "POOL_JOINING_HOST_CANNOT_BE_MASTER_OF_OTHER_HOSTS",
+            Vec::<String>::new(),
+        ));
+    }
+    for (_, vm) in db.all::<VmRecord>() {
+        if vm.is_control_domain {
+            continue;
+        }
+        if vm.power_state != VmPowerState::Halted {
+            return Err(XenApiError::new(
+                "POOL_JOINING_HOST_CANNOT_HAVE_RUNNING_VMS",
+                Vec::<String>::new(),
+            ));
+        }
+        if !vm.current_operations.is_empty() {
+            return Err(XenApiError::new(
+                "POOL_JOINING_HOST_CANNOT_HAVE_VMS_WITH_CURRENT_OPERATIONS",
+                Vec::<String>::new(),
+            ));
+        }
+    }
+    if db.all::<SrRecord>().any(|(_, s)| s.shared) {
+        return Err(XenApiError::new(
+            "POOL_JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS",
+            Vec::<String>::new(),
+        ));
+    }
+    Ok(())
+}
+
+/// Turns this host into the coordinator: role file, write gate, `pool.master`, message.
+pub fn become_coordinator(node: &Node) -> Result<(), XenApiError> {
+    crate::set_role(node, Role::Coordinator).map_err(|e| XenApiError::internal_error(e.to_string()))?;
+    node.state.set_write_gate(None);
+    node.liveness.reset();
+    let host = node.state.host.clone();
+    let (pool_ref, host_uuid) = {
+        let db = node.state.db();
+        let pool_ref = db
+            .all::<PoolRecord>()
+            .next()
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| XenApiError::internal_error("no pool record"))?;
+        let uuid = db
+            .get::<HostRecord>(&host)
+            .map(|h| h.uuid.clone())
+            .unwrap_or_default();
+        (pool_ref, uuid)
+    };
+    node.state
+        .write(|txn| txn.update::<PoolRecord>(&pool_ref, |p| p.master = host.clone()))
+        .map_err(crate::api::api_error)?;
+    let _ = node.raise_message(
+        "POOL_MASTER_TRANSITION",
+        4,
+        MessageClass::Host,
+        &host_uuid,
+        "The host became the pool coordinator.",
+    );
+    Ok(())
+}
+
+/// Turns this host into a member following `coordinator`.
+pub fn become_member(node: &Node, coordinator: &str) -> Result<(), XenApiError> {
+    node.state.set_write_gate(Some(coordinator.to_string()));
+    crate::set_role(
+        node,
+        Role::Member {
+            coordinator: coordinator.to_string(),
+        },
+    )
+    .map_err(|e| XenApiError::internal_error(e.to_string()))
+}
+
+/// The VDI records of SRs a destroyed host owned, and their parent SRs, go too.
+pub fn forget_host(txn: &mut xenpool_core::Txn<'_>, host: &Ref) -> Result<(), CoreError> {
+    let (vms, srs) = {
+        let db = txn.db();
+        let h = db.get::<HostRecord>(host)?;
+        let vms: Vec<Ref> = h.resident_VMs.clone();
+        let srs: Vec<Ref> = h
+            .PBDs
+            .iter()
+            .filter_map(|p| db.get::<PbdRecord>(p).ok())
+            .filter(|p| db.get::<SrRecord>(&p.SR).is_ok_and(|s| !s.shared))
+            .map(|p| p.SR.clone())
+            .collect();
+        (vms, srs)
+    };
+    for vm in vms {
+        txn.destroy(Class::VM, &vm)?;
+    }
+    for sr in srs {
+        txn.destroy(Class::SR, &sr)?;
+    }
+    txn.destroy(Class::Host, host)
+}
+
+/// A member wipes its pool state and comes back as a pool of one.
+pub fn reset_to_standalone(node: &Node) -> anyhow::Result<()> {
+    let uuid = std::fs::read_to_string(node.config.data_dir.join("host-uuid"))?
+        .trim()
+        .to_string();
+    node.state.set_write_gate(None);
+    node.state
+        .replace_with(&StoredState::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let password = crate::bootstrap::bootstrap(&node.state, &node.config, &uuid)?;
+    crate::bootstrap::write_secret(
+        &crate::bootstrap::root_password_path(&node.config.data_dir),
+        &password,
+    )?;
+    let _ = std::fs::remove_file(node.config.data_dir.join(SECRET_FILE));
+    crate::set_role(node, Role::Coordinator)?;
+    Ok(())
+}
+
+/// `pool.designate_new_master` on the coordinator: close the write gate, wait until the
+/// new coordinator holds every committed write, hand over, follow it.
+pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenApiError> {
+    if !node.is_coordinator() {
+        return Err(XenApiError::new("HOST_IS_SLAVE", [String::new()]));
+    }
+    if *target == node.state.host {
+        return Ok(());
+    }
+    let (address, ha) = {
+        let db = node.state.db();
+        let ha = db.all::<PoolRecord>().next().is_some_and(|(_, p)| p.ha_enabled);
+        (host_address(&db, target)?, ha)
+    };
+    if ha {
+        return Err(XenApiError::new("HA_IS_ENABLED", Vec::<String>::new()));
+    }
+    let secret = secret_or_error(node)?;
+    let final_generation = node.state.set_write_gate(Some(address.clone()));
+    // Phase 1: the target must hold everything committed before it may take over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if node
+            .liveness
+            .generation_of(target)
+            .is_some_and(|g| g >= final_generation)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            node.state.set_write_gate(None);
+            return Err(XenApiError::new(
+                "HOST_OFFLINE",
+                [target.as_str().to_string()],
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Phase 2: commit.
+    let client = peer_client(node, &address, Duration::from_secs(30))?;
+    let result = client
+        .call(
+            "pool.xenpool_become_coordinator",
+            vec![Wire::String(secret), Wire::String(final_generation.to_string())],
+        )
+        .await;
+    if let Err(e) = result {
+        node.state.set_write_gate(None);
+        return Err(rpc_error(e));
+    }
+    become_member(node, &address)
 }

@@ -1,7 +1,7 @@
 //! The state one xenpoold holds: the pool database, this host's identity, the backends,
 //! and the notifications that wake `event.from` waiters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use xenpool_core::db::Commit;
+use xenpool_core::persist::{StoredState, WriteBatch};
 use xenpool_core::ops::HostOpsInputs;
 use xenpool_core::{CoreError, Database, DateTime, Ref, Txn};
 
@@ -24,9 +25,18 @@ pub struct State {
     pub host_inputs: Mutex<HostOpsInputs>,
     /// Cancellation flags of running tasks.
     pub cancels: Mutex<HashMap<Ref, Arc<AtomicBool>>>,
-    /// Observers of every commit (replication to members).
+    /// Observers of every commit.
     pub commit_hooks: Mutex<Vec<Box<dyn Fn(&Commit) + Send>>>,
+    /// When set, writes are refused with `HOST_IS_SLAVE` naming this address: this host is a
+    /// member, or is handing the coordinator role over.
+    write_gate: Mutex<Option<String>>,
+    /// The latest committed batches, for members to catch up from.
+    recent: Mutex<VecDeque<WriteBatch>>,
 }
+
+/// How many recent batches a coordinator keeps for members that fall behind; older gaps
+/// are closed with a full snapshot.
+const RECENT_BATCHES: usize = 100_000;
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,6 +69,8 @@ impl State {
             host_inputs: Mutex::new(HostOpsInputs::default()),
             cancels: Mutex::new(HashMap::new()),
             commit_hooks: Mutex::new(Vec::new()),
+            write_gate: Mutex::new(None),
+            recent: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -75,14 +87,78 @@ impl State {
         f: impl FnOnce(&mut Txn<'_>) -> Result<T, CoreError>,
     ) -> Result<T, CoreError> {
         let mut db = self.db();
+        // Checked under the database lock, so once the gate closes no commit slips past it.
+        if let Some(coordinator) = self.write_gate.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(CoreError::api("HOST_IS_SLAVE", [coordinator]));
+        }
         let (value, commit) = db.write(f)?;
         let generation = db.generation();
+        if !commit.batch.puts.is_empty() || !commit.batch.deletes.is_empty() {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.push_back(commit.batch.clone());
+            while recent.len() > RECENT_BATCHES {
+                recent.pop_front();
+            }
+        }
         for hook in self.commit_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             hook(&commit);
         }
         drop(db);
         self.generation.send_replace(generation);
         Ok(value)
+    }
+
+    /// Closes (with the coordinator's address) or opens the write gate. Returns the
+    /// generation at the moment it changed.
+    pub fn set_write_gate(&self, gate: Option<String>) -> u64 {
+        let db = self.db();
+        *self.write_gate.lock().unwrap_or_else(|e| e.into_inner()) = gate;
+        db.generation()
+    }
+
+    /// Applies batches committed by the coordinator, in order, skipping ones already here.
+    pub fn apply_replicated(&self, batches: &[WriteBatch]) -> Result<u64, CoreError> {
+        let mut db = self.db();
+        for b in batches {
+            if b.generation > db.generation() {
+                db.apply_batch(b)?;
+            }
+        }
+        let generation = db.generation();
+        drop(db);
+        self.generation.send_replace(generation);
+        Ok(generation)
+    }
+
+    /// Replaces the whole database with a snapshot from the coordinator.
+    pub fn replace_with(&self, state: &StoredState) -> Result<u64, CoreError> {
+        let mut db = self.db();
+        db.replace_with(state)?;
+        let generation = db.generation();
+        drop(db);
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.generation.send_replace(generation);
+        Ok(generation)
+    }
+
+    /// Batches after `generation`, or `None` when some of them are no longer kept.
+    pub fn batches_since(&self, generation: u64) -> Option<Vec<WriteBatch>> {
+        let current = self.db().generation();
+        if generation >= current {
+            return Some(Vec::new());
+        }
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let first = recent.front()?.generation;
+        if first > generation + 1 {
+            return None;
+        }
+        Some(
+            recent
+                .iter()
+                .filter(|b| b.generation > generation)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// A fresh random 128-bit number.

@@ -118,7 +118,7 @@ fn required_role(req: &Request) -> Role {
             "ha_compute_max_host_failures_to_tolerate"
             | "ha_compute_hypothetical_max_host_failures_to_tolerate"
             | "ha_compute_vm_failover_plan" => Role::ReadOnly,
-            "join" | "eject" | "designate_new_master" | "emergency_transition_to_master"
+            "join" | "eject" | "designate_new_master" | "xenpool_add_host" | "emergency_transition_to_master"
             | "recover_slaves" | "emergency_reset_master" | "set_ha_host_failures_to_tolerate" => {
                 Role::PoolAdmin
             }
@@ -203,9 +203,65 @@ impl Api {
         Ok(Wire::String(session.as_str().to_string()))
     }
 
+    /// `session.slave_local_login_with_password`: a session this host alone knows, checked
+    /// against its own copy of the users, so a member can be administered without its
+    /// coordinator.
+    pub(super) async fn local_login(&self, req: &Request) -> ApiResult {
+        let mut p = req.reader_range(2, 4)?;
+        let user = p.string("uname")?.to_string();
+        let password = p.string("pwd")?.to_string();
+        let found = {
+            let db = self.node().state.db();
+            let found = db
+                .all::<LocalUserRecord>()
+                .find(|(_, u)| u.short_name == user)
+                .map(|(_, u)| u.clone());
+            found
+        };
+        let Some(record) = found else {
+            return Err(auth_failed());
+        };
+        let hash = record.password_hash.clone();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return Err(auth_failed());
+        }
+        let role = record
+            .roles
+            .iter()
+            .filter_map(|r| Role::parse(r))
+            .max()
+            .unwrap_or(Role::ReadOnly);
+        let session = self.node().state.new_ref();
+        self.node()
+            .local_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                session.clone(),
+                Caller {
+                    session: session.clone(),
+                    user: record.short_name.clone(),
+                    role,
+                },
+            );
+        Ok(Wire::String(session.as_str().to_string()))
+    }
+
     pub(super) fn check_session(&self, req: &Request) -> Result<Caller, XenApiError> {
         let s = req.session_ref()?;
         let session = Ref::from_string(s);
+        if let Some(c) = self
+            .node()
+            .local_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&session)
+        {
+            return Ok(c.clone());
+        }
         let db = self.node().state.db();
         let rec = db
             .get::<SessionRecord>(&session)
@@ -234,6 +290,15 @@ impl Api {
         match req.message.as_str() {
             "logout" | "local_logout" => {
                 req.reader(1)?;
+                let local = self
+                    .node()
+                    .local_sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&cx.caller.session);
+                if local.is_some() {
+                    return Ok(Wire::String(String::new()));
+                }
                 state
                     .write(|txn| txn.destroy(Class::Session, &cx.caller.session))
                     .map_err(api_error)?;

@@ -79,8 +79,11 @@ impl Api {
             ("system", "listMethods") => return Ok(self.list_methods()),
             ("system", "getAPIVersion") => return Ok(Wire::String("2.21".into())),
             ("session", "login_with_password") => return self.login(&req).await,
-            ("session", "slave_local_login_with_password") => return self.login(&req).await,
+            ("session", "slave_local_login_with_password") => return self.local_login(&req).await,
             _ => {}
+        }
+        if req.message.starts_with("xenpool_") && req.message != "xenpool_add_host" {
+            return self.internal_call(&req).await;
         }
         if let Some(redirect) = self.node.redirect_for(&req) {
             return Err(redirect);
@@ -146,12 +149,16 @@ impl Api {
         ];
         for class in Class::ALL.iter().filter(|c| c.is_exposed()) {
             let n = class.name();
-            for m in [
-                "get_all",
-                "get_all_records",
-                "get_record",
-                "get_by_uuid",
-            ] {
+            // As in xapi, the session class advertises no `get_all`/`get_all_records`
+            // (we still answer them): Xen Orchestra's `xen-api` derives the classes it
+            // caches from the `*.get_all_records` methods listed here and refuses to call
+            // any `session.*` method itself.
+            let listed: &[&str] = if n == "session" {
+                &["get_record", "get_by_uuid"]
+            } else {
+                &["get_all", "get_all_records", "get_record", "get_by_uuid"]
+            };
+            for m in listed {
                 out.push(format!("{n}.{m}"));
             }
             if class.fields().iter().any(|f| f.name == "name_label") {

@@ -1,11 +1,12 @@
 //! Pool calls: the failover planner over XenAPI, and the pool-membership calls.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use xenpool_core::{CoreError, PoolRecord, Ref};
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
-use super::{api_error, Api, Ctx};
+use super::{api_error, ref_param, Api, ApiResult, Ctx};
 use crate::conv::{to_wire, IntStyle};
 
 fn int(v: i64, ints: IntStyle) -> Wire {
@@ -152,9 +153,292 @@ fn p_names(req: &Request) -> Vec<String> {
 impl Api {
     pub(super) async fn pool_membership_call(
         &self,
-        _cx: &Ctx,
-        _req: &Request,
+        cx: &Ctx,
+        req: &Request,
     ) -> Result<Option<Wire>, XenApiError> {
-        Ok(None)
+        let node = self.node();
+        let void = || Ok(Some(Wire::String(String::new())));
+        match req.message.as_str() {
+            "join" | "join_force" => {
+                let mut p = req.reader(4)?;
+                p.value()?;
+                let address = p.string("master_address")?.to_string();
+                let user = p.string("master_username")?.to_string();
+                let password = p.string("master_password")?.to_string();
+                self.join(&address, &user, &password).await?;
+                void()
+            }
+            "eject" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let host = ref_param(&mut p, "host")?;
+                self.eject(&host).await?;
+                void()
+            }
+            "designate_new_master" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let host = ref_param(&mut p, "host")?;
+                node.state.db().get::<xenpool_core::HostRecord>(&host).map_err(api_error)?;
+                crate::pool::designate_new_master(node, &host).await?;
+                void()
+            }
+            "emergency_transition_to_master" => {
+                req.reader(1)?;
+                let ha = node
+                    .state
+                    .db()
+                    .all::<PoolRecord>()
+                    .next()
+                    .is_some_and(|(_, p)| p.ha_enabled);
+                if ha {
+                    return Err(XenApiError::new("HA_IS_ENABLED", Vec::<String>::new()));
+                }
+                if !node.is_coordinator() {
+                    crate::pool::become_coordinator(node)?;
+                }
+                void()
+            }
+            "emergency_reset_master" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let address = p.string("master_address")?.to_string();
+                crate::pool::become_member(node, &address)?;
+                void()
+            }
+            "recover_slaves" => {
+                req.reader(1)?;
+                let recovered = self.recover_slaves().await?;
+                Ok(Some(Wire::Array(
+                    recovered
+                        .into_iter()
+                        .map(|r| Wire::String(r.as_str().to_string()))
+                        .collect(),
+                )))
+            }
+            "xenpool_add_host" => {
+                // A joining host, authenticated by a pool-admin session, hands over its
+                // objects and receives the pool database and the pool secret.
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let objects: Vec<xenpool_core::persist::StoredObject> =
+                    serde_json::from_str(p.string("objects")?)
+                        .map_err(|e| XenApiError::new("INVALID_VALUE", ["objects", &e.to_string()]))?;
+                let _ = cx;
+                let secret = match crate::pool::read_secret(&node.config.data_dir) {
+                    Some(s) => s,
+                    None => {
+                        let s = format!("{:032x}{:032x}", node.state.random(), node.state.random());
+                        crate::pool::write_secret_file(&node.config.data_dir, &s)
+                            .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+                        s
+                    }
+                };
+                let inputs = node.state.inputs();
+                node.state
+                    .write(|txn| {
+                        crate::pool::import_joining_host(txn, node, &objects)?;
+                        xenpool_core::ops::refresh_allowed_operations(txn, &inputs).map(|_| ())
+                    })
+                    .map_err(api_error)?;
+                node.liveness.contact(&Ref::null(), 0);
+                let snapshot = serde_json::to_string(&node.state.db().to_stored())
+                    .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+                node.ha_refresh();
+                Ok(Some(Wire::Struct(vec![
+                    ("secret".into(), Wire::String(secret)),
+                    ("snapshot".into(), Wire::String(snapshot)),
+                ])))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn join(&self, address: &str, user: &str, password: &str) -> Result<(), XenApiError> {
+        let node = self.node();
+        crate::pool::check_can_join(node, address)?;
+        let objects = {
+            let db = node.state.db();
+            crate::pool::export_for_join(&db, &node.state.host).map_err(api_error)?
+        };
+        let objects = serde_json::to_string(&objects)
+            .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+        let client = crate::pool::peer_client(node, address, Duration::from_secs(60))?;
+        let session = client
+            .login_with_password(user, password)
+            .await
+            .map_err(|e| match e.api() {
+                Some(api) => api.clone(),
+                None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
+            })?;
+        let answer = client
+            .call(
+                "pool.xenpool_add_host",
+                vec![Wire::String(session), Wire::String(objects)],
+            )
+            .await;
+        let _ = client.logout().await;
+        let answer = answer.map_err(|e| match e.api() {
+            Some(api) => api.clone(),
+            None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
+        })?;
+        let Wire::Struct(fields) = answer else {
+            return Err(XenApiError::internal_error("bad answer to a join"));
+        };
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let secret = get("secret");
+        let snapshot: xenpool_core::persist::StoredState = serde_json::from_str(&get("snapshot"))
+            .map_err(|e| XenApiError::internal_error(format!("bad pool snapshot: {e}")))?;
+        crate::pool::write_secret_file(&node.config.data_dir, &secret)
+            .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+        // The answer has to reach the caller before this host stops accepting writes, but
+        // the database switch itself is one step: replace, then follow the coordinator.
+        node.state.replace_with(&snapshot).map_err(api_error)?;
+        crate::pool::become_member(node, address)?;
+        tracing::info!(coordinator = %address, "joined the pool");
+        Ok(())
+    }
+
+    async fn eject(&self, host: &Ref) -> Result<(), XenApiError> {
+        let node = self.node();
+        if *host == node.state.host {
+            return Err(XenApiError::new(
+                "OPERATION_NOT_ALLOWED",
+                ["the pool coordinator cannot be ejected"],
+            ));
+        }
+        let address = {
+            let db = node.state.db();
+            let h = db.get::<xenpool_core::HostRecord>(host).map_err(api_error)?;
+            for vm in &h.resident_VMs {
+                if db
+                    .get::<xenpool_core::VmRecord>(vm)
+                    .is_ok_and(|v| !v.is_control_domain)
+                {
+                    return Err(XenApiError::new("HOST_HAS_RESIDENT_VMS", [host.as_str()]));
+                }
+            }
+            h.address.clone()
+        };
+        let secret = crate::pool::read_secret(&node.config.data_dir)
+            .ok_or_else(|| XenApiError::internal_error("no pool secret"))?;
+        let client = crate::pool::peer_client(node, &address, Duration::from_secs(60))?;
+        client
+            .call("pool.xenpool_ejected", vec![Wire::String(secret)])
+            .await
+            .map_err(|e| match e.api() {
+                Some(api) => api.clone(),
+                None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
+            })?;
+        node.state
+            .write(|txn| crate::pool::forget_host(txn, host))
+            .map_err(api_error)?;
+        node.ha_refresh();
+        Ok(())
+    }
+
+    async fn recover_slaves(&self) -> Result<Vec<Ref>, XenApiError> {
+        let node = self.node();
+        if !node.is_coordinator() {
+            return Err(XenApiError::new("HOST_IS_SLAVE", [String::new()]));
+        }
+        let secret = crate::pool::read_secret(&node.config.data_dir)
+            .ok_or_else(|| XenApiError::internal_error("no pool secret"))?;
+        let me = node.config.address.to_string();
+        let hosts: Vec<(Ref, String)> = node
+            .state
+            .db()
+            .all::<xenpool_core::HostRecord>()
+            .filter(|(r, _)| **r != node.state.host)
+            .map(|(r, h)| (r.clone(), h.address.clone()))
+            .collect();
+        let mut recovered = Vec::new();
+        for (host, address) in hosts {
+            let Ok(client) = crate::pool::peer_client(node, &address, Duration::from_secs(10)) else {
+                continue;
+            };
+            let r = client
+                .call(
+                    "pool.xenpool_reset_master",
+                    vec![Wire::String(secret.clone()), Wire::String(me.clone())],
+                )
+                .await;
+            match r {
+                Ok(_) => recovered.push(host),
+                Err(e) => tracing::warn!(host = %host, error = %e, "could not recover a member"),
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Host-to-host calls, authenticated by the pool secret instead of a session.
+    pub(super) async fn internal_call(&self, req: &Request) -> ApiResult {
+        let node = self.node();
+        let secret = match req.params.first() {
+            Some(Wire::String(s)) => s.as_str(),
+            _ => "",
+        };
+        if !crate::pool::secret_matches(node, secret) {
+            return Err(XenApiError::new(
+                "SESSION_AUTHENTICATION_FAILED",
+                ["", "the pool secret does not match"],
+            ));
+        }
+        let void = || Ok(Wire::String(String::new()));
+        match (req.class.as_str(), req.message.as_str()) {
+            ("pool", "xenpool_replicate") => {
+                let mut p = req.reader(4)?;
+                p.value()?;
+                let host = ref_param(&mut p, "host")?;
+                let from = p.int("generation")?.max(0) as u64;
+                let timeout = p.float("timeout")?;
+                crate::pool::serve_replication(node, &host, from, timeout).await
+            }
+            ("host", "xenpool_domain_op") => {
+                let mut p = req.reader(3)?;
+                p.value()?;
+                let vm: xenpool_core::VmRecord = serde_json::from_str(p.string("vm")?)
+                    .map_err(|e| XenApiError::new("INVALID_VALUE", ["vm", &e.to_string()]))?;
+                let op = p.string("op")?;
+                let op = crate::pool::parse_op(op)
+                    .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["op", op]))?;
+                let domid = node.local_domain_op(vm, op).await?;
+                Ok(Wire::Int(domid))
+            }
+            ("pool", "xenpool_become_coordinator") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let wanted = p.int("generation")?.max(0) as u64;
+                let have = node.state.db().generation();
+                if have < wanted {
+                    return Err(XenApiError::new(
+                        "OPERATION_NOT_ALLOWED",
+                        [format!("replica at {have}, coordinator at {wanted}")],
+                    ));
+                }
+                crate::pool::become_coordinator(node)?;
+                void()
+            }
+            ("pool", "xenpool_reset_master") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let address = p.string("master_address")?.to_string();
+                crate::pool::become_member(node, &address)?;
+                void()
+            }
+            ("pool", "xenpool_ejected") => {
+                req.reader(1)?;
+                crate::pool::reset_to_standalone(node)
+                    .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+                void()
+            }
+            _ => Err(XenApiError::method_unknown(&req.method)),
+        }
     }
 }
