@@ -103,15 +103,19 @@ impl Node {
         let Role::Member { coordinator } = self.role() else {
             return None;
         };
-        // Members serve their own reads: performance figures and their own records.
-        let read = req.message.starts_with("get_");
-        let own = matches!(req.class.as_str(), "host" | "host_metrics" | "session" | "event")
-            || (req.class == "pool" && req.message.starts_with("emergency_"))
-            || (req.class == "pool" && req.message == "recover_slaves");
-        if (read && own) || req.class == "system" {
-            return None;
-        }
-        if req.class == "pool" && req.message.starts_with("emergency_") {
+        // Members serve what xapi lets them: their own host's records and figures, the
+        // event stream of their replica, sessions, and the calls that repair a pool whose
+        // coordinator is gone.
+        let served = match req.class.as_str() {
+            "system" | "session" | "event" => true,
+            "host" | "host_metrics" => req.message.starts_with("get_"),
+            "pool" => matches!(
+                req.message.as_str(),
+                "emergency_transition_to_master" | "emergency_reset_master" | "recover_slaves"
+            ),
+            _ => false,
+        };
+        if served {
             return None;
         }
         Some(XenApiError::host_is_slave(&coordinator))
