@@ -171,6 +171,8 @@ async function scenario(transport) {
     // An event token from now on (lower-case class name, empty token, timeout 0).
     const first = await xapi.call('event.from', ['vm'], '', 0.0)
     check(['events', 'valid_ref_counts', 'token'].every(k => k in first), 'event.from result has events, valid_ref_counts, token')
+    const nVms = (await xapi.call('VM.get_all')).length
+    check(first.valid_ref_counts.vm === nVms, `valid_ref_counts.vm is the number of VMs, as a number (${JSON.stringify(first.valid_ref_counts.vm)})`)
     check(first.events.some(e => e.ref === vm), 'event.from with an empty token lists demo-vm')
     let token = first.token
 
@@ -190,6 +192,9 @@ async function scenario(transport) {
     pass("the library's object cache shows demo-vm Running")
     check(xapi.getObjectByRef(vm).$resident_on?.$ref === xapi.pool.master, 'VM.resident_on is the master')
 
+    // A failing task through callAsync: the task's error_info becomes the error.
+    await expectError(xapi.callAsync('VM.start', vm, false, false), 'VM_BAD_POWER_STATE', 'callAsync VM.start of a running VM')
+
     // Shut it down again (callAsync: Async.VM.clean_shutdown + watchTask + task.destroy).
     await xapi.callAsync('VM.clean_shutdown', vm)
     pass('callAsync VM.clean_shutdown')
@@ -197,6 +202,13 @@ async function scenario(transport) {
     pass(`event.from on vm/<ref> shows demo-vm Halted (events ${r.seen.join(', ')})`)
     await waitCached(xapi, vm, 'Halted')
     pass("the library's object cache shows demo-vm Halted")
+
+    // A task with a result: callAsync parses the task's XML-RPC `result`.
+    const clone = await xapi.callAsync('VM.clone', vm, `demo-vm-clone-${transport}`)
+    check(typeof clone === 'string' && clone.startsWith('OpaqueRef:'), `callAsync VM.clone returns the new VM (${clone.slice(0, 20)}...)`)
+    check((await xapi.call('VM.get_name_label', clone)) === `demo-vm-clone-${transport}`, 'the clone exists')
+    await xapi.call('VM.destroy', clone)
+    check(!(await xapi.call('VM.get_all')).includes(clone), 'VM.destroy removed the clone')
 
     // Errors a client relies on.
     await expectError(xapi.call('VM.get_record', 'OpaqueRef:00000000-dead-beef-0000-000000000000'), 'HANDLE_INVALID', 'VM.get_record on a bogus ref')

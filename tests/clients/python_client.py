@@ -10,6 +10,7 @@ errors a client relies on (wrong password, bogus reference) and logs out.
 Prints one PASS/FAIL line per check; exits 1 on the first failure.
 """
 
+import re
 import sys
 import time
 import traceback
@@ -144,7 +145,7 @@ def run(session):
             if not ref.startswith("OpaqueRef:") or not isinstance(rec, dict):
                 fail(f"{cls}.get_all_records: bad entry {ref!r}")
             if cls != "session" and "uuid" in rec:
-                if x.__getattr__(cls).get_by_uuid(rec["uuid"]) != ref:
+                if getattr(x, cls).get_by_uuid(rec["uuid"]) != ref:
                     fail(f"{cls}.get_by_uuid({rec['uuid']}) != {ref}")
 
     pool = list(x.pool.get_all_records().values())[0]
@@ -166,6 +167,9 @@ def run(session):
     res = event_from(session, ["vm"], "", 0.0)
     for key in ("events", "valid_ref_counts", "token"):
         check(key in res, f"event.from result has {key!r}")
+    counts = res["valid_ref_counts"]
+    check(counts.get("vm") == len(x.VM.get_all()),
+          f"valid_ref_counts['vm'] is the number of VMs, as an int ({counts.get('vm')!r})")
     token = res["token"]
     check(any(e["ref"] == vm for e in res["events"]),
           "event.from with an empty token lists demo-vm")
@@ -185,6 +189,14 @@ def run(session):
 
     token, seen = wait_power_state(session, vm, token, "Running")
     passed(f"event.from shows demo-vm Running (events {seen})")
+
+    # A failing task: starting a running VM.
+    task = x.Async.VM.start(vm, False, False)
+    status = wait_task(session, task)
+    info = x.task.get_error_info(task)
+    check(status == "failure" and info and info[0] == "VM_BAD_POWER_STATE",
+          f"Async.VM.start of a running VM: task {status} with {info}")
+    x.task.destroy(task)
     check(x.VM.get_power_state(vm) == "Running", "VM.get_power_state is Running")
     check(x.VM.get_resident_on(vm) == master, "VM.resident_on is the master")
 
@@ -192,6 +204,24 @@ def run(session):
     x.VM.clean_shutdown(vm)
     token, seen = wait_power_state(session, vm, token, "Halted")
     passed(f"VM.clean_shutdown; event.from shows demo-vm Halted (events {seen})")
+
+    # A task with a result: Async.VM.clone returns the new VM as an XML-RPC value.
+    task = x.Async.VM.clone(vm, "demo-vm-clone")
+    status = wait_task(session, task)
+    if status != "success":
+        fail(f"Async.VM.clone task ended {status}: {x.task.get_error_info(task)}")
+    result = x.task.get_result(task)
+    m = re.fullmatch(r"<value>(OpaqueRef:[^<]+)</value>", result)
+    check(m is not None, f"Async.VM.clone task result is an XML-RPC value ({result!r})")
+    clone = m.group(1)
+    check(x.VM.get_name_label(clone) == "demo-vm-clone", "the clone exists")
+    x.task.destroy(task)
+    x.VM.destroy(clone)
+    check(clone not in x.VM.get_all(), "VM.destroy removed the clone")
+
+    # The client's own helper: API_version reads pool.master and host.API_version_*.
+    check(re.fullmatch(r"\d+\.\d+", session.API_version) is not None,
+          f"Session.API_version -> {session.API_version}")
 
     # Errors a client relies on.
     try:
