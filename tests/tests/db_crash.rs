@@ -29,8 +29,20 @@ fn child(path: &str) {
     let sr = r("sr", 0);
     if !db.exists(Class::Host, &host) {
         db.write(|t| {
-            t.create(host.clone(), HostRecord { uuid: "host-0".into(), ..Default::default() })?;
-            t.create(sr.clone(), SrRecord { uuid: "sr-0".into(), ..Default::default() })
+            t.create(
+                host.clone(),
+                HostRecord {
+                    uuid: "host-0".into(),
+                    ..Default::default()
+                },
+            )?;
+            t.create(
+                sr.clone(),
+                SrRecord {
+                    uuid: "sr-0".into(),
+                    ..Default::default()
+                },
+            )
         })
         .unwrap();
     }
@@ -43,11 +55,19 @@ fn child(path: &str) {
         db.write(|t| {
             t.create(
                 r("vm", i),
-                VmRecord { uuid: format!("vm-{i}"), name_label: format!("{i}"), ..Default::default() },
+                VmRecord {
+                    uuid: format!("vm-{i}"),
+                    name_label: format!("{i}"),
+                    ..Default::default()
+                },
             )?;
             t.create(
                 r("vdi", i),
-                VdiRecord { uuid: format!("vdi-{i}"), SR: sr.clone(), ..Default::default() },
+                VdiRecord {
+                    uuid: format!("vdi-{i}"),
+                    SR: sr.clone(),
+                    ..Default::default()
+                },
             )?;
             t.create(
                 r("vbd", i),
@@ -95,7 +115,13 @@ fn acknowledged_transactions_survive_kill_9() {
     let mut rng = rand::thread_rng();
     for round in 0..4u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD_ENV, &path)
             .env(START_ENV, (round * 1_000_000 + 1).to_string())
             .stdout(Stdio::piped())
@@ -123,13 +149,17 @@ fn acknowledged_transactions_survive_kill_9() {
         db.check_consistency().unwrap();
         // The last acknowledged transaction's VM is there with its disk; the one before it
         // runs on the host; nothing older survives (each transaction applied whole).
-        let vm = db.get::<VmRecord>(&r("vm", last)).expect("acknowledged VM lost");
+        let vm = db
+            .get::<VmRecord>(&r("vm", last))
+            .expect("acknowledged VM lost");
         assert_eq!(vm.VBDs, vec![r("vbd", last)]);
         let base = round * 1_000_000 + 1;
         // (Unless one more transaction committed after the last acknowledgement, which
         // removed it.)
         if last > base && !db.exists(Class::VM, &r("vm", last + 1)) {
-            let prev = db.get::<VmRecord>(&r("vm", last - 1)).expect("previous VM lost");
+            let prev = db
+                .get::<VmRecord>(&r("vm", last - 1))
+                .expect("previous VM lost");
             assert_eq!(prev.resident_on, r("host", 0));
         }
         // Older VMs of this round are gone; at most one transaction past the last
@@ -138,6 +168,9 @@ fn acknowledged_transactions_survive_kill_9() {
             .filter(|i| db.exists(Class::VM, &r("vm", *i)))
             .collect();
         assert!(in_round.len() <= 3, "round {round}: {in_round:?}");
-        assert!(in_round.iter().all(|i| *i + 2 >= last), "round {round}: {in_round:?}");
+        assert!(
+            in_round.iter().all(|i| *i + 2 >= last),
+            "round {round}: {in_round:?}"
+        );
     }
 }

@@ -21,11 +21,18 @@ fn text(v: &Value) -> String {
 fn code(r: Result<Value, xenpool_rpc::RpcError>) -> String {
     match r {
         Ok(v) => format!("ok: {v:?}"),
-        Err(e) => e.api().map(|a| a.code.clone()).unwrap_or_else(|| e.to_string()),
+        Err(e) => e
+            .api()
+            .map(|a| a.code.clone())
+            .unwrap_or_else(|| e.to_string()),
     }
 }
 
-async fn call(c: &Client, method: &str, mut params: Vec<Value>) -> Result<Value, xenpool_rpc::RpcError> {
+async fn call(
+    c: &Client,
+    method: &str,
+    mut params: Vec<Value>,
+) -> Result<Value, xenpool_rpc::RpcError> {
     params.insert(0, s(&c.session().unwrap()));
     c.call(method, params).await
 }
@@ -46,53 +53,95 @@ async fn pool_refuses_changes_that_break_the_failover_plan() {
     let password = h1.root_password();
     for h in [&h2, &h3] {
         let c = h.client().await;
-        call(&c, "pool.join", vec![s(&addr(1).to_string()), s("root"), s(&password)])
-            .await
-            .unwrap();
+        call(
+            &c,
+            "pool.join",
+            vec![s(&addr(1).to_string()), s("root"), s(&password)],
+        )
+        .await
+        .unwrap();
     }
     let c = h1.client().await;
     let pool = match call(&c, "pool.get_all", vec![]).await.unwrap() {
         Value::Array(mut p) => p.remove(0),
         other => panic!("{other:?}"),
     };
-    let template = match call(&c, "VM.get_by_name_label", vec![s("Generic Linux (xenpool)")])
-        .await
-        .unwrap()
+    let template = match call(
+        &c,
+        "VM.get_by_name_label",
+        vec![s("Generic Linux (xenpool)")],
+    )
+    .await
+    .unwrap()
     {
         Value::Array(mut v) => v.remove(0),
         other => panic!("{other:?}"),
     };
     let mut vms = Vec::new();
     for i in 0..6 {
-        let vm = call(&c, "VM.clone", vec![template.clone(), s(&format!("protected-{i}"))])
-            .await
-            .unwrap();
-        call(&c, "VM.set_is_a_template", vec![vm.clone(), Value::Bool(false)])
-            .await
-            .unwrap();
+        let vm = call(
+            &c,
+            "VM.clone",
+            vec![template.clone(), s(&format!("protected-{i}"))],
+        )
+        .await
+        .unwrap();
+        call(
+            &c,
+            "VM.set_is_a_template",
+            vec![vm.clone(), Value::Bool(false)],
+        )
+        .await
+        .unwrap();
         vms.push(vm);
     }
     assert_eq!(
-        code(call(&c, "VM.set_ha_restart_priority", vec![vms[0].clone(), s("always")]).await),
+        code(
+            call(
+                &c,
+                "VM.set_ha_restart_priority",
+                vec![vms[0].clone(), s("always")]
+            )
+            .await
+        ),
         "INVALID_VALUE"
     );
     for vm in &vms {
-        call(&c, "VM.set_ha_restart_priority", vec![vm.clone(), s("restart")])
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        code(call(&c, "pool.set_ha_host_failures_to_tolerate", vec![pool.clone(), s("-1")]).await),
-        "INVALID_VALUE"
-    );
-    call(&c, "pool.set_ha_host_failures_to_tolerate", vec![pool.clone(), s("1")])
+        call(
+            &c,
+            "VM.set_ha_restart_priority",
+            vec![vm.clone(), s("restart")],
+        )
         .await
         .unwrap();
+    }
+    assert_eq!(
+        code(
+            call(
+                &c,
+                "pool.set_ha_host_failures_to_tolerate",
+                vec![pool.clone(), s("-1")]
+            )
+            .await
+        ),
+        "INVALID_VALUE"
+    );
+    call(
+        &c,
+        "pool.set_ha_host_failures_to_tolerate",
+        vec![pool.clone(), s("1")],
+    )
+    .await
+    .unwrap();
     // Four 1 GiB VMs on three hosts with 2 GiB free each still survive any one failure.
     for vm in &vms[..4] {
-        call(&c, "VM.start", vec![vm.clone(), Value::Bool(false), Value::Bool(false)])
-            .await
-            .unwrap();
+        call(
+            &c,
+            "VM.start",
+            vec![vm.clone(), Value::Bool(false), Value::Bool(false)],
+        )
+        .await
+        .unwrap();
     }
     let max = call(&c, "pool.ha_compute_max_host_failures_to_tolerate", vec![])
         .await
@@ -100,12 +149,26 @@ async fn pool_refuses_changes_that_break_the_failover_plan() {
     assert_eq!(text(&max), "1");
     // Tolerating two failures would need a plan that does not exist.
     assert_eq!(
-        code(call(&c, "pool.set_ha_host_failures_to_tolerate", vec![pool.clone(), s("2")]).await),
+        code(
+            call(
+                &c,
+                "pool.set_ha_host_failures_to_tolerate",
+                vec![pool.clone(), s("2")]
+            )
+            .await
+        ),
         "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN"
     );
     // A fifth protected VM would leave a host whose VMs cannot restart elsewhere.
     assert_eq!(
-        code(call(&c, "VM.start", vec![vms[4].clone(), Value::Bool(false), Value::Bool(false)]).await),
+        code(
+            call(
+                &c,
+                "VM.start",
+                vec![vms[4].clone(), Value::Bool(false), Value::Bool(false)]
+            )
+            .await
+        ),
         "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN"
     );
     // So would disabling a host the plan restarts VMs on.
@@ -147,9 +210,13 @@ async fn pool_refuses_changes_that_break_the_failover_plan() {
     .unwrap();
     assert!(matches!(plan, Value::Struct(_)));
     // The caller forces the start; the pool records it is overcommitted and says so.
-    call(&c, "VM.start", vec![vms[4].clone(), Value::Bool(false), Value::Bool(true)])
-        .await
-        .unwrap();
+    call(
+        &c,
+        "VM.start",
+        vec![vms[4].clone(), Value::Bool(false), Value::Bool(true)],
+    )
+    .await
+    .unwrap();
     let overcommitted = call(&c, "pool.get_ha_overcommitted", vec![pool.clone()])
         .await
         .unwrap();
@@ -169,7 +236,10 @@ async fn pool_refuses_changes_that_break_the_failover_plan() {
             .collect(),
         _ => vec![],
     };
-    assert!(names.contains(&"HA_POOL_OVERCOMMITTED".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"HA_POOL_OVERCOMMITTED".to_string()),
+        "{names:?}"
+    );
     assert!(
         names.contains(&"HA_POOL_DROP_IN_PLAN_EXISTS_FOR".to_string()),
         "{names:?}"

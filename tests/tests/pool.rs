@@ -111,7 +111,12 @@ impl Pool {
         let r = c
             .call(
                 "event.from",
-                vec![session, Value::Array(vec![s("vm")]), s(""), Value::Double(0.0)],
+                vec![
+                    session,
+                    Value::Array(vec![s("vm")]),
+                    s(""),
+                    Value::Double(0.0),
+                ],
             )
             .await
             .unwrap();
@@ -173,7 +178,10 @@ async fn members_replicate_every_write() {
         .build()
         .unwrap();
     let err = m
-        .call("session.login_with_password", vec![s("root"), s(&pool.password)])
+        .call(
+            "session.login_with_password",
+            vec![s("root"), s(&pool.password)],
+        )
         .await
         .unwrap_err();
     let api = err.api().expect("a XenAPI error");
@@ -183,7 +191,12 @@ async fn members_replicate_every_write() {
     let err = m
         .call(
             "pool.xenpool_replicate",
-            vec![s("not the secret"), s("OpaqueRef:x"), s("0"), Value::Double(0.0)],
+            vec![
+                s("not the secret"),
+                s("OpaqueRef:x"),
+                s("0"),
+                Value::Double(0.0),
+            ],
         )
         .await
         .unwrap_err();
@@ -230,18 +243,26 @@ async fn stopped_member_is_not_live_until_it_continues() {
             (live == Value::Bool(want)).then_some(ops)
         }
     };
-    assert!(wait_for(Duration::from_secs(5), || live(true)).await.is_some());
+    assert!(wait_for(Duration::from_secs(5), || live(true))
+        .await
+        .is_some());
     pool.hosts[2].signal(Signal::SIGSTOP);
     let ops = wait_for(Duration::from_secs(10), || live(false))
         .await
         .expect("marked not live");
     // A host that is not live cannot be enabled.
-    assert!(!matches!(&ops, Value::Array(a) if a.contains(&s("enable"))), "{ops:?}");
+    assert!(
+        !matches!(&ops, Value::Array(a) if a.contains(&s("enable"))),
+        "{ops:?}"
+    );
     pool.hosts[2].signal(Signal::SIGCONT);
     let ops = wait_for(Duration::from_secs(10), || live(true))
         .await
         .expect("live again");
-    assert!(matches!(&ops, Value::Array(a) if a.contains(&s("enable"))), "{ops:?}");
+    assert!(
+        matches!(&ops, Value::Array(a) if a.contains(&s("enable"))),
+        "{ops:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +297,13 @@ async fn coordinator_killed_member_takes_over() {
     }
     c.call(
         "VM.start_on",
-        vec![s(&session), s(&vm), s(&member3), Value::Bool(false), Value::Bool(false)],
+        vec![
+            s(&session),
+            s(&vm),
+            s(&member3),
+            Value::Bool(false),
+            Value::Bool(false),
+        ],
     )
     .await
     .unwrap();
@@ -294,7 +321,9 @@ async fn coordinator_killed_member_takes_over() {
     }
     let reached = wait_for(Duration::from_secs(10), || async {
         let vms = pool.replica_vms(1).await;
-        let v = vms.iter().find(|v| text(field(v, "name_label")) == "demo-vm")?;
+        let v = vms
+            .iter()
+            .find(|v| text(field(v, "name_label")) == "demo-vm")?;
         (keys_of(v).len() as u32 >= acked).then_some(())
     })
     .await;
@@ -331,12 +360,17 @@ async fn coordinator_killed_member_takes_over() {
         .await
         .unwrap();
     let recovered = m.call("pool.recover_slaves", vec![local]).await.unwrap();
-    assert!(matches!(&recovered, Value::Array(a) if a.len() == 1), "{recovered:?}");
+    assert!(
+        matches!(&recovered, Value::Array(a) if a.len() == 1),
+        "{recovered:?}"
+    );
 
     let c2 = pool.client(1).await;
     let session2 = c2.session().unwrap();
     let master = c2.call("pool.get_all", vec![s(&session2)]).await.unwrap();
-    let Value::Array(pools) = master else { panic!() };
+    let Value::Array(pools) = master else {
+        panic!()
+    };
     let master = c2
         .call("pool.get_master", vec![s(&session2), pools[0].clone()])
         .await
@@ -360,8 +394,15 @@ async fn coordinator_killed_member_takes_over() {
         _ => BTreeSet::new(),
     };
     let max = keys.iter().max().copied().unwrap_or(0);
-    assert!(max + 1 >= acked, "writes that had reached the member were lost");
-    assert_eq!(keys.len() as u32, max + 1, "a hole in the replicated writes");
+    assert!(
+        max + 1 >= acked,
+        "writes that had reached the member were lost"
+    );
+    assert_eq!(
+        keys.len() as u32,
+        max + 1,
+        "a hole in the replicated writes"
+    );
     assert!(max <= *acked_late.last().unwrap() + 1);
     // The VM on host 3 still runs.
     let state = c2
@@ -384,7 +425,10 @@ async fn coordinator_killed_member_takes_over() {
             .then_some(())
     })
     .await;
-    assert!(followed.is_some(), "host 3 does not follow the new coordinator");
+    assert!(
+        followed.is_some(),
+        "host 3 does not follow the new coordinator"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +478,11 @@ async fn designate_new_master_loses_no_acknowledged_write() {
         .await
         .unwrap();
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 300, "too few writes went through: {}", acked.len());
+    assert!(
+        acked.len() > 300,
+        "too few writes went through: {}",
+        acked.len()
+    );
     let c2 = pool.client(1).await;
     let session2 = c2.session().unwrap();
     let oc = c2
@@ -457,8 +505,14 @@ async fn designate_new_master_loses_no_acknowledged_write() {
         .build()
         .unwrap();
     let err = old
-        .call("session.login_with_password", vec![s("root"), s(&pool.password)])
+        .call(
+            "session.login_with_password",
+            vec![s("root"), s(&pool.password)],
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.api().unwrap().params, vec![pool.hosts[1].address.to_string()]);
+    assert_eq!(
+        err.api().unwrap().params,
+        vec![pool.hosts[1].address.to_string()]
+    );
 }

@@ -30,6 +30,16 @@ pub fn wire_text(v: &Value) -> String {
     }
 }
 
+/// A field's value as xe shows it (xe prints power states in lower case).
+pub fn display_value(field: &str, v: &Value) -> String {
+    let t = wire_text(v);
+    if field == "power_state" {
+        t.to_ascii_lowercase()
+    } else {
+        t
+    }
+}
+
 /// The record's UUID.
 pub fn uuid_of(fields: &[(String, Value)]) -> String {
     fields
@@ -57,12 +67,16 @@ fn is_rw(field: &str) -> bool {
 
 /// Prints records in xe's layout; `params` is `all`, a comma-separated list, or `None` for
 /// the command's default fields.
-pub fn print_records(rows: &[(String, Vec<(String, Value)>)], defaults: &[&str], params: Option<&str>) {
+pub fn print_records(
+    rows: &[(String, Vec<(String, Value)>)],
+    defaults: &[&str],
+    params: Option<&str>,
+) {
     for (_, fields) in rows {
         let chosen: Vec<(String, String)> = match params {
             Some("all") => fields
                 .iter()
-                .map(|(n, v)| (n.clone(), wire_text(v)))
+                .map(|(n, v)| (n.clone(), display_value(n, v)))
                 .collect(),
             Some(list) => list
                 .split(',')
@@ -71,7 +85,7 @@ pub fn print_records(rows: &[(String, Vec<(String, Value)>)], defaults: &[&str],
                     let v = fields
                         .iter()
                         .find(|(n, _)| n.eq_ignore_ascii_case(&name))
-                        .map(|(_, v)| wire_text(v))
+                        .map(|(n, v)| display_value(n, v))
                         .unwrap_or_else(|| "<not in database>".into());
                     (name, v)
                 })
@@ -82,7 +96,7 @@ pub fn print_records(rows: &[(String, Vec<(String, Value)>)], defaults: &[&str],
                     let v = fields
                         .iter()
                         .find(|(n, _)| n == d)
-                        .map(|(_, v)| wire_text(v))
+                        .map(|(n, v)| display_value(n, v))
                         .unwrap_or_default();
                     ((*d).to_string(), v)
                 })
@@ -90,13 +104,7 @@ pub fn print_records(rows: &[(String, Vec<(String, Value)>)], defaults: &[&str],
         };
         let labels: Vec<String> = chosen
             .iter()
-            .map(|(n, _)| {
-                format!(
-                    "{} ({})",
-                    xe_name(n),
-                    if is_rw(n) { "RW" } else { " RO" }
-                )
-            })
+            .map(|(n, _)| format!("{} ({})", xe_name(n), if is_rw(n) { "RW" } else { " RO" }))
             .collect();
         let width = labels.iter().map(String::len).max().unwrap_or(0);
         for (i, (label, (_, value))) in labels.iter().zip(&chosen).enumerate() {

@@ -82,12 +82,63 @@ fn class_of(command: &str) -> Option<(&'static str, &'static [&'static str])> {
     Some(match command {
         "vm-list" => ("VM", &["uuid", "name_label", "power_state"]),
         "host-list" => ("host", &["uuid", "name_label", "name_description"]),
-        "pool-list" => ("pool", &["uuid", "name_label", "name_description", "master", "default_SR"]),
-        "sr-list" => ("SR", &["uuid", "name_label", "name_description", "host", "type", "content_type"]),
-        "network-list" => ("network", &["uuid", "name_label", "name_description", "bridge"]),
-        "vdi-list" => ("VDI", &["uuid", "name_label", "name_description", "virtual_size", "sr_uuid"]),
-        "task-list" => ("task", &["uuid", "name_label", "name_description", "status", "progress"]),
-        "message-list" => ("message", &["uuid", "name", "priority", "class", "obj_uuid", "timestamp", "body"]),
+        "pool-list" => (
+            "pool",
+            &[
+                "uuid",
+                "name_label",
+                "name_description",
+                "master",
+                "default_SR",
+            ],
+        ),
+        "sr-list" => (
+            "SR",
+            &[
+                "uuid",
+                "name_label",
+                "name_description",
+                "host",
+                "type",
+                "content_type",
+            ],
+        ),
+        "network-list" => (
+            "network",
+            &["uuid", "name_label", "name_description", "bridge"],
+        ),
+        "vdi-list" => (
+            "VDI",
+            &[
+                "uuid",
+                "name_label",
+                "name_description",
+                "virtual_size",
+                "sr_uuid",
+            ],
+        ),
+        "task-list" => (
+            "task",
+            &[
+                "uuid",
+                "name_label",
+                "name_description",
+                "status",
+                "progress",
+            ],
+        ),
+        "message-list" => (
+            "message",
+            &[
+                "uuid",
+                "name",
+                "priority",
+                "class",
+                "obj_uuid",
+                "timestamp",
+                "body",
+            ],
+        ),
         _ => return None,
     })
 }
@@ -104,7 +155,9 @@ impl Session {
     }
 
     async fn records(&self, class: &str) -> anyhow::Result<Vec<(String, Vec<(String, Value)>)>> {
-        let all = self.call(&format!("{class}.get_all_records"), vec![]).await?;
+        let all = self
+            .call(&format!("{class}.get_all_records"), vec![])
+            .await?;
         let Value::Struct(items) = all else {
             bail!("unexpected answer to {class}.get_all_records");
         };
@@ -175,7 +228,11 @@ impl Session {
             let pct = (progress * 100.0).round() as i64;
             if tty && pct != last {
                 let filled = (pct / 5) as usize;
-                eprint!("\r[{}{}] {pct:3}%", "#".repeat(filled), " ".repeat(20 - filled.min(20)));
+                eprint!(
+                    "\r[{}{}] {pct:3}%",
+                    "#".repeat(filled),
+                    " ".repeat(20 - filled.min(20))
+                );
                 let _ = std::io::stderr().flush();
                 last = pct;
             }
@@ -238,7 +295,10 @@ async fn run(o: Options) -> anyhow::Result<()> {
         let v = client
             .call(
                 "session.slave_local_login_with_password",
-                vec![Value::String(o.user.clone()), Value::String(password.clone())],
+                vec![
+                    Value::String(o.user.clone()),
+                    Value::String(password.clone()),
+                ],
             )
             .await?;
         wire_text(&v)
@@ -260,7 +320,9 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
         if class == "VM" {
             let want_templates = o.args.get("is-a-template").is_some_and(|v| v == "true");
             rows.retain(|(_, f)| {
-                let t = f.iter().any(|(n, v)| n == "is_a_template" && v.as_bool() == Some(true));
+                let t = f
+                    .iter()
+                    .any(|(n, v)| n == "is_a_template" && v.as_bool() == Some(true));
                 t == want_templates
             });
         }
@@ -274,13 +336,27 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
                     .collect(),
             )
         });
-        rows.sort_by(|a, b| format::uuid_of(&a.1).cmp(&format::uuid_of(&b.1)));
+        rows.sort_by_key(|r| format::uuid_of(&r.1));
+        let params = o.args.get("params").map(String::as_str);
         if o.minimal {
-            let uuids: Vec<String> = rows.iter().map(|(_, f)| format::uuid_of(f)).collect();
-            println!("{}", uuids.join(","));
+            // xe prints the first requested field of every record, comma-separated.
+            let field = params
+                .and_then(|p| p.split(',').next())
+                .filter(|p| *p != "all")
+                .map(field_name)
+                .unwrap_or_else(|| "uuid".to_string());
+            let values: Vec<String> = rows
+                .iter()
+                .map(|(_, f)| {
+                    f.iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(&field))
+                        .map(|(n, v)| format::display_value(n, v))
+                        .unwrap_or_default()
+                })
+                .collect();
+            println!("{}", values.join(","));
             return Ok(());
         }
-        let params = o.args.get("params").map(String::as_str);
         print_records(&rows, defaults, params);
         return Ok(());
     }
@@ -291,7 +367,9 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             let (method, params) = match o.command.as_str() {
                 "vm-start" => match o.args.get("on") {
                     Some(host) => {
-                        let h = s.call("host.get_by_uuid", vec![Value::String(host.clone())]).await;
+                        let h = s
+                            .call("host.get_by_uuid", vec![Value::String(host.clone())])
+                            .await;
                         let h = match h {
                             Ok(v) => v,
                             Err(_) => match s
@@ -302,37 +380,63 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
                                 _ => bail!("no host {host}"),
                             },
                         };
-                        ("VM.start_on", vec![Value::String(vm), h, Value::Bool(false), Value::Bool(force)])
+                        (
+                            "VM.start_on",
+                            vec![Value::String(vm), h, Value::Bool(false), Value::Bool(force)],
+                        )
                     }
-                    None => ("VM.start", vec![Value::String(vm), Value::Bool(false), Value::Bool(force)]),
+                    None => (
+                        "VM.start",
+                        vec![Value::String(vm), Value::Bool(false), Value::Bool(force)],
+                    ),
                 },
                 "vm-shutdown" if force => ("VM.hard_shutdown", vec![Value::String(vm)]),
                 "vm-shutdown" => ("VM.clean_shutdown", vec![Value::String(vm)]),
                 "vm-reboot" if force => ("VM.hard_reboot", vec![Value::String(vm)]),
                 "vm-reboot" => ("VM.clean_reboot", vec![Value::String(vm)]),
                 "vm-suspend" => ("VM.suspend", vec![Value::String(vm)]),
-                _ => ("VM.resume", vec![Value::String(vm), Value::Bool(false), Value::Bool(force)]),
+                _ => (
+                    "VM.resume",
+                    vec![Value::String(vm), Value::Bool(false), Value::Bool(force)],
+                ),
             };
             s.run_task(method, params).await?;
             Ok(())
         }
         "vm-install" => {
-            let template = o.args.get("template").context("vm-install needs template=")?;
-            let name = o.args.get("new-name-label").context("vm-install needs new-name-label=")?;
-            let t = match s.call("VM.get_by_uuid", vec![Value::String(template.clone())]).await {
+            let template = o
+                .args
+                .get("template")
+                .context("vm-install needs template=")?;
+            let name = o
+                .args
+                .get("new-name-label")
+                .context("vm-install needs new-name-label=")?;
+            let t = match s
+                .call("VM.get_by_uuid", vec![Value::String(template.clone())])
+                .await
+            {
                 Ok(v) => v,
                 Err(_) => match s
-                    .call("VM.get_by_name_label", vec![Value::String(template.clone())])
+                    .call(
+                        "VM.get_by_name_label",
+                        vec![Value::String(template.clone())],
+                    )
                     .await?
                 {
                     Value::Array(mut a) if !a.is_empty() => a.remove(0),
                     _ => bail!("no template {template}"),
                 },
             };
-            let new = s.run_task("VM.clone", vec![t, Value::String(name.clone())]).await?;
-            let new_ref = format::task_result_ref(&new);
-            s.call("VM.set_is_a_template", vec![Value::String(new_ref.clone()), Value::Bool(false)])
+            let new = s
+                .run_task("VM.clone", vec![t, Value::String(name.clone())])
                 .await?;
+            let new_ref = format::task_result_ref(&new);
+            s.call(
+                "VM.set_is_a_template",
+                vec![Value::String(new_ref.clone()), Value::Bool(false)],
+            )
+            .await?;
             let uuid = s.call("VM.get_uuid", vec![Value::String(new_ref)]).await?;
             println!("{}", wire_text(&uuid));
             Ok(())
@@ -344,7 +448,9 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
         }
         "vm-param-list" => {
             let vm = s.find_vm(&o.args).await?;
-            let rec = s.call("VM.get_record", vec![Value::String(vm.clone())]).await?;
+            let rec = s
+                .call("VM.get_record", vec![Value::String(vm.clone())])
+                .await?;
             if let Value::Struct(fields) = rec {
                 print_records(&[(vm, fields)], &[], Some("all"));
             }
@@ -371,7 +477,9 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
         }
         "pool-eject" | "pool-designate-new-master" => {
             let uuid = o.args.get("host-uuid").context("give host-uuid=")?;
-            let host = s.call("host.get_by_uuid", vec![Value::String(uuid.clone())]).await?;
+            let host = s
+                .call("host.get_by_uuid", vec![Value::String(uuid.clone())])
+                .await?;
             let method = if o.command == "pool-eject" {
                 "pool.eject"
             } else {
@@ -381,13 +489,20 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             Ok(())
         }
         "pool-emergency-transition-to-master" => {
-            s.call("pool.emergency_transition_to_master", vec![]).await?;
+            s.call("pool.emergency_transition_to_master", vec![])
+                .await?;
             Ok(())
         }
         "pool-emergency-reset-master" => {
-            let addr = o.args.get("master-address").context("give master-address=")?;
-            s.call("pool.emergency_reset_master", vec![Value::String(addr.clone())])
-                .await?;
+            let addr = o
+                .args
+                .get("master-address")
+                .context("give master-address=")?;
+            s.call(
+                "pool.emergency_reset_master",
+                vec![Value::String(addr.clone())],
+            )
+            .await?;
             Ok(())
         }
         "pool-recover-slaves" => {
@@ -401,7 +516,10 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
 
 /// Waits until an object of `class=` satisfies every other `key=value`.
 async fn event_wait(s: &Session, args: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let class = args.get("class").context("event-wait needs class=")?.to_string();
+    let class = args
+        .get("class")
+        .context("event-wait needs class=")?
+        .to_string();
     let conditions: BTreeMap<String, String> = args
         .iter()
         .filter(|(k, _)| k.as_str() != "class")

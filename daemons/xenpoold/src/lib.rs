@@ -55,7 +55,7 @@ pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path:
         std::fs::create_dir_all(shared)
             .with_context(|| format!("cannot create {}", shared.display()))?;
     }
-    let persistence = xenpool_storage::SqlitePersistence::open(&config.data_dir.join("pool.db"))
+    let persistence = xenpool_storage::SqlitePersistence::open(config.data_dir.join("pool.db"))
         .map_err(|e| anyhow::anyhow!("cannot open the pool database: {e}"))?;
     let db = Database::open(Box::new(persistence))
         .map_err(|e| anyhow::anyhow!("cannot load the pool database: {e}"))?;

@@ -9,7 +9,11 @@ use xenpoold::config::Config;
 
 /// Command-line flags; each overrides the same setting of the configuration file.
 #[derive(Debug, Parser)]
-#[command(name = "xenpoold", version, about = "The xenpool toolstack daemon of one host")]
+#[command(
+    name = "xenpoold",
+    version,
+    about = "The xenpool toolstack daemon of one host"
+)]
 struct Args {
     /// A TOML configuration file.
     #[arg(long, short = 'c')]

@@ -176,8 +176,8 @@ impl Node {
         let driver = self.sr_driver(sr)?;
         let location = location.to_string();
         tokio::task::spawn_blocking(move || driver.destroy(&location).map_err(internal))
-        .await
-        .map_err(internal)?
+            .await
+            .map_err(internal)?
     }
 
     /// Does a domain operation on the host the VM is (to be) on. Returns the domain id.
@@ -283,9 +283,7 @@ impl Node {
                 3,
                 MessageClass::Pool,
                 &pool.uuid,
-                &format!(
-                    "The pool can tolerate {n} host failures but is configured for {ftt}."
-                ),
+                &format!("The pool can tolerate {n} host failures but is configured for {ftt}."),
             );
         }
     }

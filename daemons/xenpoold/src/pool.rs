@@ -128,7 +128,8 @@ pub async fn forward_domain_op(
     let address = host_address(&node.state.db(), host)?;
     let secret = secret_or_error(node)?;
     let client = peer_client(node, &address, Duration::from_secs(120))?;
-    let vm_json = serde_json::to_string(vm).map_err(|e| XenApiError::internal_error(e.to_string()))?;
+    let vm_json =
+        serde_json::to_string(vm).map_err(|e| XenApiError::internal_error(e.to_string()))?;
     let result = client
         .call(
             "host.xenpool_domain_op",
@@ -391,15 +392,17 @@ pub async fn serve_replication(
     }
     node.liveness.contact(host, from);
     let mut rx = node.state.generation.subscribe();
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 30.0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 30.0));
     loop {
         rx.borrow_and_update();
         let current = node.state.db().generation();
         if current > from {
             break;
         }
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -463,7 +466,11 @@ pub fn export_for_join(db: &Database, host: &Ref) -> Result<Vec<StoredObject>, C
     }
     for pif in &h.PIFs {
         let p = db.get::<PifRecord>(pif)?;
-        push(Class::Network, &p.network, db.object(Class::Network, &p.network)?);
+        push(
+            Class::Network,
+            &p.network,
+            db.object(Class::Network, &p.network)?,
+        );
         push(Class::PIF, pif, db.object(Class::PIF, pif)?);
     }
     Ok(out)
@@ -478,12 +485,15 @@ pub fn import_joining_host(
 ) -> Result<Ref, CoreError> {
     let mut decoded = Vec::new();
     for o in objects {
-        let class = Class::parse(&o.class)
-            .ok_or_else(|| CoreError::InvalidValue {
-                field: "class".into(),
-                value: o.class.clone(),
-            })?;
-        decoded.push((class, Ref::from_string(o.reference.clone()), Object::from_json(class, &o.body)?));
+        let class = Class::parse(&o.class).ok_or_else(|| CoreError::InvalidValue {
+            field: "class".into(),
+            value: o.class.clone(),
+        })?;
+        decoded.push((
+            class,
+            Ref::from_string(o.reference.clone()),
+            Object::from_json(class, &o.body)?,
+        ));
     }
     let host_ref = decoded
         .iter()
@@ -655,7 +665,8 @@ pub fn check_can_join(node: &Node, master_address: &str) -> Result<(), XenApiErr
 
 /// Turns this host into the coordinator: role file, write gate, `pool.master`, message.
 pub fn become_coordinator(node: &Node) -> Result<(), XenApiError> {
-    crate::set_role(node, Role::Coordinator).map_err(|e| XenApiError::internal_error(e.to_string()))?;
+    crate::set_role(node, Role::Coordinator)
+        .map_err(|e| XenApiError::internal_error(e.to_string()))?;
     node.state.set_write_gate(None);
     node.liveness.reset();
     let host = node.state.host.clone();
@@ -751,7 +762,10 @@ pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenAp
     }
     let (address, ha) = {
         let db = node.state.db();
-        let ha = db.all::<PoolRecord>().next().is_some_and(|(_, p)| p.ha_enabled);
+        let ha = db
+            .all::<PoolRecord>()
+            .next()
+            .is_some_and(|(_, p)| p.ha_enabled);
         (host_address(&db, target)?, ha)
     };
     if ha {
@@ -783,7 +797,10 @@ pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenAp
     let result = client
         .call(
             "pool.xenpool_become_coordinator",
-            vec![Wire::String(secret), Wire::String(final_generation.to_string())],
+            vec![
+                Wire::String(secret),
+                Wire::String(final_generation.to_string()),
+            ],
         )
         .await;
     if let Err(e) = result {

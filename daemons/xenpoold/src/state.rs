@@ -9,9 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use xenpool_core::db::Commit;
-use xenpool_core::persist::{StoredState, WriteBatch};
 use xenpool_core::ops::HostOpsInputs;
+use xenpool_core::persist::{StoredState, WriteBatch};
 use xenpool_core::{CoreError, Database, DateTime, Ref, Txn};
+
+/// Something to run after every commit.
+pub type CommitHook = Box<dyn Fn(&Commit) + Send>;
 
 /// Shared state of the daemon.
 pub struct State {
@@ -26,7 +29,7 @@ pub struct State {
     /// Cancellation flags of running tasks.
     pub cancels: Mutex<HashMap<Ref, Arc<AtomicBool>>>,
     /// Observers of every commit.
-    pub commit_hooks: Mutex<Vec<Box<dyn Fn(&Commit) + Send>>>,
+    pub commit_hooks: Mutex<Vec<CommitHook>>,
     /// When set, writes are refused with `HOST_IS_SLAVE` naming this address: this host is a
     /// member, or is handing the coordinator role over.
     write_gate: Mutex<Option<String>>,
@@ -88,7 +91,12 @@ impl State {
     ) -> Result<T, CoreError> {
         let mut db = self.db();
         // Checked under the database lock, so once the gate closes no commit slips past it.
-        if let Some(coordinator) = self.write_gate.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(coordinator) = self
+            .write_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Err(CoreError::api("HOST_IS_SLAVE", [coordinator]));
         }
         let (value, commit) = db.write(f)?;
@@ -100,7 +108,12 @@ impl State {
                 recent.pop_front();
             }
         }
-        for hook in self.commit_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for hook in self
+            .commit_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             hook(&commit);
         }
         drop(db);
@@ -136,7 +149,10 @@ impl State {
         db.replace_with(state)?;
         let generation = db.generation();
         drop(db);
-        self.recent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.generation.send_replace(generation);
         Ok(generation)
     }

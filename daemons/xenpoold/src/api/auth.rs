@@ -50,7 +50,9 @@ impl Role {
 
     /// From a XenAPI role name, in any case.
     pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.name().eq_ignore_ascii_case(s))
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(s))
     }
 
     /// What the role is for, as the role records describe it.
@@ -85,10 +87,11 @@ fn verify_password(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn auth_failed() -> XenApiError {
+/// `SESSION_AUTHENTICATION_FAILED [uname, message]`, as xapi's local login answers.
+fn auth_failed(user: &str) -> XenApiError {
     XenApiError::new(
         "SESSION_AUTHENTICATION_FAILED",
-        ["", "Authentication failure"],
+        [user, "Authentication failure"],
     )
 }
 
@@ -108,8 +111,13 @@ fn required_role(req: &Request) -> Role {
         "VM" => match m {
             "start" | "clean_shutdown" | "hard_shutdown" | "clean_reboot" | "hard_reboot"
             | "suspend" | "resume" | "pause" | "unpause" | "shutdown" => Role::VmOperator,
-            "start_on" | "resume_on" | "pool_migrate" | "set_affinity"
-            | "set_ha_restart_priority" | "set_ha_always_run" | "set_order"
+            "start_on"
+            | "resume_on"
+            | "pool_migrate"
+            | "set_affinity"
+            | "set_ha_restart_priority"
+            | "set_ha_always_run"
+            | "set_order"
             | "set_start_delay" => Role::VmPowerAdmin,
             _ => Role::VmAdmin,
         },
@@ -118,10 +126,14 @@ fn required_role(req: &Request) -> Role {
             "ha_compute_max_host_failures_to_tolerate"
             | "ha_compute_hypothetical_max_host_failures_to_tolerate"
             | "ha_compute_vm_failover_plan" => Role::ReadOnly,
-            "join" | "eject" | "designate_new_master" | "xenpool_add_host" | "emergency_transition_to_master"
-            | "recover_slaves" | "emergency_reset_master" | "set_ha_host_failures_to_tolerate" => {
-                Role::PoolAdmin
-            }
+            "join"
+            | "eject"
+            | "designate_new_master"
+            | "xenpool_add_host"
+            | "emergency_transition_to_master"
+            | "recover_slaves"
+            | "emergency_reset_master"
+            | "set_ha_host_failures_to_tolerate" => Role::PoolAdmin,
             _ => Role::PoolOperator,
         },
         _ => Role::PoolOperator,
@@ -171,16 +183,16 @@ impl Api {
         };
         let Some((user_ref, record)) = found else {
             // Spend the same time as a real check so user names cannot be probed by timing.
-            let _ = tokio::task::spawn_blocking(move || verify_password(&password, DUMMY_HASH))
-                .await;
-            return Err(auth_failed());
+            let _ =
+                tokio::task::spawn_blocking(move || verify_password(&password, DUMMY_HASH)).await;
+            return Err(auth_failed(&user));
         };
         let hash = record.password_hash.clone();
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .unwrap_or(false);
         if !ok {
-            return Err(auth_failed());
+            return Err(auth_failed(&user));
         }
         let node = self.node();
         let session = node.state.new_ref();
@@ -219,14 +231,14 @@ impl Api {
             found
         };
         let Some(record) = found else {
-            return Err(auth_failed());
+            return Err(auth_failed(&user));
         };
         let hash = record.password_hash.clone();
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .unwrap_or(false);
         if !ok {
-            return Err(auth_failed());
+            return Err(auth_failed(&user));
         }
         let role = record
             .roles
@@ -343,13 +355,11 @@ impl Api {
             (s.this_user.clone(), u.password_hash.clone())
         };
         if !verify_password(&old, &hash) {
-            return Err(auth_failed());
+            return Err(auth_failed(&cx.caller.user));
         }
         let hashed = hash_password(&new, state.random()).map_err(XenApiError::internal_error)?;
         state
-            .write(|txn| {
-                txn.update::<LocalUserRecord>(&user_ref, |u| u.password_hash = hashed)
-            })
+            .write(|txn| txn.update::<LocalUserRecord>(&user_ref, |u| u.password_hash = hashed))
             .map_err(api_error)?;
         Ok(Wire::String(String::new()))
     }

@@ -51,7 +51,9 @@ impl Subscription {
 
     fn covers(&self, class: Class, r: &Ref) -> bool {
         class.is_exposed()
-            && (self.all || self.classes.contains(&class) || self.objects.contains(&(class, r.clone())))
+            && (self.all
+                || self.classes.contains(&class)
+                || self.objects.contains(&(class, r.clone())))
     }
 
     fn covers_class(&self, class: Class) -> bool {
@@ -92,7 +94,11 @@ fn parse_timeout(v: &Wire) -> Result<f64, XenApiError> {
         _ => return Err(XenApiError::field_type_error("timeout")),
     };
     // A negative or absurd timeout must not hold a connection forever.
-    Ok(if t.is_finite() { t.clamp(0.0, 3600.0) } else { 0.0 })
+    Ok(if t.is_finite() {
+        t.clamp(0.0, 3600.0)
+    } else {
+        0.0
+    })
 }
 
 impl Api {
@@ -154,7 +160,7 @@ impl Api {
                 }
                 Ok(Err(_)) | Err(_) => {
                     let db = state.db();
-                    return Ok(self.events_result(cx, &db, &sub, Vec::new(), db.generation()));
+                    return Ok(self.events_result(&db, &sub, Vec::new(), db.generation()));
                 }
             }
         }
@@ -222,12 +228,11 @@ impl Api {
                 }
             }
         }
-        Ok(Some(self.events_result(cx, &db, sub, events, generation)))
+        Ok(Some(self.events_result(&db, sub, events, generation)))
     }
 
     fn events_result(
         &self,
-        cx: &Ctx,
         db: &xenpool_core::Database,
         sub: &Subscription,
         events: Vec<Wire>,
@@ -238,11 +243,12 @@ impl Api {
             .copied()
             .filter(|c| sub.covers_class(*c))
             .map(|c| {
+                // An int32 in xapi (`Rpc.Int32`): a number on both wires, `<int>` in
+                // XML-RPC rather than an int64-as-string. Xen Orchestra's `xen-api`
+                // compares `valid_ref_counts.task` with its count of task objects using
+                // `!==` and refetches every task record whenever they differ.
                 let n = db.count(c) as i64;
-                (
-                    c.name().to_ascii_lowercase(),
-                    to_wire(&xenpool_core::Value::Int(n), cx.ints),
-                )
+                (c.name().to_ascii_lowercase(), Wire::Int(n))
             })
             .collect();
         Wire::Struct(vec![

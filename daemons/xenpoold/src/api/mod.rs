@@ -194,12 +194,15 @@ pub(crate) fn ref_param(
 /// the password goes to `<data_dir>/<name>-password`, readable by its owner only.
 pub fn add_user(config: &crate::config::Config, name: &str, role: &str) -> anyhow::Result<()> {
     let role = Role::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role}"))?;
-    let persistence = xenpool_storage::SqlitePersistence::open(&config.data_dir.join("pool.db"))
+    let persistence = xenpool_storage::SqlitePersistence::open(config.data_dir.join("pool.db"))
         .map_err(|e| anyhow::anyhow!("cannot open the pool database: {e}"))?;
     let db = xenpool_core::Database::open(Box::new(persistence))
         .map_err(|e| anyhow::anyhow!("cannot load the pool database: {e}"))?;
     if db.is_empty() {
-        anyhow::bail!("no pool in {}: start xenpoold once first", config.data_dir.display());
+        anyhow::bail!(
+            "no pool in {}: start xenpoold once first",
+            config.data_dir.display()
+        );
     }
     if db
         .all::<xenpool_core::LocalUserRecord>()

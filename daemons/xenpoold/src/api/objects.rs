@@ -61,10 +61,7 @@ impl Api {
                     ));
                 }
                 let sr = rec.SR.clone();
-                state
-                    .db()
-                    .get::<SrRecord>(&sr)
-                    .map_err(api_error)?;
+                state.db().get::<SrRecord>(&sr).map_err(api_error)?;
                 rec.location = node
                     .vdi_create(&sr, &rec.uuid, rec.virtual_size as u64)
                     .await?;
@@ -98,7 +95,11 @@ impl Api {
                 void()
             }
             ("VBD", "create") | ("VIF", "create") => {
-                let cls = if class == "VBD" { Class::VBD } else { Class::VIF };
+                let cls = if class == "VBD" {
+                    Class::VBD
+                } else {
+                    Class::VIF
+                };
                 let mut p = req.reader(2)?;
                 p.value()?;
                 let obj = record_from(cls, p.structure("args")?)?;
@@ -117,7 +118,11 @@ impl Api {
                             // Hot-plug is not modelled: devices change while the VM is off.
                             return Err(CoreError::api(
                                 "VM_BAD_POWER_STATE",
-                                [vm.as_str(), "halted", &v.power_state.as_str().to_ascii_lowercase()],
+                                [
+                                    vm.as_str(),
+                                    "halted",
+                                    &v.power_state.as_str().to_ascii_lowercase(),
+                                ],
                             ));
                         }
                         let obj = match obj {
@@ -153,7 +158,11 @@ impl Api {
                 string(&r)
             }
             ("VBD", "destroy") | ("VIF", "destroy") => {
-                let cls = if class == "VBD" { Class::VBD } else { Class::VIF };
+                let cls = if class == "VBD" {
+                    Class::VBD
+                } else {
+                    Class::VIF
+                };
                 let mut p = req.reader(2)?;
                 p.value()?;
                 let r = ref_param(&mut p, "self")?;
@@ -165,10 +174,7 @@ impl Api {
                             _ => false,
                         };
                         if attached {
-                            return Err(CoreError::api(
-                                "DEVICE_ALREADY_ATTACHED",
-                                [r.as_str()],
-                            ));
+                            return Err(CoreError::api("DEVICE_ALREADY_ATTACHED", [r.as_str()]));
                         }
                         txn.destroy(cls, &r)
                     })
@@ -217,7 +223,8 @@ impl Api {
                     .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["cls", cls]))?;
                 let obj_uuid = p.string("obj_uuid")?.to_string();
                 let body = p.string("body")?.to_string();
-                let r = node.raise_message(&name, priority, cls, &obj_uuid, &body)
+                let r = node
+                    .raise_message(&name, priority, cls, &obj_uuid, &body)
                     .map_err(api_error)?;
                 string(&r)
             }
@@ -293,7 +300,8 @@ impl Api {
                             // A running VM with a disk on this SR and host keeps it plugged.
                             let db = txn.db();
                             for (vr, v) in db.all::<VmRecord>() {
-                                if v.resident_on != b.host || v.power_state == VmPowerState::Halted {
+                                if v.resident_on != b.host || v.power_state == VmPowerState::Halted
+                                {
                                     continue;
                                 }
                                 for vbd in &v.VBDs {

@@ -179,7 +179,10 @@ impl Api {
                 let mut p = req.reader(2)?;
                 p.value()?;
                 let host = ref_param(&mut p, "host")?;
-                node.state.db().get::<xenpool_core::HostRecord>(&host).map_err(api_error)?;
+                node.state
+                    .db()
+                    .get::<xenpool_core::HostRecord>(&host)
+                    .map_err(api_error)?;
                 crate::pool::designate_new_master(node, &host).await?;
                 void()
             }
@@ -222,8 +225,9 @@ impl Api {
                 let mut p = req.reader(2)?;
                 p.value()?;
                 let objects: Vec<xenpool_core::persist::StoredObject> =
-                    serde_json::from_str(p.string("objects")?)
-                        .map_err(|e| XenApiError::new("INVALID_VALUE", ["objects", &e.to_string()]))?;
+                    serde_json::from_str(p.string("objects")?).map_err(|e| {
+                        XenApiError::new("INVALID_VALUE", ["objects", &e.to_string()])
+                    })?;
                 let _ = cx;
                 let secret = match crate::pool::read_secret(&node.config.data_dir) {
                     Some(s) => s,
@@ -293,8 +297,9 @@ impl Api {
                 .unwrap_or_default()
         };
         let secret = get("secret");
-        let snapshot: xenpool_core::persist::StoredState = serde_json::from_str(&get("snapshot"))
-            .map_err(|e| XenApiError::internal_error(format!("bad pool snapshot: {e}")))?;
+        let snapshot: xenpool_core::persist::StoredState =
+            serde_json::from_str(&get("snapshot"))
+                .map_err(|e| XenApiError::internal_error(format!("bad pool snapshot: {e}")))?;
         crate::pool::write_secret_file(&node.config.data_dir, &secret)
             .map_err(|e| XenApiError::internal_error(e.to_string()))?;
         // The answer has to reach the caller before this host stops accepting writes, but
@@ -315,7 +320,9 @@ impl Api {
         }
         let address = {
             let db = node.state.db();
-            let h = db.get::<xenpool_core::HostRecord>(host).map_err(api_error)?;
+            let h = db
+                .get::<xenpool_core::HostRecord>(host)
+                .map_err(api_error)?;
             for vm in &h.resident_VMs {
                 if db
                     .get::<xenpool_core::VmRecord>(vm)
@@ -360,7 +367,8 @@ impl Api {
             .collect();
         let mut recovered = Vec::new();
         for (host, address) in hosts {
-            let Ok(client) = crate::pool::peer_client(node, &address, Duration::from_secs(10)) else {
+            let Ok(client) = crate::pool::peer_client(node, &address, Duration::from_secs(10))
+            else {
                 continue;
             };
             let r = client

@@ -115,10 +115,7 @@ impl Api {
                 .cancels
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if cancels
-                .get(task)
-                .is_some_and(|f| f.load(Ordering::SeqCst))
-            {
+            if cancels.get(task).is_some_and(|f| f.load(Ordering::SeqCst)) {
                 return Err(cancelled(task));
             }
         }

@@ -63,7 +63,8 @@ impl Api {
                 } else {
                     VmOperation::Resume
                 };
-                self.power_op(cx, &vm, op, None, start_paused, force).await?
+                self.power_op(cx, &vm, op, None, start_paused, force)
+                    .await?
             }
             "start_on" | "resume_on" => {
                 let mut p = req.reader(5)?;
@@ -213,7 +214,11 @@ impl Api {
                 if v.power_state != VmPowerState::Halted {
                     return Err(CoreError::api(
                         "VM_BAD_POWER_STATE",
-                        [vm.as_str(), "halted", &v.power_state.as_str().to_ascii_lowercase()],
+                        [
+                            vm.as_str(),
+                            "halted",
+                            &v.power_state.as_str().to_ascii_lowercase(),
+                        ],
                     ));
                 }
                 txn.update::<VmRecord>(vm, |v| {
@@ -414,9 +419,7 @@ impl Api {
                 check_vm_operation(txn.db(), vm, op)?;
                 let v = txn.get::<VmRecord>(vm)?.clone();
                 let host = match op {
-                    VmOperation::Start | VmOperation::Resume => {
-                        choose_host(txn.db(), vm, &inputs)?
-                    }
+                    VmOperation::Start | VmOperation::Resume => choose_host(txn.db(), vm, &inputs)?,
                     VmOperation::StartOn | VmOperation::ResumeOn => {
                         let host = target.clone().unwrap_or_default();
                         check_vm_fits_host(txn.db(), vm, &host, &inputs)?;
@@ -437,8 +440,7 @@ impl Api {
                     })?;
                 }
                 txn.update::<VmRecord>(vm, |r| {
-                    r.current_operations
-                        .insert(key.as_str().to_string(), op);
+                    r.current_operations.insert(key.as_str().to_string(), op);
                     if starting {
                         r.scheduled_to_be_resident_on = host.clone();
                     }
