@@ -42,7 +42,15 @@ die() {
     exit 1
 }
 
+member_pid=""
 cleanup() {
+    if [[ -z $member_pid && -n ${RUN_DIR:-} && -f $RUN_DIR/member/pid ]]; then
+        member_pid=$(cat "$RUN_DIR/member/pid")
+    fi
+    if [[ -n $member_pid ]]; then
+        kill -9 "$member_pid" 2>/dev/null || true
+        wait "$member_pid" 2>/dev/null || true
+    fi
     if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
         kill "$daemon_pid" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -225,6 +233,30 @@ cli_checks() {
     ok "a wrong password is refused with SESSION_AUTHENTICATION_FAILED"
 }
 stage "xenpool CLI (vm-list, vm-start, vm-shutdown, --minimal, HTTPS)" cli_checks
+
+# A second host on 127.0.0.2 (same ports, as hosts of a pool have) joins the pool; the
+# Python client pointed at it follows HOST_IS_SLAVE to the coordinator.
+redirect_checks() {
+    local member_dir=$RUN_DIR/member
+    mkdir -p "$member_dir"
+    "$XENPOOLD" --data-dir "$member_dir/data" --address 127.0.0.2 --http-port "$HTTP_PORT" \
+        --https-port "$HTTPS_PORT" --no-demo \
+        >"$member_dir/xenpoold.out" 2>"$member_dir/xenpoold.log" &
+    echo $! >"$member_dir/pid"
+    for _ in $(seq 300); do
+        grep -q '^xenpoold ready' "$member_dir/xenpoold.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q '^xenpoold ready' "$member_dir/xenpoold.out" || { echo "FAIL [redirect] member did not start"; exit 1; }
+    "$XENPOOL" -s 127.0.0.2 -p "$HTTP_PORT" -u root -pwf "$member_dir/data/root-password" \
+        pool-join master-address=127.0.0.1 master-username=root master-password="$PASSWORD" ||
+        { echo "FAIL [redirect] pool-join"; exit 1; }
+    echo "PASS [redirect] 127.0.0.2 joined the pool"
+    timeout "$STAGE_TIMEOUT" "$VENV/bin/python" tests/clients/python_redirect.py \
+        "http://127.0.0.2:$HTTP_PORT" "$PASSWORD" 127.0.0.1
+}
+stage "python xenapi $XENAPI_VERSION follows HOST_IS_SLAVE from a member" redirect_checks
+[[ -f $RUN_DIR/member/pid ]] && member_pid=$(cat "$RUN_DIR/member/pid")
 
 log "all ${#passed[@]} stages passed:"
 for name in "${passed[@]}"; do
