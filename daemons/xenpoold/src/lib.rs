@@ -93,6 +93,7 @@ pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path:
         hypervisor,
         role: RwLock::new(role.clone()),
         liveness: crate::pool::Liveness::default(),
+        needs_snapshot: std::sync::atomic::AtomicBool::new(true),
         local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     if let Role::Member { coordinator } = &role {

@@ -69,6 +69,9 @@ pub struct Node {
     pub role: RwLock<Role>,
     /// When members were last heard from (on the coordinator).
     pub liveness: crate::pool::Liveness,
+    /// The next replication poll asks for a whole snapshot: set whenever this host starts
+    /// following a coordinator, as its copy may hold writes the coordinator never had.
+    pub needs_snapshot: std::sync::atomic::AtomicBool,
     /// Sessions from `session.slave_local_login_with_password`: kept by this host only, so
     /// a member can be administered while its coordinator is gone.
     pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::api::Caller>>,

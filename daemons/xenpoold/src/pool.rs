@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -236,12 +237,25 @@ pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver
     let node = node.clone();
     tokio::spawn(async move {
         let mut coordinator_since: Option<Instant> = None;
+        // Only a coordinator that has just started asks whether it was replaced while it
+        // was down; one that became coordinator by a transfer knows it was not.
+        let mut started = true;
         loop {
             if *stop.borrow() {
                 return;
             }
             match node.role() {
                 Role::Coordinator => {
+                    if std::mem::take(&mut started) {
+                        // A coordinator that was down may have been replaced meanwhile.
+                        if let Some(other) = find_other_coordinator(&node).await {
+                            tracing::warn!(coordinator = %other, "another host coordinates this pool; following it");
+                            if let Err(e) = become_member(&node, &other) {
+                                tracing::error!(error = %e, "could not step down");
+                            }
+                            continue;
+                        }
+                    }
                     let start = *coordinator_since.get_or_insert_with(|| {
                         node.liveness.reset();
                         Instant::now()
@@ -253,6 +267,7 @@ pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver
                     }
                 }
                 Role::Member { coordinator } => {
+                    started = false;
                     coordinator_since = None;
                     tokio::select! {
                         r = replicate_once(&node, &coordinator) => {
@@ -316,7 +331,13 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
     let secret = secret_or_error(node)?;
     let timeout = node.config.heartbeat_interval_secs.clamp(0.1, 10.0);
     let client = peer_client(node, coordinator, Duration::from_secs_f64(timeout + 10.0))?;
-    let generation = node.state.db().generation();
+    let full = node.needs_snapshot.load(Ordering::SeqCst);
+    // -1 asks for a whole snapshot.
+    let generation = if full {
+        -1
+    } else {
+        node.state.db().generation() as i64
+    };
     let result = client
         .call(
             "pool.xenpool_replicate",
@@ -333,7 +354,13 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
         Err(e) => {
             if let Some(api) = e.api() {
                 if api.code == xenpool_rpc::HOST_IS_SLAVE {
-                    if let Some(addr) = api.params.first() {
+                    let still_following = node.role()
+                        == Role::Member {
+                            coordinator: coordinator.to_string(),
+                        };
+                    let me = node.config.address.to_string();
+                    if let Some(addr) = api.params.first().filter(|a| **a != me && still_following)
+                    {
                         tracing::info!(coordinator = %addr, "following the new coordinator");
                         let _ = crate::set_role(
                             node,
@@ -357,8 +384,9 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
             let state: StoredState = serde_json::from_str(snapshot)
                 .map_err(|e| XenApiError::internal_error(format!("bad snapshot: {e}")))?;
             node.state
-                .replace_with(&state)
+                .replace_replicated(&state)
                 .map_err(crate::api::api_error)?;
+            node.needs_snapshot.store(false, Ordering::SeqCst);
         }
     }
     if let Some(Wire::Array(items)) = get("batches") {
@@ -381,7 +409,7 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
 pub async fn serve_replication(
     node: &Node,
     host: &Ref,
-    from: u64,
+    from: Option<u64>,
     timeout: f64,
 ) -> Result<Wire, XenApiError> {
     if let Role::Member { coordinator } = node.role() {
@@ -390,6 +418,18 @@ pub async fn serve_replication(
     if !node.state.db().exists(Class::Host, host) {
         return Err(XenApiError::handle_invalid("host", host.as_str()));
     }
+    let Some(from) = from.filter(|f| *f <= node.state.db().generation()) else {
+        // A first poll, or a copy ahead of ours (it holds writes this coordinator never
+        // had): the member gets the whole database.
+        node.liveness.contact(host, 0);
+        let state = node.state.db().to_stored();
+        let text = serde_json::to_string(&state)
+            .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+        return Ok(Wire::Struct(vec![
+            ("batches".into(), Wire::Array(Vec::new())),
+            ("snapshot".into(), Wire::String(text)),
+        ]));
+    };
     node.liveness.contact(host, from);
     let mut rx = node.state.generation.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 30.0));
@@ -699,6 +739,7 @@ pub fn become_coordinator(node: &Node) -> Result<(), XenApiError> {
 /// Turns this host into a member following `coordinator`.
 pub fn become_member(node: &Node, coordinator: &str) -> Result<(), XenApiError> {
     node.state.set_write_gate(Some(coordinator.to_string()));
+    node.needs_snapshot.store(true, Ordering::SeqCst);
     crate::set_role(
         node,
         Role::Member {
@@ -808,4 +849,37 @@ pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenAp
         return Err(rpc_error(e));
     }
     become_member(node, &address)
+}
+
+/// Asks the other hosts of the pool which coordinator they follow; returns the address of a
+/// host other than this one that says it is the coordinator.
+async fn find_other_coordinator(node: &Node) -> Option<String> {
+    let secret = read_secret(&node.config.data_dir)?;
+    let me = node.config.address.to_string();
+    let others: Vec<String> = node
+        .state
+        .db()
+        .all::<HostRecord>()
+        .filter(|(r, _)| **r != node.state.host)
+        .map(|(_, h)| h.address.clone())
+        .collect();
+    for address in others {
+        let Ok(client) = peer_client(node, &address, Duration::from_secs(2)) else {
+            continue;
+        };
+        let answer = client
+            .call("pool.xenpool_whois", vec![Wire::String(secret.clone())])
+            .await;
+        if let Ok(Wire::String(role)) = answer {
+            if role == "master" && address != me {
+                return Some(address);
+            }
+            if let Some(addr) = role.strip_prefix("slave:") {
+                if addr != me {
+                    return Some(addr.to_string());
+                }
+            }
+        }
+    }
+    None
 }

@@ -130,8 +130,11 @@ impl State {
     }
 
     /// Applies batches committed by the coordinator, in order, skipping ones already here.
+    /// Only a host whose own writes are shut (a member) takes them: a poll that returns
+    /// after this host became the coordinator must not overwrite what it committed since.
     pub fn apply_replicated(&self, batches: &[WriteBatch]) -> Result<u64, CoreError> {
         let mut db = self.db();
+        self.check_following()?;
         for b in batches {
             if b.generation > db.generation() {
                 db.apply_batch(b)?;
@@ -143,7 +146,34 @@ impl State {
         Ok(generation)
     }
 
-    /// Replaces the whole database with a snapshot from the coordinator.
+    fn check_following(&self) -> Result<(), CoreError> {
+        if self
+            .write_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Err(CoreError::api(
+                "OPERATION_NOT_ALLOWED",
+                ["this host coordinates the pool; it takes no replicated writes"],
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole database with a snapshot from the coordinator (members only, see
+    /// [`State::apply_replicated`]).
+    pub fn replace_replicated(&self, state: &StoredState) -> Result<u64, CoreError> {
+        let mut db = self.db();
+        self.check_following()?;
+        db.replace_with(state)?;
+        let generation = db.generation();
+        drop(db);
+        self.generation.send_replace(generation);
+        Ok(generation)
+    }
+
+    /// Replaces the whole database (joining a pool, leaving one).
     pub fn replace_with(&self, state: &StoredState) -> Result<u64, CoreError> {
         let mut db = self.db();
         db.replace_with(state)?;

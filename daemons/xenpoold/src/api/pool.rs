@@ -304,8 +304,12 @@ impl Api {
             .map_err(|e| XenApiError::internal_error(e.to_string()))?;
         // The answer has to reach the caller before this host stops accepting writes, but
         // the database switch itself is one step: replace, then follow the coordinator.
-        node.state.replace_with(&snapshot).map_err(api_error)?;
         crate::pool::become_member(node, address)?;
+        node.state
+            .replace_replicated(&snapshot)
+            .map_err(api_error)?;
+        node.needs_snapshot
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(coordinator = %address, "joined the pool");
         Ok(())
     }
@@ -404,7 +408,8 @@ impl Api {
                 let mut p = req.reader(4)?;
                 p.value()?;
                 let host = ref_param(&mut p, "host")?;
-                let from = p.int("generation")?.max(0) as u64;
+                let from = p.int("generation")?;
+                let from = u64::try_from(from).ok();
                 let timeout = p.float("timeout")?;
                 crate::pool::serve_replication(node, &host, from, timeout).await
             }
@@ -432,6 +437,13 @@ impl Api {
                 }
                 crate::pool::become_coordinator(node)?;
                 void()
+            }
+            ("pool", "xenpool_whois") => {
+                req.reader(1)?;
+                Ok(Wire::String(match node.role() {
+                    crate::node::Role::Coordinator => "master".to_string(),
+                    crate::node::Role::Member { coordinator } => format!("slave:{coordinator}"),
+                }))
             }
             ("pool", "xenpool_reset_master") => {
                 let mut p = req.reader(2)?;
