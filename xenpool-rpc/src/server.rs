@@ -1,0 +1,418 @@
+//! The XenAPI HTTP(S) server: hyper 1, HTTP/1.1 keep-alive, both codecs.
+//!
+//! Routes, as xapi serves them:
+//! - `POST /`, `/RPC2`, `/xmlrpc`: XML-RPC, answered `text/xml`;
+//! - `POST /jsonrpc`: JSON-RPC 1.0 and 2.0, answered `application/json`;
+//! - `OPTIONS` anything: a CORS preflight answer (browsers talk to `/jsonrpc` directly);
+//! - `GET /`: a small page; anything else: 404.
+//!
+//! Content types go out exactly as `text/xml` and `application/json` with no charset
+//! suffix: Xen Orchestra compares the header byte for byte and falls back to XML-RPC
+//! otherwise. Request content types are not checked (clients send all sorts).
+//!
+//! Every resource a peer can make us spend is bounded by [`ServerLimits`]: connections,
+//! calls in flight, request size, and the time to send headers, body and TLS handshake. A
+//! handler call runs in its own task, so a client that hangs up does not cancel an
+//! operation halfway, and a handler that panics costs that one call an `INTERNAL_ERROR`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request as HttpRequest, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::XenApiError;
+use crate::json::{self, JsonVersion};
+use crate::request::Call;
+use crate::value::Value;
+use crate::xml;
+
+/// The wire protocol a call arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// XML-RPC (`POST /`, `/RPC2`, `/xmlrpc`).
+    XmlRpc,
+    /// JSON-RPC 1.0 at `/jsonrpc`.
+    JsonRpc1,
+    /// JSON-RPC 2.0 at `/jsonrpc`.
+    JsonRpc2,
+}
+
+impl From<JsonVersion> for Protocol {
+    fn from(v: JsonVersion) -> Self {
+        match v {
+            JsonVersion::V1 => Protocol::JsonRpc1,
+            JsonVersion::V2 => Protocol::JsonRpc2,
+        }
+    }
+}
+
+/// Where a call came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallContext {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The protocol the call used.
+    pub protocol: Protocol,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// What the server calls for every decoded XenAPI call. The handler returns the raw
+/// result; the server wraps it in the protocol's envelope.
+pub trait Handler: Send + Sync + 'static {
+    /// Performs one call.
+    fn call(
+        &self,
+        ctx: CallContext,
+        call: Call,
+    ) -> impl Future<Output = Result<Value, XenApiError>> + Send;
+}
+
+/// Bounds on what peers can make the server spend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest accepted request body; larger ones get 413 and a protocol error.
+    pub max_body_bytes: usize,
+    /// Calls executing at once across all connections; further calls wait.
+    pub max_in_flight: usize,
+    /// Open connections; the listener stops accepting while at the bound.
+    pub max_connections: usize,
+    /// Time a connection may take to send a request's headers (also closes idle
+    /// keep-alive connections).
+    pub header_read_timeout: Duration,
+    /// Time a request may take to send its body once the headers are in.
+    pub body_read_timeout: Duration,
+    /// Time a TLS client may take to finish its handshake.
+    pub tls_handshake_timeout: Duration,
+    /// After shutdown is signalled, how long open connections get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_in_flight: 256,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Shared<H> {
+    handler: Arc<H>,
+    limits: ServerLimits,
+    in_flight: Semaphore,
+}
+
+/// Serves XenAPI on `listener` until `shutdown` completes, then stops accepting, lets
+/// open connections finish within [`ServerLimits::shutdown_grace`] and returns.
+///
+/// With `tls`, every connection is TLS; plain HTTP and HTTPS are served by calling this
+/// twice on two listeners with the same handler.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let shared = Arc::new(Shared {
+        handler,
+        in_flight: Semaphore::new(limits.max_in_flight.max(1)),
+        limits,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            connection(stream, peer, acceptor, shared, stop).await;
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let grace = shared.limits.shutdown_grace;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::debug!("connections still open after the shutdown grace period; closing");
+        tasks.abort_all();
+    }
+}
+
+async fn connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    shared: Arc<Shared<H>>,
+    stop: watch::Receiver<bool>,
+) {
+    // Responses are written whole; waiting for more data to coalesce only adds latency.
+    let _ = stream.set_nodelay(true);
+    match acceptor {
+        None => serve_http(TokioIo::new(stream), peer, false, shared, stop).await,
+        Some(acceptor) => {
+            let timeout = shared.limits.tls_handshake_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, true, shared, stop).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<I, H>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    shared: Arc<Shared<H>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Handler,
+{
+    let header_timeout = shared.limits.header_read_timeout;
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(&shared, req, peer, tls).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+type Body = Full<Bytes>;
+
+const TEXT_XML: &str = "text/xml";
+const APPLICATION_JSON: &str = "application/json";
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("Content-Type, X-Requested-With"),
+    );
+    r
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Xml,
+    Json,
+}
+
+async fn route<H: Handler>(
+    shared: &Shared<H>,
+    req: HttpRequest<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
+    let route = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/" | "/RPC2" | "/xmlrpc") => Route::Xml,
+        (&Method::POST, "/jsonrpc") => Route::Json,
+        (&Method::OPTIONS, _) => {
+            let mut r = respond(StatusCode::OK, "text/plain", Vec::new());
+            r.headers_mut().insert(
+                "access-control-allow-methods",
+                HeaderValue::from_static("POST, GET, OPTIONS"),
+            );
+            r.headers_mut()
+                .insert("access-control-max-age", HeaderValue::from_static("86400"));
+            return r;
+        }
+        (&Method::GET | &Method::HEAD, "/") => {
+            return respond(
+                StatusCode::OK,
+                "text/html",
+                b"<html><head><title>xenpool</title></head><body><p>XenAPI endpoint: XML-RPC at /, JSON-RPC at /jsonrpc.</p></body></html>".to_vec(),
+            );
+        }
+        _ => return respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec()),
+    };
+
+    let body = match read_body(shared, req).await {
+        Ok(b) => b,
+        Err((status, msg)) => {
+            let err = Err(XenApiError::internal_error(msg));
+            let mut r = match route {
+                Route::Xml => respond(status, TEXT_XML, xml::encode_response(&err)),
+                Route::Json => respond(
+                    status,
+                    APPLICATION_JSON,
+                    json::encode_response(JsonVersion::V2, &Value::Nil, &err),
+                ),
+            };
+            // The unread remainder of the body would be taken as the next request.
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+
+    match route {
+        Route::Xml => {
+            let out = match xml::decode_call(&body) {
+                Ok(call) => {
+                    let raw = call.method == "system.listMethods";
+                    let ctx = CallContext {
+                        peer,
+                        protocol: Protocol::XmlRpc,
+                        tls,
+                    };
+                    match dispatch(shared, ctx, call).await {
+                        Ok(v) if raw => xml::encode_raw_response(&v),
+                        result => encode_xml(&result),
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "undecodable XML-RPC request");
+                    encode_xml(&Err(XenApiError::internal_error(e.to_string())))
+                }
+            };
+            respond(StatusCode::OK, TEXT_XML, out)
+        }
+        Route::Json => {
+            let out = match json::decode_request(&body) {
+                Ok(req) => {
+                    let ctx = CallContext {
+                        peer,
+                        protocol: req.version.into(),
+                        tls,
+                    };
+                    let result = dispatch(shared, ctx, req.call).await;
+                    json::encode_response(req.version, &req.id, &result)
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e.error, "undecodable JSON-RPC request");
+                    let err = Err(XenApiError::internal_error(e.error.to_string()));
+                    json::encode_response(e.version, &e.id, &err)
+                }
+            };
+            respond(StatusCode::OK, APPLICATION_JSON, out)
+        }
+    }
+}
+
+fn encode_xml(result: &Result<Value, XenApiError>) -> Vec<u8> {
+    xml::encode_response(result)
+}
+
+async fn read_body<H>(
+    shared: &Shared<H>,
+    req: HttpRequest<Incoming>,
+) -> Result<Bytes, (StatusCode, String)> {
+    let max = shared.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {max} bytes"),
+        ));
+    }
+    let body = Limited::new(req.into_body(), max);
+    match tokio::time::timeout(shared.limits.body_read_timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {max} bytes"),
+        )),
+        Ok(Err(e)) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("reading request body: {e}"),
+        )),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "timed out reading the request body".to_owned(),
+        )),
+    }
+}
+
+async fn dispatch<H: Handler>(
+    shared: &Shared<H>,
+    ctx: CallContext,
+    call: Call,
+) -> Result<Value, XenApiError> {
+    let Ok(_permit) = shared.in_flight.acquire().await else {
+        return Err(XenApiError::internal_error("server is shutting down"));
+    };
+    let handler = shared.handler.clone();
+    let method = call.method.clone();
+    match tokio::spawn(async move { handler.call(ctx, call).await }).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(%method, error = %e, "handler task failed");
+            Err(XenApiError::internal_error(format!(
+                "{method}: handler failed"
+            )))
+        }
+    }
+}
