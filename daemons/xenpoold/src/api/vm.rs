@@ -471,7 +471,28 @@ impl Api {
             };
             node.domain_op(&host, &before, dop).await
         };
-        let outcome = work.await;
+        let mut outcome = work.await;
+        // Cancelled while the domain was being built: undo it, so a cancelled start leaves
+        // the VM as it found it.
+        let starting = matches!(
+            op,
+            VmOperation::Start | VmOperation::StartOn | VmOperation::Resume | VmOperation::ResumeOn
+        );
+        if starting && outcome.is_ok() {
+            if let Err(cancelled) = self.check_cancelled(cx) {
+                let undo = if matches!(op, VmOperation::Resume | VmOperation::ResumeOn) {
+                    DomainOp::Suspend
+                } else {
+                    DomainOp::Shutdown { clean: false }
+                };
+                match node.domain_op(&host, &before, undo).await {
+                    Ok(_) => outcome = Err(cancelled),
+                    Err(e) => {
+                        tracing::warn!(vm = %vm, error = %e, "could not undo a cancelled start")
+                    }
+                }
+            }
+        }
         self.progress(cx, 0.9);
         let result = state.write(|txn| {
             if !txn.db().exists(Class::VM, vm) {
