@@ -250,6 +250,19 @@ pub fn bootstrap(state: &State, config: &Config, host_uuid: &str) -> anyhow::Res
     let password = random_password(state);
     let hash = hash_password(&password, state.random()).map_err(|e| anyhow::anyhow!(e))?;
     let host = state.host.clone();
+    // The demonstration VM's disk is a real file on the SR it is recorded on.
+    let demo_disk = if config.demo_objects {
+        let disk: Result<String, xenpool_storage::StorageError> = match &config.shared_sr_dir {
+            Some(dir) => xenpool_storage::SharedDirSr::open(dir)
+                .and_then(|sr| xenpool_storage::SrDriver::create(&sr, "demo-vm disk", 8 << 30)),
+            None => xenpool_storage::LocalDirSr::open(config.data_dir.join("sr-local"))
+                .and_then(|sr| xenpool_storage::SrDriver::create(&sr, "demo-vm disk", 8 << 30)),
+        }
+        .map(|i| i.location);
+        disk.map_err(|e| anyhow::anyhow!("cannot create the demonstration disk: {e}"))?
+    } else {
+        String::new()
+    };
     state
         .write(|txn| {
             let network = state.new_ref();
@@ -327,7 +340,7 @@ pub fn bootstrap(state: &State, config: &Config, host_uuid: &str) -> anyhow::Res
                 },
             )?;
             if config.demo_objects {
-                demo_objects(txn, state, &default_sr, &network)?;
+                demo_objects(txn, state, &default_sr, &network, &demo_disk)?;
             }
             Ok(())
         })
@@ -341,6 +354,7 @@ fn demo_objects(
     state: &State,
     sr: &Ref,
     network: &Ref,
+    disk_location: &str,
 ) -> Result<(), xenpool_core::CoreError> {
     let template = state.new_ref();
     let mut other_config = BTreeMap::new();
@@ -401,7 +415,7 @@ fn demo_objects(
             SR: sr.clone(),
             virtual_size: 8 << 30,
             r#type: VdiType::User,
-            location: vdi_uuid,
+            location: disk_location.to_string(),
             managed: true,
             ..Default::default()
         },

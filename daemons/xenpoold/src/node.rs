@@ -174,6 +174,53 @@ impl Node {
         .map_err(internal)?
     }
 
+    /// Copies a VDI's content into a new VDI on `to_sr` (the same SR clones it there).
+    /// Returns the new location.
+    pub async fn vdi_copy(
+        &self,
+        from_sr: &Ref,
+        location: &str,
+        to_sr: &Ref,
+        name: &str,
+    ) -> Result<String, XenApiError> {
+        let source = self.sr_driver(from_sr)?;
+        let target = if from_sr == to_sr {
+            None
+        } else {
+            Some(self.sr_driver(to_sr)?)
+        };
+        let location = location.to_string();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let Some(target) = target else {
+                return source
+                    .clone_vdi(&location, &name)
+                    .map(|i| i.location)
+                    .map_err(internal);
+            };
+            let info = source.stat(&location).map_err(internal)?;
+            let new = target.create(&name, info.virtual_size).map_err(internal)?;
+            let copied = (|| -> Result<(), XenApiError> {
+                let from = source.attach(&location).map_err(internal)?;
+                let to = target.attach(&new.location).map_err(internal)?;
+                let mut r = std::fs::File::open(&from.path).map_err(internal)?;
+                let mut w = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&to.path)
+                    .map_err(internal)?;
+                std::io::copy(&mut r, &mut w).map_err(internal)?;
+                w.sync_all().map_err(internal)
+            })();
+            if let Err(e) = copied {
+                let _ = target.destroy(&new.location);
+                return Err(e);
+            }
+            Ok(new.location)
+        })
+        .await
+        .map_err(internal)?
+    }
+
     /// Removes the backing file of a VDI.
     pub async fn vdi_destroy(&self, sr: &Ref, location: &str) -> Result<(), XenApiError> {
         let driver = self.sr_driver(sr)?;

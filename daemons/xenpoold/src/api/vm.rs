@@ -116,12 +116,13 @@ impl Api {
                 p.value()?;
                 let vm = ref_param(&mut p, "vm")?;
                 let name = p.string("new_name")?.to_string();
-                let op = if m == "clone" {
-                    VmOperation::Clone
+                let (op, sr) = if m == "clone" {
+                    (VmOperation::Clone, None)
                 } else {
-                    VmOperation::Copy
+                    let sr = ref_param(&mut p, "sr")?;
+                    (VmOperation::Copy, Some(sr).filter(|r| !r.is_null()))
                 };
-                let new = self.clone_vm(&vm, &name, op)?;
+                let new = self.clone_vm(&vm, &name, op, sr).await?;
                 Wire::String(new.as_str().to_string())
             }
             "provision" => {
@@ -282,87 +283,122 @@ impl Api {
         Ok(vm)
     }
 
-    fn clone_vm(&self, vm: &Ref, name: &str, op: VmOperation) -> Result<Ref, XenApiError> {
-        let state = &self.node().state;
+    /// Clones (or copies to `sr`) a VM: its disks are copied by the SR drivers first, then
+    /// the records are created in one transaction; if that fails the copies are removed.
+    async fn clone_vm(
+        &self,
+        vm: &Ref,
+        name: &str,
+        op: VmOperation,
+        sr: Option<Ref>,
+    ) -> Result<Ref, XenApiError> {
+        let node = self.node();
+        let state = &node.state;
+        let disks: Vec<(Ref, VdiRecord)> = {
+            let db = state.db();
+            check_vm_operation(&db, vm, op).map_err(api_error)?;
+            let src = db.get::<VmRecord>(vm).map_err(api_error)?;
+            src.VBDs
+                .iter()
+                .filter_map(|b| db.get::<VbdRecord>(b).ok())
+                .filter(|b| !b.VDI.is_null())
+                .filter_map(|b| db.get::<VdiRecord>(&b.VDI).ok().map(|d| (b.VDI.clone(), d.clone())))
+                .collect()
+        };
+        let mut copies: Vec<(Ref, Ref, String)> = Vec::new(); // source VDI, target SR, location
+        for (vdi, d) in &disks {
+            let target = sr.clone().unwrap_or_else(|| d.SR.clone());
+            match node.vdi_copy(&d.SR, &d.location, &target, &d.name_label).await {
+                Ok(location) => copies.push((vdi.clone(), target, location)),
+                Err(e) => {
+                    for (_, t, l) in &copies {
+                        let _ = node.vdi_destroy(t, l).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let new = state.new_ref();
-        state
-            .write(|txn| {
-                check_vm_operation(txn.db(), vm, op)?;
-                let src = txn.get::<VmRecord>(vm)?.clone();
-                let metrics = state.new_ref();
+        let created = state.write(|txn| {
+            check_vm_operation(txn.db(), vm, op)?;
+            let src = txn.get::<VmRecord>(vm)?.clone();
+            let metrics = state.new_ref();
+            txn.create(
+                metrics.clone(),
+                VmMetricsRecord {
+                    uuid: state.new_uuid(),
+                    ..Default::default()
+                },
+            )?;
+            let mut rec = src.clone();
+            rec.uuid = state.new_uuid();
+            rec.name_label = name.to_string();
+            rec.is_default_template = false;
+            rec.VBDs.clear();
+            rec.VIFs.clear();
+            rec.snapshots.clear();
+            rec.current_operations.clear();
+            rec.allowed_operations.clear();
+            rec.other_config.remove("default_template");
+            rec.metrics = metrics;
+            rec.domid = -1;
+            txn.create(new.clone(), rec)?;
+            for vbd in &src.VBDs {
+                let b = txn.get::<VbdRecord>(vbd)?.clone();
+                let mut vdi_ref = Ref::null();
+                if let Some((_, target, location)) = copies.iter().find(|(v, _, _)| *v == b.VDI) {
+                    let d = txn.get::<VdiRecord>(&b.VDI)?.clone();
+                    vdi_ref = state.new_ref();
+                    txn.create(
+                        vdi_ref.clone(),
+                        VdiRecord {
+                            uuid: state.new_uuid(),
+                            name_label: d.name_label.clone(),
+                            name_description: d.name_description.clone(),
+                            SR: target.clone(),
+                            virtual_size: d.virtual_size,
+                            r#type: d.r#type,
+                            location: location.clone(),
+                            managed: true,
+                            sm_config: d.sm_config.clone(),
+                            ..Default::default()
+                        },
+                    )?;
+                }
                 txn.create(
-                    metrics.clone(),
-                    VmMetricsRecord {
+                    state.new_ref(),
+                    VbdRecord {
                         uuid: state.new_uuid(),
-                        ..Default::default()
+                        VM: new.clone(),
+                        VDI: vdi_ref,
+                        currently_attached: false,
+                        allowed_operations: Vec::new(),
+                        current_operations: Default::default(),
+                        ..b
                     },
                 )?;
-                let mut rec = src.clone();
-                rec.uuid = state.new_uuid();
-                rec.name_label = name.to_string();
-                rec.is_default_template = false;
-                rec.VBDs.clear();
-                rec.VIFs.clear();
-                rec.snapshots.clear();
-                rec.current_operations.clear();
-                rec.allowed_operations.clear();
-                rec.other_config.remove("default_template");
-                rec.metrics = metrics;
-                rec.domid = -1;
-                txn.create(new.clone(), rec)?;
-                // Disks are cloned as new VDIs in the same SR; interfaces get new MACs.
-                for vbd in &src.VBDs {
-                    let b = txn.get::<VbdRecord>(vbd)?.clone();
-                    let mut vdi_ref = Ref::null();
-                    if !b.VDI.is_null() {
-                        let d = txn.get::<VdiRecord>(&b.VDI)?.clone();
-                        vdi_ref = state.new_ref();
-                        let uuid = state.new_uuid();
-                        txn.create(
-                            vdi_ref.clone(),
-                            VdiRecord {
-                                uuid: uuid.clone(),
-                                name_label: d.name_label.clone(),
-                                name_description: d.name_description.clone(),
-                                SR: d.SR.clone(),
-                                virtual_size: d.virtual_size,
-                                r#type: d.r#type,
-                                location: uuid,
-                                managed: true,
-                                sm_config: d.sm_config.clone(),
-                                ..Default::default()
-                            },
-                        )?;
-                    }
-                    txn.create(
-                        state.new_ref(),
-                        VbdRecord {
-                            uuid: state.new_uuid(),
-                            VM: new.clone(),
-                            VDI: vdi_ref,
-                            currently_attached: false,
-                            allowed_operations: Vec::new(),
-                            current_operations: Default::default(),
-                            ..b
-                        },
-                    )?;
-                }
-                for vif in &src.VIFs {
-                    let f = txn.get::<VifRecord>(vif)?.clone();
-                    txn.create(
-                        state.new_ref(),
-                        VifRecord {
-                            uuid: state.new_uuid(),
-                            VM: new.clone(),
-                            MAC: crate::bootstrap::mac_from(state.random()),
-                            currently_attached: false,
-                            ..f
-                        },
-                    )?;
-                }
-                refresh_vm_allowed_operations(txn, &new).map(|_| ())
-            })
-            .map_err(api_error)?;
+            }
+            for vif in &src.VIFs {
+                let f = txn.get::<VifRecord>(vif)?.clone();
+                txn.create(
+                    state.new_ref(),
+                    VifRecord {
+                        uuid: state.new_uuid(),
+                        VM: new.clone(),
+                        MAC: crate::bootstrap::mac_from(state.random()),
+                        currently_attached: false,
+                        ..f
+                    },
+                )?;
+            }
+            refresh_vm_allowed_operations(txn, &new).map(|_| ())
+        });
+        if let Err(e) = created {
+            for (_, t, l) in &copies {
+                let _ = node.vdi_destroy(t, l).await;
+            }
+            return Err(api_error(e));
+        }
         Ok(new)
     }
 
