@@ -1,1 +1,214 @@
-//! Example programs live under `examples/`.
+//! Example programs live under `examples/` (binaries in `src/bin/`). This library holds what
+//! they share: small helpers over XenAPI values and calls, and a throw-away three-host pool
+//! of real `xenpoold` processes for running an example standalone.
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use xenpool_rpc::{Client, Value};
+use xenpool_tests::{free_port, Daemon};
+
+/// A string value (references, names, enum values are all strings on the wire).
+pub fn s(v: &str) -> Value {
+    Value::String(v.to_string())
+}
+
+/// The text of a string value; other kinds are shown in debug form.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A field of a struct value.
+pub fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Struct(m) => m.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// The text of a struct's field, or `""` when it is missing.
+pub fn field_text(v: &Value, name: &str) -> String {
+    field(v, name).map(text).unwrap_or_default()
+}
+
+/// The items of an array value (empty for anything else).
+pub fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    }
+}
+
+/// Calls `method` with the client's own session prepended (so the client can renew it when
+/// it follows the coordinator), with the method name as error context.
+pub async fn api(c: &Client, method: &str, args: Vec<Value>) -> anyhow::Result<Value> {
+    let session = c
+        .session()
+        .ok_or_else(|| anyhow!("{method}: the client is not logged in"))?;
+    let mut params = Vec::with_capacity(args.len() + 1);
+    params.push(Value::String(session));
+    params.extend(args);
+    c.call(method, params)
+        .await
+        .with_context(|| format!("{method} failed"))
+}
+
+/// Like [`api`], for calls that return a string (a reference, a name, an enum).
+pub async fn api_text(c: &Client, method: &str, args: Vec<Value>) -> anyhow::Result<String> {
+    match api(c, method, args).await? {
+        Value::String(s) => Ok(s),
+        other => bail!("{method} returned a {}, not a string", other.kind()),
+    }
+}
+
+/// The `xenpoold` binary that sits next to the running program (`target/<profile>/`), or
+/// the one `$XENPOOLD` names.
+pub fn xenpoold_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("XENPOOLD") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("cannot find the running program")?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
+        .to_path_buf();
+    // Tests and examples run from target/<profile>/deps or target/<profile>/examples.
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
+        dir.pop();
+    }
+    let path = dir.join("xenpoold");
+    if !path.exists() {
+        bail!(
+            "{} does not exist; build the daemon first (`cargo build -p xenpoold`, with \
+             --release for a release build) or point $XENPOOLD at it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Starts one `xenpoold` with the given data directory and ports and waits until it serves.
+/// Returns the test harness's [`Daemon`] (which kills the process when dropped).
+pub fn start_daemon(
+    root: &Path,
+    name: &str,
+    address: IpAddr,
+    (http_port, https_port): (u16, u16),
+    extra: &[&str],
+) -> anyhow::Result<Daemon> {
+    let bin = xenpoold_binary()?;
+    let data_dir = root.join(name);
+    let mut child = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--address")
+        .arg(address.to_string())
+        .arg("--http-port")
+        .arg(http_port.to_string())
+        .arg("--https-port")
+        .arg(https_port.to_string())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout pipe"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        // Keep draining stdout for the life of the process.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent && line.starts_with("xenpoold ready") {
+                let _ = tx.send(());
+                sent = true;
+            }
+        }
+    });
+    let daemon = Daemon {
+        child: Some(child),
+        data_dir,
+        address,
+        http_port,
+        https_port,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    rx.recv_timeout(Duration::from_secs(60))
+        .map_err(|_| anyhow!("{name} ({address}) did not report ready within 60 s"))?;
+    Ok(daemon)
+}
+
+/// Three `xenpoold` processes on 127.`net`.0.1-3 (same ports on each, as in a real pool),
+/// the second and third joined to the first, in a temporary directory removed on drop.
+#[derive(Debug)]
+pub struct SpawnedPool {
+    /// The hosts; the first one coordinates.
+    pub hosts: Vec<Daemon>,
+    /// The root password of the pool (the first host's).
+    pub password: String,
+    // Dropped after the hosts (fields drop in order), so the processes go first.
+    dir: tempfile::TempDir,
+}
+
+impl SpawnedPool {
+    /// Starts and joins the pool. `extra` flags go to every host.
+    pub async fn start(net: u8, extra: &[&str]) -> anyhow::Result<SpawnedPool> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let addr = |i: u8| IpAddr::from([127, net, 0, i]);
+        let ports = (free_port(addr(1)), free_port(addr(1)));
+        let shared = dir.path().join("shared-sr");
+        std::fs::create_dir_all(&shared)?;
+        let shared = shared.to_string_lossy().to_string();
+        let mut first = vec!["--shared-sr", shared.as_str(), "--host-name", "host1"];
+        first.extend_from_slice(extra);
+        let mut hosts = vec![start_daemon(dir.path(), "host1", addr(1), ports, &first)?];
+        for i in 2..=3u8 {
+            let name = format!("host{i}");
+            let mut flags = vec!["--no-demo", "--host-name", name.as_str()];
+            flags.extend_from_slice(extra);
+            hosts.push(start_daemon(dir.path(), &name, addr(i), ports, &flags)?);
+        }
+        let password = hosts[0].root_password();
+        for h in &hosts[1..] {
+            let c = Client::new(&h.url())?;
+            c.login_with_password("root", &h.root_password())
+                .await
+                .with_context(|| format!("login on {}", h.address))?;
+            api(
+                &c,
+                "pool.join",
+                vec![s(&addr(1).to_string()), s("root"), s(&password)],
+            )
+            .await
+            .with_context(|| format!("{} joining the pool", h.address))?;
+        }
+        Ok(SpawnedPool {
+            hosts,
+            password,
+            dir,
+        })
+    }
+
+    /// The coordinator's URL.
+    pub fn url(&self) -> String {
+        self.hosts[0].url()
+    }
+
+    /// Where the pool keeps its files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}

@@ -252,8 +252,122 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Measures a running xenpoold: `VM.get_record` of its `demo-vm` over XML-RPC and
+/// JSON-RPC, against a bare hyper server answering a fixed body of the daemon's response
+/// size, in the same run.
+async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, rounds: usize) {
+    let client = xenpool_rpc::Client::new(url).unwrap();
+    let session = client.login_with_password("root", password).await.unwrap();
+    let vm = match client
+        .call("VM.get_by_name_label", vec![s(&session), s("demo-vm")])
+        .await
+        .unwrap()
+    {
+        Value::Array(mut v) => v.remove(0),
+        other => panic!("no demo-vm: {other:?}"),
+    };
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let params = [s(&session), vm];
+    let xml_req = http_request("/", "text/xml", &xml::encode_call("VM.get_record", &params));
+    let json_req = http_request(
+        "/jsonrpc",
+        "application/json",
+        &json::encode_request(JsonVersion::V2, 0, "VM.get_record", &params),
+    );
+    // One call to learn the size of the daemon's answer.
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(&xml_req).await.unwrap();
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let size = loop {
+        let n = sock.read(&mut buf).await.unwrap();
+        body.extend_from_slice(&buf[..n]);
+        if let Some(pos) = body.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&body[..pos]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            break len;
+        }
+    };
+    drop(sock);
+    // The bare server runs in a process of its own, as the daemon does, so both pay the
+    // same cross-process scheduling.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut bare_child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--bare", &port.to_string(), &size.to_string()])
+        .spawn()
+        .unwrap();
+    let bare_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while TcpStream::connect(bare_addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("xenpoold at {url}: VM.get_record answer {size} bytes; {conns} keep-alive connections, {secs} s each");
+    let mut rows: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        let a = measure(addr, xml_req.clone(), conns, secs).await;
+        let b = measure(addr, json_req.clone(), conns, secs).await;
+        let c = measure(bare_addr, xml_req.clone(), conns, secs).await;
+        println!("round {round}: XML-RPC {a:.0}/s  JSON-RPC {b:.0}/s  bare {c:.0}/s  a/c {:.2}  b/c {:.2}", a / c, b / c);
+        rows[0].push(a);
+        rows[1].push(b);
+        rows[2].push(c);
+    }
+    let [a, b, c] = rows.map(median);
+    println!();
+    println!("| xenpoold `VM.get_record` | calls/s (median of {rounds}) | vs bare hyper |");
+    println!("|---|---:|---:|");
+    println!("| XML-RPC | {a:.0} | {:.2} |", a / c);
+    println!("| JSON-RPC | {b:.0} | {:.2} |", b / c);
+    println!("| bare hyper (own process), fixed {size} B body | {c:.0} | 1.00 |");
+    let _ = bare_child.kill();
+    let _ = bare_child.wait();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `--bare PORT SIZE`: a bare hyper server answering SIZE bytes, for `--daemon` runs.
+    if args.get(1).map(String::as_str) == Some("--bare") {
+        let port: u16 = args[2].parse().unwrap();
+        let size: usize = args[3].parse().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            bare_server(l, Bytes::from(vec![b'x'; size])).await;
+        });
+        return;
+    }
+    // `--daemon URL PASSWORD_FILE [secs conns rounds]` measures a running xenpoold.
+    if args.get(1).map(String::as_str) == Some("--daemon") {
+        let url = args.get(2).expect("--daemon URL PASSWORD_FILE").clone();
+        let password = std::fs::read_to_string(args.get(3).expect("PASSWORD_FILE"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let secs: f64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(3.0);
+        let conns: usize = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(8);
+        let rounds: usize = args.get(6).and_then(|a| a.parse().ok()).unwrap_or(3);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(against_daemon(&url, &password, secs, conns, rounds));
+        return;
+    }
     let secs: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3.0);
     let conns: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(8);
     let rounds: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(3);

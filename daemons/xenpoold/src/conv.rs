@@ -42,6 +42,29 @@ pub fn to_wire(v: &Value, ints: IntStyle) -> Wire {
     }
 }
 
+/// A typed value on the wire, moving its strings rather than copying them (the hot path of
+/// `get_record` and events).
+pub fn into_wire(v: Value, ints: IntStyle) -> Wire {
+    match v {
+        Value::String(s) | Value::Enum(s) => Wire::String(s),
+        Value::Ref(r) => Wire::String(r.as_str().to_string()),
+        Value::Set(items) => Wire::Array(items.into_iter().map(|i| into_wire(i, ints)).collect()),
+        Value::Map(pairs) => Wire::Struct(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (key_text(&k), into_wire(v, ints)))
+                .collect(),
+        ),
+        Value::Record(fields) => Wire::Struct(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), into_wire(v, ints)))
+                .collect(),
+        ),
+        other => to_wire(&other, ints),
+    }
+}
+
 fn key_text(k: &Value) -> String {
     match k {
         Value::String(s) | Value::Enum(s) => s.clone(),

@@ -8,7 +8,7 @@ use xenpool_core::{ChangeKind, Class, CoreError, Ref};
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, Api, ApiResult, Ctx};
-use crate::conv::to_wire;
+use crate::conv::into_wire;
 use crate::state::now;
 
 /// Which objects a subscription covers.
@@ -191,7 +191,7 @@ impl Api {
                                 class,
                                 ChangeKind::Add,
                                 r,
-                                Some(to_wire(&o.to_value(), cx.ints)),
+                                Some(into_wire(o.to_value(), cx.ints)),
                             ));
                         }
                     }
@@ -212,7 +212,7 @@ impl Api {
                         ChangeKind::Del => None,
                         _ => db
                             .entry(c.class, &c.reference)
-                            .map(|e| to_wire(&e.object.to_value(), cx.ints)),
+                            .map(|e| into_wire(e.object.to_value(), cx.ints)),
                     };
                     events.push(event(
                         c.generation,

@@ -7,7 +7,7 @@ use xenpool_core::{Class, FieldType, Ref, Value};
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, ref_param, Api, ApiResult, Ctx};
-use crate::conv::{from_wire, to_wire};
+use crate::conv::{from_wire, into_wire};
 
 impl Api {
     pub(super) fn generic(&self, cx: &Ctx, class: Class, req: &Request) -> ApiResult {
@@ -28,7 +28,7 @@ impl Api {
                 let db = state.db();
                 Ok(Wire::Struct(
                     db.objects(class)
-                        .map(|(r, o)| (r.as_str().to_string(), to_wire(&o.to_value(), cx.ints)))
+                        .map(|(r, o)| (r.as_str().to_string(), into_wire(o.to_value(), cx.ints)))
                         .collect(),
                 ))
             }
@@ -38,7 +38,7 @@ impl Api {
                 let r = ref_param(&mut p, "self")?;
                 let db = state.db();
                 let o = db.object(class, &r).map_err(api_error)?;
-                Ok(to_wire(&o.to_value(), cx.ints))
+                Ok(into_wire(o.to_value(), cx.ints))
             }
             "get_by_uuid" => {
                 let mut p = req.reader(2)?;
@@ -78,7 +78,7 @@ impl Api {
             let db = self.node().state.db();
             let o = db.object(class, &r).map_err(api_error)?;
             let v = o.get_field(meta.name).ok_or_else(unknown)?;
-            return Ok(to_wire(&v, cx.ints));
+            return Ok(into_wire(v, cx.ints));
         }
         let (kind, name) = if let Some(n) = m.strip_prefix("set_") {
             (Edit::Set, n)
