@@ -94,6 +94,8 @@ pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path:
         role: RwLock::new(role.clone()),
         liveness: crate::pool::Liveness::default(),
         needs_snapshot: std::sync::atomic::AtomicBool::new(true),
+        replication_client: std::sync::Mutex::new(None),
+        transferring: tokio::sync::watch::channel(false).0,
         local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     if let Role::Member { coordinator } = &role {

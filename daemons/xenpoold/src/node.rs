@@ -72,6 +72,10 @@ pub struct Node {
     /// The next replication poll asks for a whole snapshot: set whenever this host starts
     /// following a coordinator, as its copy may hold writes the coordinator never had.
     pub needs_snapshot: std::sync::atomic::AtomicBool,
+    /// The client a member polls its coordinator with, kept for its connection.
+    pub replication_client: std::sync::Mutex<Option<(String, Arc<xenpool_rpc::Client>)>>,
+    /// True while this coordinator hands its role over (`designate_new_master`).
+    pub transferring: tokio::sync::watch::Sender<bool>,
     /// Sessions from `session.slave_local_login_with_password`: kept by this host only, so
     /// a member can be administered while its coordinator is gone.
     pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::api::Caller>>,

@@ -330,7 +330,21 @@ fn liveness_tick(node: &Node, start: Instant) {
 async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiError> {
     let secret = secret_or_error(node)?;
     let timeout = node.config.heartbeat_interval_secs.clamp(0.1, 10.0);
-    let client = peer_client(node, coordinator, Duration::from_secs_f64(timeout + 10.0))?;
+    let client = {
+        let mut cached = node.replication_client.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some((addr, c)) if addr == coordinator => c.clone(),
+            _ => {
+                let c = Arc::new(peer_client(
+                    node,
+                    coordinator,
+                    Duration::from_secs_f64(timeout + 10.0),
+                )?);
+                *cached = Some((coordinator.to_string(), c.clone()));
+                c
+            }
+        }
+    };
     let full = node.needs_snapshot.load(Ordering::SeqCst);
     // -1 asks for a whole snapshot.
     let generation = if full {
@@ -445,6 +459,9 @@ pub async fn serve_replication(
         {
             break;
         }
+    }
+    if let Role::Member { coordinator } = node.role() {
+        return Err(XenApiError::host_is_slave(&coordinator));
     }
     node.liveness.contact(host, from);
     let (batches, snapshot) = match node.state.batches_since(from) {
@@ -738,8 +755,10 @@ pub fn become_coordinator(node: &Node) -> Result<(), XenApiError> {
 
 /// Turns this host into a member following `coordinator`.
 pub fn become_member(node: &Node, coordinator: &str) -> Result<(), XenApiError> {
-    node.state.set_write_gate(Some(coordinator.to_string()));
+    let generation = node.state.set_write_gate(Some(coordinator.to_string()));
     node.needs_snapshot.store(true, Ordering::SeqCst);
+    // Wake the members' long-polls held here, so they learn of the new coordinator now.
+    node.state.generation.send_replace(generation);
     crate::set_role(
         node,
         Role::Member {
@@ -813,6 +832,7 @@ pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenAp
         return Err(XenApiError::new("HA_IS_ENABLED", Vec::<String>::new()));
     }
     let secret = secret_or_error(node)?;
+    let _transfer = TransferGuard::start(node);
     let final_generation = node.state.set_write_gate(Some(address.clone()));
     // Phase 1: the target must hold everything committed before it may take over.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -848,7 +868,11 @@ pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenAp
         node.state.set_write_gate(None);
         return Err(rpc_error(e));
     }
-    become_member(node, &address)
+    become_member(node, &address)?;
+    // An orderly handover: this copy is exactly the new coordinator's up to the handover,
+    // so it follows on from there without a snapshot.
+    node.needs_snapshot.store(false, Ordering::SeqCst);
+    Ok(())
 }
 
 /// Asks the other hosts of the pool which coordinator they follow; returns the address of a
@@ -882,4 +906,32 @@ async fn find_other_coordinator(node: &Node) -> Option<String> {
         }
     }
     None
+}
+
+/// While a coordinator hands over, new calls wait for the outcome instead of bouncing
+/// between it and a target that is not coordinator yet.
+struct TransferGuard<'a> {
+    node: &'a Node,
+}
+
+impl<'a> TransferGuard<'a> {
+    fn start(node: &'a Node) -> Self {
+        node.transferring.send_replace(true);
+        TransferGuard { node }
+    }
+}
+
+impl Drop for TransferGuard<'_> {
+    fn drop(&mut self) {
+        self.node.transferring.send_replace(false);
+    }
+}
+
+/// Waits (briefly) while this host hands the coordinator role over.
+pub async fn wait_for_transfer(node: &Node) {
+    let mut rx = node.transferring.subscribe();
+    if !*rx.borrow_and_update() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(35), rx.wait_for(|t| !*t)).await;
 }

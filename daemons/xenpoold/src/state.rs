@@ -135,10 +135,16 @@ impl State {
     pub fn apply_replicated(&self, batches: &[WriteBatch]) -> Result<u64, CoreError> {
         let mut db = self.db();
         self.check_following()?;
-        for b in batches {
-            if b.generation > db.generation() {
-                db.apply_batch(b)?;
-            }
+        let fresh: Vec<&WriteBatch> = batches
+            .iter()
+            .filter(|b| b.generation > db.generation())
+            .collect();
+        // One durable commit per poll, not per batch: a member that fell behind catches up
+        // at the speed of its disk's syncs, not one sync per coordinator write.
+        match fresh.as_slice() {
+            [] => {}
+            [one] => db.apply_batch(one)?,
+            many => db.apply_batch(&merge_batches(many))?,
         }
         let generation = db.generation();
         drop(db);
@@ -228,5 +234,81 @@ impl State {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// Several consecutive batches as one: the last write of each object wins, and an object
+/// deleted last is deleted.
+pub fn merge_batches(batches: &[&WriteBatch]) -> WriteBatch {
+    let mut last: HashMap<(String, String), Option<xenpool_core::persist::StoredObject>> =
+        HashMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for b in batches {
+        for (class, reference) in &b.deletes {
+            let key = (class.clone(), reference.clone());
+            if last.insert(key.clone(), None).is_none() {
+                order.push(key);
+            }
+        }
+        for put in &b.puts {
+            let key = (put.class.clone(), put.reference.clone());
+            if last.insert(key.clone(), Some(put.clone())).is_none() {
+                order.push(key);
+            }
+        }
+    }
+    let mut merged = WriteBatch {
+        generation: batches.last().map_or(0, |b| b.generation),
+        ..WriteBatch::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for key in order {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        match last.remove(&key) {
+            Some(Some(put)) => merged.puts.push(put),
+            Some(None) => merged.deletes.push(key),
+            None => {}
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xenpool_core::persist::StoredObject;
+
+    fn put(r: &str, body: &str, g: u64) -> StoredObject {
+        StoredObject {
+            class: "VM".into(),
+            reference: r.into(),
+            generation: g,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn merged_batches_keep_the_last_write_of_each_object() {
+        let b1 = WriteBatch {
+            generation: 1,
+            puts: vec![put("a", "1", 1), put("b", "1", 1)],
+            deletes: vec![],
+        };
+        let b2 = WriteBatch {
+            generation: 2,
+            puts: vec![put("a", "2", 2)],
+            deletes: vec![("VM".into(), "b".into())],
+        };
+        let b3 = WriteBatch {
+            generation: 3,
+            puts: vec![put("b", "3", 3)],
+            deletes: vec![("VM".into(), "c".into())],
+        };
+        let m = merge_batches(&[&b1, &b2, &b3]);
+        assert_eq!(m.generation, 3);
+        assert_eq!(m.puts, vec![put("a", "2", 2), put("b", "3", 3)]);
+        assert_eq!(m.deletes, vec![("VM".to_string(), "c".to_string())]);
     }
 }

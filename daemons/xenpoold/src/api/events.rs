@@ -149,18 +149,20 @@ impl Api {
         let mut rx = state.generation.subscribe();
         loop {
             rx.borrow_and_update();
-            if let Some(result) = self.collect_events(cx, &sub, since)? {
+            if let Some(result) = self.collect_events(cx, &sub, since, false)? {
                 return Ok(result);
             }
             // Nothing yet: wait for the next commit or the deadline.
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {
-                    // Let a burst of writes land together, as xapi batches.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Let the rest of a burst of writes land too.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Ok(Err(_)) | Err(_) => {
-                    let db = state.db();
-                    return Ok(self.events_result(&db, &sub, Vec::new(), db.generation()));
+                    // The answer's token is the generation examined, never a later one, so
+                    // a commit landing now is reported by the next call.
+                    let last = self.collect_events(cx, &sub, since, true)?;
+                    return last.ok_or_else(|| XenApiError::internal_error("no event answer"));
                 }
             }
         }
@@ -172,6 +174,7 @@ impl Api {
         cx: &Ctx,
         sub: &Subscription,
         since: Option<u64>,
+        even_if_empty: bool,
     ) -> Result<Option<Wire>, XenApiError> {
         let state = &self.node().state;
         let db = state.db();
@@ -223,7 +226,7 @@ impl Api {
                         snapshot,
                     ));
                 }
-                if events.is_empty() {
+                if events.is_empty() && !even_if_empty {
                     return Ok(None);
                 }
             }

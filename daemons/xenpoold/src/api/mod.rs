@@ -85,6 +85,7 @@ impl Api {
         if req.message.starts_with("xenpool_") && req.message != "xenpool_add_host" {
             return self.internal_call(&req).await;
         }
+        crate::pool::wait_for_transfer(&self.node).await;
         if let Some(redirect) = self.node.redirect_for(&req) {
             return Err(redirect);
         }
