@@ -206,7 +206,9 @@ pub struct Database {
     /// Deletions older than this were forgotten: tokens before it get `EVENTS_LOST`.
     oldest_token: u64,
     max_tombstones: usize,
-    persistence: Option<Box<dyn Persistence>>,
+    /// Behind a mutex only so the database is `Sync` (readers share it); every use has
+    /// `&mut self`, so the lock is never contended.
+    persistence: Option<std::sync::Mutex<Box<dyn Persistence>>>,
     /// Build write batches even without persistence (a coordinator streaming to members).
     capture_batches: bool,
 }
@@ -248,7 +250,7 @@ impl Database {
             .load()
             .map_err(|e| CoreError::Persistence(e.0))?;
         let mut db = Database::from_stored(&state)?;
-        db.persistence = Some(persistence);
+        db.persistence = Some(std::sync::Mutex::new(persistence));
         Ok(db)
     }
 
@@ -283,7 +285,7 @@ impl Database {
     /// keeping the persistence, which is rewritten to match.
     pub fn replace_with(&mut self, state: &StoredState) -> Result<(), CoreError> {
         let mut fresh = Database::from_stored(state)?;
-        if let Some(p) = self.persistence.as_mut() {
+        if let Some(p) = self.persistence_mut() {
             p.replace_all(state)
                 .map_err(|e| CoreError::Persistence(e.0))?;
         }
@@ -292,6 +294,12 @@ impl Database {
         fresh.max_tombstones = self.max_tombstones;
         *self = fresh;
         Ok(())
+    }
+
+    fn persistence_mut(&mut self) -> Option<&mut Box<dyn Persistence>> {
+        self.persistence
+            .as_mut()
+            .map(|m| m.get_mut().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Keeps building write batches for every commit even without persistence.
@@ -549,7 +557,7 @@ impl Database {
             }
         }
         // FIX (db tests): nothing to persist for an empty transaction (see above).
-        if let Some(p) = txn.db.persistence.as_mut().filter(|_| !touched.is_empty()) {
+        if let Some(p) = txn.db.persistence_mut().filter(|_| !touched.is_empty()) {
             if let Err(e) = p.commit(&batch) {
                 txn.rollback();
                 return Err(CoreError::Persistence(e.0));
@@ -588,7 +596,7 @@ impl Database {
                 .ok_or_else(|| CoreError::Persistence(format!("unknown class {c}")))?;
             deletes.push((class, Ref::from_string(r.clone())));
         }
-        if let Some(p) = self.persistence.as_mut() {
+        if let Some(p) = self.persistence_mut() {
             p.commit(batch).map_err(|e| CoreError::Persistence(e.0))?;
         }
         for (class, r) in deletes {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
@@ -18,7 +18,7 @@ pub type CommitHook = Box<dyn Fn(&Commit) + Send>;
 
 /// Shared state of the daemon.
 pub struct State {
-    db: Mutex<Database>,
+    db: RwLock<Database>,
     /// The database generation after the latest commit; `event.from` waits on it.
     pub generation: watch::Sender<u64>,
     rng: Mutex<rand::rngs::StdRng>,
@@ -65,7 +65,7 @@ impl State {
     pub fn new(db: Database, host: Ref) -> State {
         let generation = db.generation();
         State {
-            db: Mutex::new(db),
+            db: RwLock::new(db),
             generation: watch::channel(generation).0,
             rng: Mutex::new(rand::rngs::StdRng::from_entropy()),
             host,
@@ -77,11 +77,15 @@ impl State {
         }
     }
 
-    /// Reads the database. Never hold the guard across an await.
-    pub fn db(&self) -> MutexGuard<'_, Database> {
+    /// Reads the database; readers run side by side. Never hold the guard across an await.
+    pub fn db(&self) -> RwLockReadGuard<'_, Database> {
         // A panic while holding the lock would already have aborted the write it was in
         // (transactions roll back on error, not on unwind), so the data stays usable.
-        self.db.lock().unwrap_or_else(|e| e.into_inner())
+        self.db.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn db_mut(&self) -> RwLockWriteGuard<'_, Database> {
+        self.db.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs one transaction, then wakes event waiters and replication.
@@ -89,7 +93,7 @@ impl State {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<T, CoreError>,
     ) -> Result<T, CoreError> {
-        let mut db = self.db();
+        let mut db = self.db_mut();
         // Checked under the database lock, so once the gate closes no commit slips past it.
         if let Some(coordinator) = self
             .write_gate
@@ -124,7 +128,7 @@ impl State {
     /// Closes (with the coordinator's address) or opens the write gate. Returns the
     /// generation at the moment it changed.
     pub fn set_write_gate(&self, gate: Option<String>) -> u64 {
-        let db = self.db();
+        let db = self.db_mut();
         *self.write_gate.lock().unwrap_or_else(|e| e.into_inner()) = gate;
         db.generation()
     }
@@ -133,7 +137,7 @@ impl State {
     /// Only a host whose own writes are shut (a member) takes them: a poll that returns
     /// after this host became the coordinator must not overwrite what it committed since.
     pub fn apply_replicated(&self, batches: &[WriteBatch]) -> Result<u64, CoreError> {
-        let mut db = self.db();
+        let mut db = self.db_mut();
         self.check_following()?;
         let fresh: Vec<&WriteBatch> = batches
             .iter()
@@ -170,7 +174,7 @@ impl State {
     /// Replaces the whole database with a snapshot from the coordinator (members only, see
     /// [`State::apply_replicated`]).
     pub fn replace_replicated(&self, state: &StoredState) -> Result<u64, CoreError> {
-        let mut db = self.db();
+        let mut db = self.db_mut();
         self.check_following()?;
         db.replace_with(state)?;
         let generation = db.generation();
@@ -181,7 +185,7 @@ impl State {
 
     /// Replaces the whole database (joining a pool, leaving one).
     pub fn replace_with(&self, state: &StoredState) -> Result<u64, CoreError> {
-        let mut db = self.db();
+        let mut db = self.db_mut();
         db.replace_with(state)?;
         let generation = db.generation();
         drop(db);
