@@ -331,7 +331,10 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
     let secret = secret_or_error(node)?;
     let timeout = node.config.heartbeat_interval_secs.clamp(0.1, 10.0);
     let client = {
-        let mut cached = node.replication_client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = node
+            .replication_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match cached.as_ref() {
             Some((addr, c)) if addr == coordinator => c.clone(),
             _ => {

@@ -302,13 +302,20 @@ impl Api {
                 .iter()
                 .filter_map(|b| db.get::<VbdRecord>(b).ok())
                 .filter(|b| !b.VDI.is_null())
-                .filter_map(|b| db.get::<VdiRecord>(&b.VDI).ok().map(|d| (b.VDI.clone(), d.clone())))
+                .filter_map(|b| {
+                    db.get::<VdiRecord>(&b.VDI)
+                        .ok()
+                        .map(|d| (b.VDI.clone(), d.clone()))
+                })
                 .collect()
         };
         let mut copies: Vec<(Ref, Ref, String)> = Vec::new(); // source VDI, target SR, location
         for (vdi, d) in &disks {
             let target = sr.clone().unwrap_or_else(|| d.SR.clone());
-            match node.vdi_copy(&d.SR, &d.location, &target, &d.name_label).await {
+            match node
+                .vdi_copy(&d.SR, &d.location, &target, &d.name_label)
+                .await
+            {
                 Ok(location) => copies.push((vdi.clone(), target, location)),
                 Err(e) => {
                     for (_, t, l) in &copies {
