@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use xenpool_core::{
-    Class, HostMetricsRecord, HostRecord, IpConfigurationMode, LocalUserRecord, NetworkRecord,
+    HostMetricsRecord, HostRecord, IpConfigurationMode, LocalUserRecord, NetworkRecord,
     OnCrashBehaviour, OnNormalExit, PbdRecord, PifRecord, PoolRecord, Ref, RoleRecord, SrRecord,
     VbdMode, VbdRecord, VbdType, VdiRecord, VdiType, VifRecord, VmMetricsRecord, VmPowerState,
     VmRecord,
@@ -447,6 +447,5 @@ fn demo_objects(
             ..Default::default()
         },
     )?;
-    let _ = Class::VM;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use xenpool_core::{
-    Class, CoreError, Database, MessageClass, MessageRecord, PoolRecord, Ref, SrRecord, VmRecord,
+    CoreError, Database, MessageClass, MessageRecord, PoolRecord, Ref, SrRecord, VmRecord,
 };
 use xenpool_ha::PlannerInput;
 use xenpool_rpc::{Request, XenApiError};
@@ -367,7 +367,6 @@ impl Node {
             body: body.to_string(),
         };
         self.state.write(|txn| txn.create(r.clone(), rec))?;
-        let _ = Class::Message;
         Ok(r)
     }
 }

@@ -12,7 +12,9 @@ use super::{api_error, ref_param, Api, Ctx};
 use crate::conv::{from_wire, to_wire};
 use crate::state::now;
 
-fn record_from(class: Class, fields: &[(String, Wire)]) -> Result<Object, XenApiError> {
+/// A record of `class` from a client's create call: fields it does not know are ignored, as
+/// xapi ignores them.
+pub(super) fn record_from(class: Class, fields: &[(String, Wire)]) -> Result<Object, XenApiError> {
     let mut obj = class.default_object();
     for (name, value) in fields {
         if let Some(meta) = class.fields().iter().find(|f| f.name == name) {

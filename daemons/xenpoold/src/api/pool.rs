@@ -34,6 +34,11 @@ impl Api {
                 p.value()?;
                 let config = p.string_map("configuration")?;
                 let mut input = crate::ha::planner_input(&node.state.db());
+                // The configuration replaces the protected set: VMs it does not name are
+                // not protected in the hypothesis.
+                for v in &mut input.vms {
+                    v.priority = xenpool_ha::RestartPriority::None;
+                }
                 for (vm, priority) in config {
                     if !crate::api::vm::PRIORITIES.contains(&priority) {
                         return Err(XenApiError::new(
@@ -42,13 +47,6 @@ impl Api {
                         ));
                     }
                     crate::ha::set_priority(&mut input, &Ref::from_string(vm), priority);
-                }
-                // VMs not named in the configuration are not protected in the hypothesis.
-                let named: Vec<String> = p_names(req);
-                for v in &mut input.vms {
-                    if !named.contains(&v.id) {
-                        v.priority = xenpool_ha::RestartPriority::None;
-                    }
                 }
                 let t = crate::ha::tolerance(&input).map_err(api_error)?;
                 int(i64::from(t.max_failures), cx.ints)
@@ -143,17 +141,10 @@ impl Api {
     }
 }
 
-fn p_names(req: &Request) -> Vec<String> {
-    match req.params.get(1) {
-        Some(Wire::Struct(members)) => members.iter().map(|(k, _)| k.clone()).collect(),
-        _ => Vec::new(),
-    }
-}
-
 impl Api {
     pub(super) async fn pool_membership_call(
         &self,
-        cx: &Ctx,
+        _cx: &Ctx,
         req: &Request,
     ) -> Result<Option<Wire>, XenApiError> {
         let node = self.node();
@@ -228,7 +219,6 @@ impl Api {
                     serde_json::from_str(p.string("objects")?).map_err(|e| {
                         XenApiError::new("INVALID_VALUE", ["objects", &e.to_string()])
                     })?;
-                let _ = cx;
                 let secret = match crate::pool::read_secret(&node.config.data_dir) {
                     Some(s) => s,
                     None => {

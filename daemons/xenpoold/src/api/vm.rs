@@ -10,7 +10,6 @@ use xenpool_core::{
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, ref_param, Api, ApiResult, Ctx};
-use crate::conv::from_wire;
 use crate::node::DomainOp;
 use crate::state::now;
 
@@ -235,14 +234,7 @@ impl Api {
 
     fn create_vm(&self, fields: &[(String, Wire)]) -> Result<Ref, XenApiError> {
         let state = &self.node().state;
-        let mut obj = Class::VM.default_object();
-        for (name, value) in fields {
-            let Some(meta) = Class::VM.fields().iter().find(|f| f.name == name) else {
-                continue; // xapi ignores fields it does not know in a create record
-            };
-            let v = from_wire(meta.ty, value).map_err(api_error)?;
-            obj.set_field(meta.name, v).map_err(api_error)?;
-        }
+        let obj = super::objects::record_from(Class::VM, fields)?;
         let vm = state.new_ref();
         let uuid = state.new_uuid();
         let metrics = state.new_ref();
