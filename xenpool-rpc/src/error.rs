@@ -120,6 +120,10 @@ pub enum RpcError {
     /// A JSON-RPC document could not be decoded.
     #[error("malformed JSON-RPC: {0}")]
     Json(String),
+    /// A [`ValueWriter`](crate::ValueWriter) was driven out of order (a member name
+    /// outside a struct, an unclosed array, a second top-level value...).
+    #[error("value writer misused: {0}")]
+    WriterMisuse(&'static str),
     /// A response did not have the shape XenAPI responses have.
     #[error("unexpected response: {0}")]
     Protocol(String),

@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 use crate::error::{RpcError, XenApiError};
 use crate::request::Call;
-use crate::value::Value;
+use crate::value::{EncodedValue, Encoding, Value};
+use crate::writer::{Nesting, ValueWriter};
+use crate::xml::foreign_encoding_error;
 
 /// Which JSON-RPC dialect a request used; the response answers in the same one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,6 +133,7 @@ fn len_hint(v: &Value) -> usize {
         Value::String(s) | Value::DateTime(s) => s.len() + 3,
         Value::Int(_) | Value::Double(_) => 24,
         Value::Bool(_) | Value::Nil => 6,
+        Value::Encoded(e) => e.as_bytes().len(),
         Value::Array(a) => 2 + a.iter().map(len_hint).sum::<usize>(),
         Value::Struct(m) => {
             2 + m
@@ -142,16 +145,25 @@ fn len_hint(v: &Value) -> usize {
 }
 
 /// Appends a response in the request's dialect to `out`.
+///
+/// A result holding a [`Value::Encoded`] made for XML-RPC is answered with
+/// `INTERNAL_ERROR` instead.
 pub fn encode_response_into(
     out: &mut Vec<u8>,
     version: JsonVersion,
     id: &Value,
     result: &Result<Value, XenApiError>,
 ) {
+    if let Ok(v) = result {
+        if let Some(found) = v.foreign_encoding(Encoding::Json) {
+            let refused = Err(foreign_encoding_error(found, Encoding::Json));
+            return encode_response_into(out, version, id, &refused);
+        }
+    }
     match (version, result) {
         (JsonVersion::V1, Ok(v)) => {
             out.extend_from_slice(b"{\"result\":");
-            write_json(out, v);
+            write_value(out, v);
             out.extend_from_slice(b",\"error\":null");
         }
         (JsonVersion::V1, Err(e)) => {
@@ -165,7 +177,7 @@ pub fn encode_response_into(
         }
         (JsonVersion::V2, Ok(v)) => {
             out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"result\":");
-            write_json(out, v);
+            write_value(out, v);
         }
         (JsonVersion::V2, Err(e)) => {
             // xapi always sends code 1: the code is unused, but some clients read 0 as
@@ -178,8 +190,15 @@ pub fn encode_response_into(
         }
     }
     out.extend_from_slice(b",\"id\":");
-    write_json(out, id);
+    write_value(out, id);
     out.push(b'}');
+}
+
+/// Appends `v` through a [`JsonWriter`], which splices encoded values in place.
+fn write_value(out: &mut Vec<u8>, v: &Value) {
+    let mut w = JsonWriter::from_vec(std::mem::take(out));
+    w.value(v);
+    *out = w.out;
 }
 
 fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
@@ -202,11 +221,140 @@ pub fn encode_request(version: JsonVersion, id: i64, method: &str, params: &[Val
     out.extend_from_slice(b"\"method\":");
     write_json(&mut out, method);
     out.extend_from_slice(b",\"params\":");
-    write_json(&mut out, params);
+    let mut w = JsonWriter::from_vec(out);
+    w.begin_array();
+    for p in params {
+        w.value(p);
+    }
+    w.end_array();
+    let mut out = w.out;
     out.extend_from_slice(b",\"id\":");
     write_json(&mut out, &id);
     out.push(b'}');
     out
+}
+
+/// A [`ValueWriter`] producing JSON: the same bytes as serialising the equivalent
+/// [`Value`] with `serde_json` (compact, members in order, non-finite numbers as `null`).
+#[derive(Debug, Default)]
+pub struct JsonWriter {
+    out: Vec<u8>,
+    nesting: Nesting,
+}
+
+impl JsonWriter {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty writer whose buffer holds `bytes` before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self::from_vec(Vec::with_capacity(bytes))
+    }
+
+    /// A writer appending to `out` (the response encoder's buffer).
+    fn from_vec(out: Vec<u8>) -> Self {
+        JsonWriter {
+            out,
+            nesting: Nesting::default(),
+        }
+    }
+
+    /// The value written, or why it is not one complete value.
+    pub fn finish(self) -> Result<EncodedValue, RpcError> {
+        self.nesting.finish()?;
+        Ok(EncodedValue::new(Encoding::Json, self.out))
+    }
+
+    fn before_value(&mut self) {
+        if self.nesting.before_value() {
+            self.out.push(b',');
+        }
+    }
+
+    fn scalar<T: serde::Serialize + ?Sized>(&mut self, v: &T) {
+        self.before_value();
+        write_json(&mut self.out, v);
+        self.nesting.after_value();
+    }
+
+    fn raw(&mut self, text: &[u8]) {
+        self.before_value();
+        self.out.extend_from_slice(text);
+        self.nesting.after_value();
+    }
+}
+
+impl ValueWriter for JsonWriter {
+    fn string(&mut self, s: &str) {
+        self.scalar(s);
+    }
+
+    fn int(&mut self, i: i64) {
+        self.scalar(&i);
+    }
+
+    fn double(&mut self, d: f64) {
+        self.scalar(&d);
+    }
+
+    fn bool(&mut self, b: bool) {
+        self.raw(if b { b"true" } else { b"false" });
+    }
+
+    fn datetime(&mut self, s: &str) {
+        // xapi's JSON-RPC sends a dateTime as a plain string.
+        self.scalar(s);
+    }
+
+    fn nil(&mut self) {
+        self.raw(b"null");
+    }
+
+    fn begin_array(&mut self) {
+        self.before_value();
+        self.nesting.open(false);
+        self.out.push(b'[');
+    }
+
+    fn end_array(&mut self) {
+        self.out.push(b']');
+        self.nesting.close(false);
+        self.nesting.after_value();
+    }
+
+    fn begin_struct(&mut self) {
+        self.before_value();
+        self.nesting.open(true);
+        self.out.push(b'{');
+    }
+
+    fn member(&mut self, name: &str) {
+        if self.nesting.member() {
+            self.out.push(b',');
+        }
+        write_json(&mut self.out, name);
+        self.out.push(b':');
+    }
+
+    fn end_struct(&mut self) {
+        self.out.push(b'}');
+        self.nesting.close(true);
+        self.nesting.after_value();
+    }
+
+    fn encoded(&mut self, v: &EncodedValue) {
+        if v.encoding() == Encoding::Json {
+            self.raw(v.as_bytes());
+            return;
+        }
+        match v.decode() {
+            Ok(plain) => self.value(&plain),
+            // Unreachable for what the writers finish; null keeps the document valid.
+            Err(_) => self.nil(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

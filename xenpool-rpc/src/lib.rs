@@ -14,7 +14,10 @@
 //! `HOST_IS_SLAVE` redirect.
 //!
 //! # Layout
-//! - [`value`]: [`Value`], the wire value model, and its JSON mapping.
+//! - [`value`]: [`Value`], the wire value model, and its JSON mapping; [`EncodedValue`],
+//!   a value already encoded for one protocol.
+//! - [`writer`]: [`ValueWriter`], streaming a value straight to bytes
+//!   ([`XmlWriter`](xml::XmlWriter), [`JsonWriter`](json::JsonWriter)).
 //! - [`xml`]: XML-RPC encoding (compact, xapi's shapes) and tolerant decoding.
 //! - [`json`]: JSON-RPC 1.0/2.0 requests and responses in xapi's shapes.
 //! - [`request`]: [`Call`], [`Request`] (`Async.`/class/message) and [`ParamReader`].
@@ -32,12 +35,16 @@ pub mod request;
 pub mod server;
 pub mod tls;
 pub mod value;
+pub mod writer;
 pub mod xml;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{RpcError, XenApiError, HOST_IS_SLAVE};
 pub use json::JsonVersion;
+pub use json::JsonWriter;
 pub use request::{Call, ParamReader, Request};
 pub use server::{serve, CallContext, Handler, Protocol, ServerLimits};
 pub use tls::load_or_create_certificate;
-pub use value::Value;
+pub use value::{EncodedValue, Encoding, Value};
+pub use writer::ValueWriter;
+pub use xml::XmlWriter;

@@ -37,7 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::error::XenApiError;
 use crate::json::{self, JsonVersion};
 use crate::request::Call;
-use crate::value::Value;
+use crate::value::{Encoding, Value};
 use crate::xml;
 
 /// The wire protocol a call arrived in.
@@ -49,6 +49,17 @@ pub enum Protocol {
     JsonRpc1,
     /// JSON-RPC 2.0 at `/jsonrpc`.
     JsonRpc2,
+}
+
+impl Protocol {
+    /// The value syntax of the protocol: what a handler's
+    /// [`EncodedValue`](crate::EncodedValue) must be written in.
+    pub fn encoding(self) -> Encoding {
+        match self {
+            Protocol::XmlRpc => Encoding::Xml,
+            Protocol::JsonRpc1 | Protocol::JsonRpc2 => Encoding::Json,
+        }
+    }
 }
 
 impl From<JsonVersion> for Protocol {
@@ -73,6 +84,11 @@ pub struct CallContext {
 
 /// What the server calls for every decoded XenAPI call. The handler returns the raw
 /// result; the server wraps it in the protocol's envelope.
+///
+/// A large result can be returned already encoded, as [`Value::Encoded`] written by the
+/// [`ValueWriter`](crate::ValueWriter) of [`CallContext::protocol`]'s
+/// [`encoding`](Protocol::encoding); the server copies its bytes into the envelope. One
+/// encoded for the other protocol is answered with `INTERNAL_ERROR`.
 pub trait Handler: Send + Sync + 'static {
     /// Performs one call.
     fn call(

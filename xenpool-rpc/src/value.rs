@@ -8,7 +8,9 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde::ser::{Error as _, Serialize, SerializeMap, SerializeSeq, Serializer};
+
+use crate::error::RpcError;
 
 /// One XenAPI value as it travels on the wire.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +31,79 @@ pub enum Value {
     Struct(Vec<(String, Value)>),
     /// `<nil/>` or JSON `null`.
     Nil,
+    /// A value already encoded for one protocol by a [`ValueWriter`](crate::ValueWriter);
+    /// the codec of that protocol copies its bytes in place. Decoders never produce it.
+    ///
+    /// A response encoder refuses one encoded for the other protocol and answers
+    /// `INTERNAL_ERROR` instead: the mix means the handler chose its integer style or
+    /// shapes for the wrong protocol. The other encoders (fragments, calls, serde) decode
+    /// and re-encode it, which is correct but slow.
+    Encoded(EncodedValue),
+}
+
+/// The value syntax an [`EncodedValue`] is written in; JSON-RPC 1.0 and 2.0 share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// An XML-RPC `<value>…</value>` element.
+    Xml,
+    /// A JSON value.
+    Json,
+}
+
+impl Encoding {
+    /// The protocol's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Xml => "XML-RPC",
+            Encoding::Json => "JSON-RPC",
+        }
+    }
+}
+
+/// The bytes of exactly one complete value in one [`Encoding`], as a [`ValueWriter`]
+/// finished them. Only the writers make one, so the bytes are always well formed.
+///
+/// [`ValueWriter`]: crate::ValueWriter
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedValue {
+    encoding: Encoding,
+    bytes: Vec<u8>,
+}
+
+impl EncodedValue {
+    /// Only the writers call this, after checking the value is complete.
+    pub(crate) fn new(encoding: Encoding, bytes: Vec<u8>) -> Self {
+        EncodedValue { encoding, bytes }
+    }
+
+    /// The syntax the bytes are in.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The encoded value alone, without any envelope.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The value as a plain tree (for tests, and for re-encoding in the other protocol).
+    pub fn decode(&self) -> Result<Value, RpcError> {
+        match self.encoding {
+            Encoding::Xml => crate::xml::decode_value(&self.bytes),
+            Encoding::Json => {
+                serde_json::from_slice(&self.bytes).map_err(|e| RpcError::Json(e.to_string()))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for EncodedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedValue")
+            .field("encoding", &self.encoding)
+            .field("bytes", &String::from_utf8_lossy(&self.bytes))
+            .finish()
+    }
 }
 
 impl Value {
@@ -113,6 +188,19 @@ impl Value {
         matches!(self, Value::Nil)
     }
 
+    /// The first [`Value::Encoded`] inside (or this value itself) whose encoding is not
+    /// `encoding`: what a response encoder must refuse.
+    pub fn foreign_encoding(&self, encoding: Encoding) -> Option<Encoding> {
+        match self {
+            Value::Encoded(e) if e.encoding != encoding => Some(e.encoding),
+            Value::Array(items) => items.iter().find_map(|i| i.foreign_encoding(encoding)),
+            Value::Struct(members) => members
+                .iter()
+                .find_map(|(_, v)| v.foreign_encoding(encoding)),
+            _ => None,
+        }
+    }
+
     /// A scalar rendered as the text XenAPI would put in an error parameter; `None` for
     /// arrays, structs and nil.
     pub fn scalar_text(&self) -> Option<String> {
@@ -121,7 +209,7 @@ impl Value {
             Value::Int(i) => Some(i.to_string()),
             Value::Double(d) => Some(d.to_string()),
             Value::Bool(b) => Some(b.to_string()),
-            Value::Array(_) | Value::Struct(_) | Value::Nil => None,
+            Value::Array(_) | Value::Struct(_) | Value::Nil | Value::Encoded(_) => None,
         }
     }
 
@@ -136,6 +224,7 @@ impl Value {
             Value::Array(_) => "array",
             Value::Struct(_) => "struct",
             Value::Nil => "nil",
+            Value::Encoded(_) => "encoded",
         }
     }
 }
@@ -200,6 +289,8 @@ impl Serialize for Value {
                 }
                 map.end()
             }
+            // Serde cannot splice raw bytes; go through the plain tree.
+            Value::Encoded(e) => e.decode().map_err(S::Error::custom)?.serialize(serializer),
         }
     }
 }

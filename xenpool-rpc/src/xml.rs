@@ -17,7 +17,8 @@ use quick_xml::Reader;
 
 use crate::error::{RpcError, XenApiError};
 use crate::request::Call;
-use crate::value::Value;
+use crate::value::{EncodedValue, Encoding, Value};
+use crate::writer::{format_i64, Nesting, ValueWriter};
 
 /// How deeply arrays and structs may nest in a decoded document. XenAPI values are a
 /// handful of levels deep; the bound keeps a hostile document from exhausting the stack.
@@ -83,7 +84,32 @@ pub fn encode_value(out: &mut Vec<u8>, v: &Value) {
             out.extend_from_slice(b"</struct></value>");
         }
         Value::Nil => out.extend_from_slice(b"<value><nil/></value>"),
+        Value::Encoded(e) => encode_encoded(out, e),
     }
+}
+
+/// An encoded value in place: copied when it is XML, decoded and re-encoded otherwise.
+fn encode_encoded(out: &mut Vec<u8>, e: &EncodedValue) {
+    if e.encoding() == Encoding::Xml {
+        out.extend_from_slice(e.as_bytes());
+        return;
+    }
+    match e.decode() {
+        Ok(v) => encode_value(out, &v),
+        // The writers only finish well-formed values, so this is unreachable; nil keeps
+        // the document well formed all the same.
+        Err(_) => out.extend_from_slice(b"<value><nil/></value>"),
+    }
+}
+
+/// What a response carries instead of a result holding a value encoded for another
+/// protocol (a handler bug: it chose the shapes of the wrong protocol).
+pub(crate) fn foreign_encoding_error(found: Encoding, wanted: Encoding) -> XenApiError {
+    XenApiError::internal_error(format!(
+        "a result encoded for {} cannot be sent in a {} response",
+        found.name(),
+        wanted.name()
+    ))
 }
 
 /// A `<value>` document fragment as a string (mostly for tests and logs).
@@ -95,7 +121,16 @@ pub fn value_to_string(v: &Value) -> String {
 }
 
 /// Appends a complete XenAPI response (`<methodResponse>` with the Status envelope).
+///
+/// A result holding a [`Value::Encoded`] made for JSON-RPC is answered with
+/// `INTERNAL_ERROR` instead.
 pub fn encode_response_into(out: &mut Vec<u8>, result: &Result<Value, XenApiError>) {
+    if let Ok(v) = result {
+        if let Some(found) = v.foreign_encoding(Encoding::Xml) {
+            let refused = Err(foreign_encoding_error(found, Encoding::Xml));
+            return encode_response_into(out, &refused);
+        }
+    }
     out.extend_from_slice(XML_DECL);
     out.extend_from_slice(b"<methodResponse><params><param><value><struct>");
     match result {
@@ -141,8 +176,12 @@ pub fn encode_response(result: &Result<Value, XenApiError>) -> Vec<u8> {
 }
 
 /// A `<methodResponse>` carrying `v` with no Status envelope. xapi answers
-/// `system.listMethods` this way, so generic XML-RPC introspection tools work.
+/// `system.listMethods` this way, so generic XML-RPC introspection tools work. A value
+/// encoded for JSON-RPC is refused as in [`encode_response_into`].
 pub fn encode_raw_response(v: &Value) -> Vec<u8> {
+    if let Some(found) = v.foreign_encoding(Encoding::Xml) {
+        return encode_response(&Err(foreign_encoding_error(found, Encoding::Xml)));
+    }
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(XML_DECL);
     out.extend_from_slice(b"<methodResponse><params><param>");
@@ -221,11 +260,18 @@ fn needs_escape(bytes: &[u8]) -> bool {
             return true;
         }
     }
-    // Pad the tail with a byte that never needs escaping.
-    let mut a = [b'x'; 8];
     let tail = words.remainder();
-    a[..tail.len()].copy_from_slice(tail);
-    word_needs_escape(u64::from_ne_bytes(a))
+    if tail.is_empty() {
+        return false;
+    }
+    // Re-read the last eight bytes (overlapping the words already checked) rather than
+    // pad the tail in a buffer, whose byte stores the word load would stall on.
+    if let Some(last) = bytes.len().checked_sub(8).and_then(|at| bytes.get(at..)) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(last);
+        return word_needs_escape(u64::from_ne_bytes(a));
+    }
+    tail.iter().any(|&b| ESCAPE_CLASS[b as usize] != 0)
 }
 
 /// Escapes text for element content.
@@ -257,6 +303,7 @@ pub fn encoded_len_hint(v: &Value) -> usize {
         Value::Bool(_) => 35,
         Value::DateTime(s) => 51 + s.len(),
         Value::Nil => 20,
+        Value::Encoded(e) => e.as_bytes().len(),
         Value::Array(a) => 38 + a.iter().map(encoded_len_hint).sum::<usize>(),
         Value::Struct(m) => {
             31 + m
@@ -269,20 +316,137 @@ pub fn encoded_len_hint(v: &Value) -> usize {
 
 fn push_i64(out: &mut Vec<u8>, v: i64) {
     let mut buf = [0u8; 20];
-    let mut n = v.unsigned_abs();
-    let mut pos = buf.len();
-    loop {
-        pos -= 1;
-        buf[pos] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    out.extend_from_slice(format_i64(&mut buf, v).as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------
+// Streaming
+
+/// A [`ValueWriter`] producing XML-RPC: the same bytes as [`encode_value`] for the
+/// equivalent [`Value`].
+#[derive(Debug, Default)]
+pub struct XmlWriter {
+    out: Vec<u8>,
+    nesting: Nesting,
+}
+
+impl XmlWriter {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty writer whose buffer holds `bytes` before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        XmlWriter {
+            out: Vec::with_capacity(bytes),
+            nesting: Nesting::default(),
         }
     }
-    if v < 0 {
-        out.push(b'-');
+
+    /// The value written, or why it is not one complete value.
+    pub fn finish(self) -> Result<EncodedValue, RpcError> {
+        self.nesting.finish()?;
+        Ok(EncodedValue::new(Encoding::Xml, self.out))
     }
-    out.extend_from_slice(&buf[pos..]);
+
+    fn scalar(&mut self, open: &[u8], text: &str, close: &[u8]) {
+        self.nesting.before_value();
+        self.out.extend_from_slice(open);
+        escape_into(&mut self.out, text);
+        self.out.extend_from_slice(close);
+        self.after_value();
+    }
+
+    fn after_value(&mut self) {
+        if self.nesting.after_value() {
+            self.out.extend_from_slice(b"</member>");
+        }
+    }
+}
+
+impl ValueWriter for XmlWriter {
+    fn string(&mut self, s: &str) {
+        self.scalar(b"<value>", s, b"</value>");
+    }
+
+    fn int(&mut self, i: i64) {
+        self.nesting.before_value();
+        encode_value(&mut self.out, &Value::Int(i));
+        self.after_value();
+    }
+
+    fn double(&mut self, d: f64) {
+        self.nesting.before_value();
+        encode_value(&mut self.out, &Value::Double(d));
+        self.after_value();
+    }
+
+    fn bool(&mut self, b: bool) {
+        self.nesting.before_value();
+        encode_value(&mut self.out, &Value::Bool(b));
+        self.after_value();
+    }
+
+    fn datetime(&mut self, s: &str) {
+        self.scalar(
+            b"<value><dateTime.iso8601>",
+            s,
+            b"</dateTime.iso8601></value>",
+        );
+    }
+
+    fn nil(&mut self) {
+        self.nesting.before_value();
+        encode_value(&mut self.out, &Value::Nil);
+        self.after_value();
+    }
+
+    fn begin_array(&mut self) {
+        self.nesting.before_value();
+        self.nesting.open(false);
+        self.out.extend_from_slice(b"<value><array><data>");
+    }
+
+    fn end_array(&mut self) {
+        self.out.extend_from_slice(b"</data></array></value>");
+        self.nesting.close(false);
+        self.after_value();
+    }
+
+    fn begin_struct(&mut self) {
+        self.nesting.before_value();
+        self.nesting.open(true);
+        self.out.extend_from_slice(b"<value><struct>");
+    }
+
+    fn member(&mut self, name: &str) {
+        self.nesting.member();
+        self.out.extend_from_slice(b"<member><name>");
+        escape_into(&mut self.out, name);
+        self.out.extend_from_slice(b"</name>");
+    }
+
+    fn end_struct(&mut self) {
+        self.out.extend_from_slice(b"</struct></value>");
+        self.nesting.close(true);
+        self.after_value();
+    }
+
+    fn encoded(&mut self, v: &EncodedValue) {
+        self.nesting.before_value();
+        encode_encoded(&mut self.out, v);
+        self.after_value();
+    }
+
+    fn int_string(&mut self, i: i64) {
+        // Digits and '-' never need escaping.
+        self.nesting.before_value();
+        self.out.extend_from_slice(b"<value>");
+        push_i64(&mut self.out, i);
+        self.out.extend_from_slice(b"</value>");
+        self.after_value();
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ pub fn wire_text(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join("; "),
         Value::Nil => String::new(),
+        // Only a server builds encoded values; decoded responses never hold one.
+        Value::Encoded(e) => e.decode().map(|v| wire_text(&v)).unwrap_or_default(),
     }
 }
 

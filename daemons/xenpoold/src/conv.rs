@@ -1,8 +1,12 @@
 //! Typed core values to wire values and back. The wire loses types (refs, enums and, in
 //! XML-RPC, 64-bit ints all travel as strings), so decoding needs the field's type.
+//!
+//! Large results (records) skip the wire tree: [`write_value`] streams a typed value
+//! through a [`ValueWriter`] with the same rules as [`to_wire`], and [`encode`] returns the
+//! bytes as a [`Wire::Encoded`] the server splices into its response.
 
-use xenpool_core::{CoreError, DateTime, FieldType, Ref, Value};
-use xenpool_rpc::Value as Wire;
+use xenpool_core::{CoreError, DateTime, FieldType, Object, Ref, Value};
+use xenpool_rpc::{Encoding, JsonWriter, Value as Wire, ValueWriter, XenApiError, XmlWriter};
 
 /// How integers travel: xapi's XML-RPC sends 64-bit ints as decimal strings, its JSON-RPC
 /// as numbers.
@@ -63,6 +67,102 @@ pub fn into_wire(v: Value, ints: IntStyle) -> Wire {
         ),
         other => to_wire(&other, ints),
     }
+}
+
+/// Writes a typed value as [`to_wire`] would build it: ints as decimal strings or
+/// numbers per `ints`, refs and enums as strings, maps as structs with stringified keys,
+/// records as structs.
+pub fn write_value<W: ValueWriter>(w: &mut W, v: &Value, ints: IntStyle) {
+    match v {
+        Value::String(s) | Value::Enum(s) => w.string(s),
+        Value::Int(i) => match ints {
+            IntStyle::String => w.int_string(*i),
+            IntStyle::Number => w.int(*i),
+        },
+        Value::Float(f) => w.double(*f),
+        Value::Bool(b) => w.bool(*b),
+        Value::DateTime(d) => w.datetime(d.as_str()),
+        Value::Ref(r) => w.string(r.as_str()),
+        Value::Set(items) => {
+            w.begin_array();
+            for i in items {
+                write_value(w, i, ints);
+            }
+            w.end_array();
+        }
+        Value::Map(pairs) => {
+            w.begin_struct();
+            for (k, v) in pairs {
+                match k {
+                    Value::String(s) | Value::Enum(s) => w.member(s),
+                    Value::Ref(r) => w.member(r.as_str()),
+                    Value::DateTime(d) => w.member(d.as_str()),
+                    other => w.member(&key_text(other)),
+                }
+                write_value(w, v, ints);
+            }
+            w.end_struct();
+        }
+        Value::Record(fields) => {
+            w.begin_struct();
+            for (k, v) in fields {
+                w.member(k);
+                write_value(w, v, ints);
+            }
+            w.end_struct();
+        }
+    }
+}
+
+/// Writes a whole object as its record (what `get_record` returns).
+pub fn write_object<W: ValueWriter>(w: &mut W, o: &Object, ints: IntStyle) {
+    write_value(w, &o.to_value(), ints);
+}
+
+/// Something [`encode`] can write.
+pub trait Encode {
+    /// Writes `self` through `w`.
+    fn encode<W: ValueWriter>(&self, w: &mut W);
+}
+
+/// A typed value with the int style of the caller's protocol.
+#[derive(Debug)]
+pub struct Typed<'a>(pub &'a Value, pub IntStyle);
+
+impl Encode for Typed<'_> {
+    fn encode<W: ValueWriter>(&self, w: &mut W) {
+        write_value(w, self.0, self.1);
+    }
+}
+
+/// An object as its record, with the int style of the caller's protocol.
+#[derive(Debug)]
+pub struct RecordOf<'a>(pub &'a Object, pub IntStyle);
+
+impl Encode for RecordOf<'_> {
+    fn encode<W: ValueWriter>(&self, w: &mut W) {
+        write_object(w, self.0, self.1);
+    }
+}
+
+/// `v` encoded for `encoding` ahead of the response, with a buffer of `capacity` bytes to
+/// start with.
+pub fn encode(encoding: Encoding, capacity: usize, v: &impl Encode) -> Result<Wire, XenApiError> {
+    let encoded = match encoding {
+        Encoding::Xml => {
+            let mut w = XmlWriter::with_capacity(capacity);
+            v.encode(&mut w);
+            w.finish()
+        }
+        Encoding::Json => {
+            let mut w = JsonWriter::with_capacity(capacity);
+            v.encode(&mut w);
+            w.finish()
+        }
+    };
+    encoded
+        .map(Wire::Encoded)
+        .map_err(|e| XenApiError::internal_error(e.to_string()))
 }
 
 fn key_text(k: &Value) -> String {
@@ -156,8 +256,100 @@ pub fn wire_str(w: &Wire) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use xenpool_core::{Record, VmPowerState, VmRecord, XenType};
+    use xenpool_core::{Class, Record, VmPowerState, VmRecord, XenType};
+    use xenpool_rpc::{json, xml, JsonVersion};
+
+    /// A value of `ty` with content: text needing escapes, 64-bit and negative ints,
+    /// sets and maps of two entries.
+    fn sample(ty: FieldType, n: i64) -> Value {
+        match ty {
+            FieldType::String => Value::String(format!("s{n} <&> \"q\" é\r")),
+            FieldType::Int => Value::Int(-(1 << 40) - n),
+            FieldType::Float => Value::Float(1.5 + n as f64),
+            FieldType::Bool => Value::Bool(n % 2 == 0),
+            FieldType::DateTime => Value::DateTime(DateTime::from_unix(1_800_000_000 + n)),
+            FieldType::Ref(_) => Value::Ref(Ref::from_random(n as u128 + 7)),
+            FieldType::Enum(_, names) => Value::Enum(names[n as usize % names.len()].to_string()),
+            FieldType::Set(inner) => Value::Set(vec![sample(*inner, n), sample(*inner, n + 1)]),
+            FieldType::Map(k, v) => Value::Map(vec![
+                (sample(*k, n), sample(*v, n)),
+                (sample(*k, n + 1), sample(*v, n + 1)),
+            ]),
+        }
+    }
+
+    /// What the server would send for a plain wire value, as the encoded value's bytes.
+    fn plain_bytes(w: &Wire, encoding: Encoding) -> Vec<u8> {
+        match encoding {
+            Encoding::Xml => {
+                let mut out = Vec::new();
+                xml::encode_value(&mut out, w);
+                out
+            }
+            Encoding::Json => serde_json::to_vec(w).unwrap(),
+        }
+    }
+
+    fn encoded_bytes(v: &impl Encode, encoding: Encoding) -> Vec<u8> {
+        match encode(encoding, 0, v).unwrap() {
+            Wire::Encoded(e) => {
+                assert_eq!(e.encoding(), encoding);
+                e.as_bytes().to_vec()
+            }
+            other => panic!("not encoded: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_field_of_every_class_writes_as_to_wire() {
+        let styles = [
+            (Encoding::Xml, IntStyle::String),
+            (Encoding::Json, IntStyle::Number),
+            // Not what the server pairs, but the rules must hold for any combination.
+            (Encoding::Xml, IntStyle::Number),
+            (Encoding::Json, IntStyle::String),
+        ];
+        for class in Class::ALL {
+            let mut obj = class.default_object();
+            for (i, f) in class.fields().iter().enumerate() {
+                obj.set_field(f.name, sample(f.ty, i as i64)).unwrap();
+            }
+            for &(encoding, ints) in &styles {
+                for f in class.fields() {
+                    let v = obj.get_field(f.name).unwrap();
+                    assert_eq!(
+                        encoded_bytes(&Typed(&v, ints), encoding),
+                        plain_bytes(&to_wire(&v, ints), encoding),
+                        "{class}.{} in {encoding:?} with {ints:?}",
+                        f.name
+                    );
+                }
+                let whole = to_wire(&obj.to_value(), ints);
+                assert_eq!(
+                    encoded_bytes(&RecordOf(&obj, ints), encoding),
+                    plain_bytes(&whole, encoding),
+                    "{class} record"
+                );
+                assert_eq!(into_wire(obj.to_value(), ints), whole);
+            }
+            // And through the response envelopes, as clients see them.
+            let plain = to_wire(&obj.to_value(), IntStyle::String);
+            let encoded = encode(Encoding::Xml, 64, &RecordOf(&obj, IntStyle::String)).unwrap();
+            assert_eq!(
+                xml::encode_response(&Ok(encoded)),
+                xml::encode_response(&Ok(plain))
+            );
+            let plain = to_wire(&obj.to_value(), IntStyle::Number);
+            let encoded = encode(Encoding::Json, 64, &RecordOf(&obj, IntStyle::Number)).unwrap();
+            let id = Wire::Int(1);
+            assert_eq!(
+                json::encode_response(JsonVersion::V2, &id, &Ok(encoded)),
+                json::encode_response(JsonVersion::V2, &id, &Ok(plain))
+            );
+        }
+    }
 
     #[test]
     fn every_vm_field_round_trips() {

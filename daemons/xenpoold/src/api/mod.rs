@@ -13,7 +13,7 @@ mod vm;
 use std::sync::Arc;
 
 use xenpool_core::{Class, CoreError, Ref};
-use xenpool_rpc::{CallContext, Protocol, Request, Value as Wire, XenApiError};
+use xenpool_rpc::{CallContext, Encoding, Protocol, Request, Value as Wire, XenApiError};
 
 use crate::conv::IntStyle;
 use crate::node::Node;
@@ -44,6 +44,9 @@ pub struct Ctx {
     pub caller: Caller,
     /// How ints travel back.
     pub ints: IntStyle,
+    /// The value syntax of the caller's protocol, for results encoded ahead of the
+    /// response (see [`crate::conv::encode`]).
+    pub encoding: Encoding,
     /// The task this call runs as, when it came as `Async.`.
     pub task: Option<Ref>,
 }
@@ -94,6 +97,7 @@ impl Api {
         let cx = Ctx {
             caller,
             ints,
+            encoding: ctx.protocol.encoding(),
             task: None,
         };
         if req.is_async {
