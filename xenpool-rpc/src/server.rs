@@ -96,6 +96,15 @@ pub trait Handler: Send + Sync + 'static {
         ctx: CallContext,
         call: Call,
     ) -> impl Future<Output = Result<Value, XenApiError>> + Send;
+
+    /// Whether `call` may run on the connection's own task. By default every call runs in a
+    /// task of its own, so a client hanging up cannot stop an operation halfway and a panic
+    /// costs only that call; a handler can exempt calls that are safe to abandon (reads),
+    /// which saves a task hop per call. A panic in an exempted call closes its connection.
+    fn run_inline(&self, call: &Call) -> bool {
+        let _ = call;
+        false
+    }
 }
 
 /// Bounds on what peers can make the server spend.
@@ -420,6 +429,9 @@ async fn dispatch<H: Handler>(
     let Ok(_permit) = shared.in_flight.acquire().await else {
         return Err(XenApiError::internal_error("server is shutting down"));
     };
+    if shared.handler.run_inline(&call) {
+        return shared.handler.call(ctx, call).await;
+    }
     let handler = shared.handler.clone();
     let method = call.method.clone();
     match tokio::spawn(async move { handler.call(ctx, call).await }).await {

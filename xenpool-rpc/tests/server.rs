@@ -22,7 +22,7 @@ impl Handler for Echo {
     async fn call(&self, ctx: CallContext, call: Call) -> Result<Value, XenApiError> {
         match call.method.as_str() {
             "test.fail" => Err(XenApiError::handle_invalid("VM", "OpaqueRef:nope")),
-            "test.panic" => panic!("handler bug"),
+            "test.panic" | "test.inline_panic" => panic!("handler bug"),
             "test.slow" => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Ok(Value::from("slow"))
@@ -42,6 +42,10 @@ impl Handler for Echo {
                 ("tls", Value::Bool(ctx.tls)),
             ])),
         }
+    }
+
+    fn run_inline(&self, call: &Call) -> bool {
+        call.method.starts_with("test.inline")
     }
 }
 
@@ -597,4 +601,22 @@ async fn redirect_loops_are_bounded() {
         Err(RpcError::TooManyRedirects(2))
     ));
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn inline_calls_answer_and_a_panic_costs_only_its_connection() {
+    let server = start(ServerLimits::default()).await;
+    let client = xenpool_rpc::Client::new(&server.url()).unwrap();
+    let v = client
+        .call("test.inline", vec![Value::from("x")])
+        .await
+        .unwrap();
+    assert_eq!(v.get("method"), Some(&Value::from("test.inline")));
+    // A panic in a call run on the connection's task closes that connection...
+    assert!(client.call("test.inline_panic", vec![]).await.is_err());
+    // ...and the server goes on serving.
+    let again = xenpool_rpc::Client::new(&server.url()).unwrap();
+    let v = again.call("test.echo", vec![]).await.unwrap();
+    assert_eq!(v.get("method"), Some(&Value::from("test.echo")));
+    server.stop().await;
 }

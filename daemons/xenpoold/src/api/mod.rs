@@ -185,6 +185,15 @@ impl xenpool_rpc::Handler for Api {
     async fn call(&self, ctx: CallContext, call: xenpool_rpc::Call) -> ApiResult {
         self.dispatch(ctx, call).await
     }
+
+    /// Plain reads change nothing, so abandoning one halfway is harmless.
+    fn run_inline(&self, call: &xenpool_rpc::Call) -> bool {
+        !call.method.starts_with("Async.")
+            && call
+                .method
+                .rsplit_once('.')
+                .is_some_and(|(_, m)| m.starts_with("get_"))
+    }
 }
 
 /// Reads a reference parameter.
