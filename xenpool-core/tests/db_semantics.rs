@@ -399,6 +399,75 @@ fn a_transaction_failing_midway_changes_nothing() {
     db.check_consistency().unwrap();
 }
 
+/// Relation upkeep undoes set changes one by one, and whole writes by image: a parent
+/// changed both ways in one failed transaction must come back exactly, set order included.
+#[test]
+fn rollback_restores_a_parent_changed_by_relations_and_whole_writes() {
+    let mut db = small_pool();
+    db.write(|t| {
+        for i in 2..6 {
+            t.create(
+                r(&format!("vm{i}")),
+                VmRecord {
+                    resident_on: r("h1"),
+                    ..vm(&format!("vm{i}"))
+                },
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let resident = |db: &Database| db.get::<HostRecord>(&r("h1")).unwrap().resident_VMs.clone();
+    let set_before = resident(&db);
+    assert_eq!(
+        set_before,
+        vec![r("vm"), r("vm2"), r("vm3"), r("vm4"), r("vm5")]
+    );
+    let before = sorted(db.to_stored());
+    let events_before = changes(&db, 0);
+    let generation = db.generation();
+    for whole_write_first in [false, true] {
+        let e = db
+            .write(|t| {
+                if whole_write_first {
+                    t.update::<HostRecord>(&r("h1"), |h| h.name_label = "renamed".into())?;
+                }
+                // Out of the middle, then back in at the end: the order differs.
+                t.set_field(Class::VM, &r("vm3"), "resident_on", Value::Ref(r("h2")))?;
+                t.set_field(Class::VM, &r("vm3"), "resident_on", Value::Ref(r("h1")))?;
+                t.set_field(
+                    Class::Host,
+                    &r("h1"),
+                    "name_description",
+                    Value::String("d".into()),
+                )?;
+                t.update::<HostRecord>(&r("h1"), |h| h.name_label = "renamed again".into())?;
+                t.update::<VmRecord>(&r("vm"), |v| v.resident_on = r("h2"))?;
+                t.destroy(Class::VM, &r("vm5"))?;
+                t.create(
+                    r("vm6"),
+                    VmRecord {
+                        resident_on: r("h1"),
+                        ..vm("vm6")
+                    },
+                )?;
+                t.touch_object(Class::Host, &r("h2"))?;
+                assert_eq!(
+                    t.db().get::<HostRecord>(&r("h1")).unwrap().resident_VMs,
+                    vec![r("vm2"), r("vm4"), r("vm3"), r("vm6")]
+                );
+                Err::<(), _>(CoreError::api("SOMETHING_FAILED", ["late"]))
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), "SOMETHING_FAILED");
+        assert_eq!(resident(&db), set_before);
+        assert_eq!(sorted(db.to_stored()), before);
+        assert_eq!(db.generation(), generation);
+        assert_eq!(changes(&db, 0), events_before);
+        db.check_consistency().unwrap();
+    }
+}
+
 #[test]
 fn a_type_error_leaves_the_record_untouched() {
     let mut db = small_pool();
