@@ -2,11 +2,8 @@
 //! they share: small helpers over XenAPI values and calls, and a throw-away three-host pool
 //! of real `xenpoold` processes for running an example standalone.
 
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use xenpool_rpc::{Client, Value};
@@ -68,88 +65,6 @@ pub async fn api_text(c: &Client, method: &str, args: Vec<Value>) -> anyhow::Res
     }
 }
 
-/// The `xenpoold` binary that sits next to the running program (`target/<profile>/`), or
-/// the one `$XENPOOLD` names.
-pub fn xenpoold_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("XENPOOLD") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("cannot find the running program")?;
-    let mut dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
-        .to_path_buf();
-    // Tests and examples run from target/<profile>/deps or target/<profile>/examples.
-    if dir
-        .file_name()
-        .is_some_and(|n| n == "deps" || n == "examples")
-    {
-        dir.pop();
-    }
-    let path = dir.join("xenpoold");
-    if !path.exists() {
-        bail!(
-            "{} does not exist; build the daemon first (`cargo build -p xenpoold`, with \
-             --release for a release build) or point $XENPOOLD at it",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// Starts one `xenpoold` with the given data directory and ports and waits until it serves.
-/// Returns the test harness's [`Daemon`] (which kills the process when dropped).
-pub fn start_daemon(
-    root: &Path,
-    name: &str,
-    address: IpAddr,
-    (http_port, https_port): (u16, u16),
-    extra: &[&str],
-) -> anyhow::Result<Daemon> {
-    let bin = xenpoold_binary()?;
-    let data_dir = root.join(name);
-    let mut child = Command::new(&bin)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--address")
-        .arg(address.to_string())
-        .arg("--http-port")
-        .arg(http_port.to_string())
-        .arg("--https-port")
-        .arg(https_port.to_string())
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout pipe"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        // Keep draining stdout for the life of the process.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && line.starts_with("xenpoold ready") {
-                let _ = tx.send(());
-                sent = true;
-            }
-        }
-    });
-    let daemon = Daemon {
-        child: Some(child),
-        data_dir,
-        address,
-        http_port,
-        https_port,
-        extra: extra.iter().map(|s| s.to_string()).collect(),
-    };
-    rx.recv_timeout(Duration::from_secs(60))
-        .map_err(|_| anyhow!("{name} ({address}) did not report ready within 60 s"))?;
-    Ok(daemon)
-}
 
 /// Three `xenpoold` processes on 127.`net`.0.1-3 (same ports on each, as in a real pool),
 /// the second and third joined to the first, in a temporary directory removed on drop.
@@ -174,12 +89,12 @@ impl SpawnedPool {
         let shared = shared.to_string_lossy().to_string();
         let mut first = vec!["--shared-sr", shared.as_str(), "--host-name", "host1"];
         first.extend_from_slice(extra);
-        let mut hosts = vec![start_daemon(dir.path(), "host1", addr(1), ports, &first)?];
+        let mut hosts = vec![Daemon::try_start_on(dir.path(), "host1", addr(1), ports.0, ports.1, &first)?];
         for i in 2..=3u8 {
             let name = format!("host{i}");
             let mut flags = vec!["--no-demo", "--host-name", name.as_str()];
             flags.extend_from_slice(extra);
-            hosts.push(start_daemon(dir.path(), &name, addr(i), ports, &flags)?);
+            hosts.push(Daemon::try_start_on(dir.path(), &name, addr(i), ports.0, ports.1, &flags)?);
         }
         let password = hosts[0].root_password();
         for h in &hosts[1..] {

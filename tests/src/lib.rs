@@ -15,17 +15,25 @@ use nix::unistd::Pid;
 /// The directory holding the workspace's binaries (`target/debug` or `target/release`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // Tests run from target/<profile>/deps/<test>, programs from target/<profile>/<bin>.
+    // Tests run from target/<profile>/deps/<test>, examples from target/<profile>/examples,
+    // programs from target/<profile>/<bin>.
     let dir = exe.parent().expect("target directory");
-    if dir.file_name().is_some_and(|n| n == "deps") {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir.parent().expect("target directory").to_path_buf()
     } else {
         dir.to_path_buf()
     }
 }
 
-/// Path of a workspace binary, building it if it is missing.
+/// Path of a workspace binary, building it if it is missing (`$XENPOOLD` overrides the
+/// daemon's).
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("XENPOOLD").filter(|_| name == "xenpoold") {
+        return PathBuf::from(p);
+    }
     let path = bin_dir().join(name);
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
@@ -63,19 +71,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon with a data directory under `root`.
+    /// Starts a daemon with a data directory under `root`, on free ports.
     pub fn start(root: &Path, name: &str, address: IpAddr, extra: &[&str]) -> Daemon {
-        let data_dir = root.join(name);
-        let mut d = Daemon {
-            child: None,
-            data_dir,
+        Daemon::start_on(
+            root,
+            name,
             address,
-            http_port: free_port(address),
-            https_port: free_port(address),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        d.spawn();
-        d
+            free_port(address),
+            free_port(address),
+            extra,
+        )
     }
 
     /// Starts a daemon on given ports.
@@ -87,6 +92,20 @@ impl Daemon {
         https_port: u16,
         extra: &[&str],
     ) -> Daemon {
+        Daemon::try_start_on(root, name, address, http_port, https_port, extra)
+            .expect("start xenpoold")
+    }
+
+    /// Starts a daemon on given ports, reporting failure instead of panicking (for
+    /// programs built on this harness).
+    pub fn try_start_on(
+        root: &Path,
+        name: &str,
+        address: IpAddr,
+        http_port: u16,
+        https_port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let mut d = Daemon {
             child: None,
             data_dir: root.join(name),
@@ -95,12 +114,17 @@ impl Daemon {
             https_port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        d.spawn();
-        d
+        d.try_spawn()?;
+        Ok(d)
     }
 
     /// (Re)starts the process with the same data directory and ports.
     pub fn spawn(&mut self) {
+        self.try_spawn().expect("start xenpoold");
+    }
+
+    /// (Re)starts the process, reporting failure.
+    pub fn try_spawn(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(binary("xenpoold"));
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
@@ -114,8 +138,13 @@ impl Daemon {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn xenpoold");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run xenpoold: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout pipe"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -127,9 +156,16 @@ impl Daemon {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("xenpoold did not become ready");
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "xenpoold in {} did not become ready",
+                self.data_dir.display()
+            );
+        }
         self.child = Some(child);
+        Ok(())
     }
 
     /// `http://address:port/`
@@ -202,4 +238,34 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
+}
+
+/// Small helpers for reading and writing XenAPI values in tests.
+pub mod wire {
+    use xenpool_rpc::Value;
+
+    /// A string value.
+    pub fn s(v: &str) -> Value {
+        Value::String(v.to_string())
+    }
+
+    /// A value as text (strings as they are, anything else in debug form).
+    pub fn text(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// A member of a struct; panics when missing, as a test should.
+    pub fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
+        match v {
+            Value::Struct(m) => m
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("no field {name}")),
+            other => panic!("not a struct: {other:?}"),
+        }
+    }
 }

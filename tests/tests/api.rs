@@ -7,25 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use xenpool_rpc::{Client, Value};
+use xenpool_tests::wire::{field, s, text};
 use xenpool_tests::{binary, wait_for, Daemon};
-
-fn s(v: &str) -> Value {
-    Value::String(v.to_string())
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
-    match v {
-        Value::Struct(m) => m.iter().find(|(n, _)| n == name).map(|(_, v)| v).unwrap(),
-        other => panic!("not a struct: {other:?}"),
-    }
-}
 
 fn error(r: Result<Value, xenpool_rpc::RpcError>) -> Vec<String> {
     match r {

@@ -5,18 +5,8 @@
 use std::net::IpAddr;
 
 use xenpool_rpc::{Client, Value};
+use xenpool_tests::wire::{s, text};
 use xenpool_tests::{free_port, Daemon};
-
-fn s(v: &str) -> Value {
-    Value::String(v.to_string())
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
 
 fn code(r: Result<Value, xenpool_rpc::RpcError>) -> String {
     match r {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use xenpool_rpc::{Client, Value};
+use xenpool_tests::wire::{field, s, text};
 use xenpool_tests::{free_port, wait_for, Daemon};
 
 /// Three hosts on 127.<net>.0.1-3, all on the same ports; the first one coordinates.
@@ -20,28 +21,6 @@ struct Pool {
 
 fn addr(net: u8, i: u8) -> IpAddr {
     IpAddr::from([127, net, 0, i])
-}
-
-fn s(v: &str) -> Value {
-    Value::String(v.to_string())
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
-    match v {
-        Value::Struct(m) => m
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| panic!("no field {name}")),
-        other => panic!("not a struct: {other:?}"),
-    }
 }
 
 async fn start_pool(net: u8, extra: &[&str]) -> Pool {

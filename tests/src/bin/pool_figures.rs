@@ -19,30 +19,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use xenpool_rpc::{Client, Value};
+use xenpool_tests::wire::{s, text};
 use xenpool_tests::{free_port, Daemon};
 
 const NET: u8 = 42;
-
-fn s(v: &str) -> Value {
-    Value::String(v.to_string())
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
 
 fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     match v {
@@ -102,75 +89,6 @@ fn parse_opts() -> anyhow::Result<Opts> {
     Ok(o)
 }
 
-/// The `xenpoold` next to this program (`target/<profile>/`). The harness's `binary()`
-/// looks one directory higher (it expects `target/<profile>/deps/<test>`), which is wrong
-/// for a `[[bin]]`, so this starts the processes itself and hands back harness `Daemon`s.
-fn xenpoold_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("XENPOOLD") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .ok_or_else(|| anyhow!("no parent directory"))?
-        .join("xenpoold");
-    if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p xenpoold` first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn start_daemon(
-    root: &Path,
-    name: &str,
-    address: IpAddr,
-    (http_port, https_port): (u16, u16),
-    extra: &[&str],
-) -> anyhow::Result<Daemon> {
-    let bin = xenpoold_binary()?;
-    let data_dir = root.join(name);
-    let mut child = Command::new(&bin)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--address")
-        .arg(address.to_string())
-        .arg("--http-port")
-        .arg(http_port.to_string())
-        .arg("--https-port")
-        .arg(https_port.to_string())
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && line.starts_with("xenpoold ready") {
-                let _ = tx.send(());
-                sent = true;
-            }
-        }
-    });
-    let d = Daemon {
-        child: Some(child),
-        data_dir,
-        address,
-        http_port,
-        https_port,
-        extra: extra.iter().map(|s| s.to_string()).collect(),
-    };
-    rx.recv_timeout(Duration::from_secs(60))
-        .map_err(|_| anyhow!("{name} did not become ready"))?;
-    Ok(d)
-}
-
 struct Pool {
     hosts: Vec<Daemon>,
     password: String,
@@ -190,7 +108,14 @@ impl Pool {
                 flags.push("--no-demo");
             }
             flags.extend_from_slice(&common);
-            hosts.push(start_daemon(dir.path(), &name, addr(i), ports, &flags)?);
+            hosts.push(Daemon::try_start_on(
+                dir.path(),
+                &name,
+                addr(i),
+                ports.0,
+                ports.1,
+                &flags,
+            )?);
         }
         let password = hosts[0].root_password();
         for h in &hosts[1..] {
@@ -746,7 +671,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         println!(
             "# xenpool pool figures: 3 hosts on 127.{NET}.0.1-3, {}, --sim-delay-ms 0, {} CPUs",
-            xenpoold_binary()?.display(),
+            xenpool_tests::binary("xenpoold").display(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         let pool = Pool::start().await?;

@@ -55,6 +55,15 @@ impl Role {
             .find(|r| r.name().eq_ignore_ascii_case(s))
     }
 
+    /// The strongest of a user's roles (read-only when none is known).
+    pub fn strongest(names: &[String]) -> Role {
+        names
+            .iter()
+            .filter_map(|r| Role::parse(r))
+            .max()
+            .unwrap_or(Role::ReadOnly)
+    }
+
     /// What the role is for, as the role records describe it.
     pub fn description(self) -> &'static str {
         match self {
@@ -162,17 +171,12 @@ pub fn check_permission(caller: &Caller, req: &Request) -> Result<(), XenApiErro
 }
 
 impl Api {
-    pub(super) async fn login(&self, req: &Request) -> ApiResult {
-        let mut p = req.reader_range(2, 4)?;
-        let user = p.string("uname")?.to_string();
-        let password = p.string("pwd")?.to_string();
-        let originator = match (p.optional(), p.optional()) {
-            (_, Some(Wire::String(o))) => o.clone(),
-            _ => String::new(),
-        };
-        if let Some(redirect) = self.node().login_redirect() {
-            return Err(redirect);
-        }
+    /// Checks a local user's password (on a blocking thread: the hash is slow on purpose).
+    async fn authenticate(
+        &self,
+        user: &str,
+        password: String,
+    ) -> Result<(Ref, LocalUserRecord), XenApiError> {
         let found = {
             let db = self.node().state.db();
             let found = db
@@ -185,15 +189,30 @@ impl Api {
             // Spend the same time as a real check so user names cannot be probed by timing.
             let _ =
                 tokio::task::spawn_blocking(move || verify_password(&password, DUMMY_HASH)).await;
-            return Err(auth_failed(&user));
+            return Err(auth_failed(user));
         };
         let hash = record.password_hash.clone();
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .unwrap_or(false);
         if !ok {
-            return Err(auth_failed(&user));
+            return Err(auth_failed(user));
         }
+        Ok((user_ref, record))
+    }
+
+    pub(super) async fn login(&self, req: &Request) -> ApiResult {
+        let mut p = req.reader_range(2, 4)?;
+        let user = p.string("uname")?.to_string();
+        let password = p.string("pwd")?.to_string();
+        let originator = match (p.optional(), p.optional()) {
+            (_, Some(Wire::String(o))) => o.clone(),
+            _ => String::new(),
+        };
+        if let Some(redirect) = self.node().login_redirect() {
+            return Err(redirect);
+        }
+        let (user_ref, record) = self.authenticate(&user, password).await?;
         let node = self.node();
         let session = node.state.new_ref();
         let rec = SessionRecord {
@@ -222,30 +241,8 @@ impl Api {
         let mut p = req.reader_range(2, 4)?;
         let user = p.string("uname")?.to_string();
         let password = p.string("pwd")?.to_string();
-        let found = {
-            let db = self.node().state.db();
-            let found = db
-                .all::<LocalUserRecord>()
-                .find(|(_, u)| u.short_name == user)
-                .map(|(_, u)| u.clone());
-            found
-        };
-        let Some(record) = found else {
-            return Err(auth_failed(&user));
-        };
-        let hash = record.password_hash.clone();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
-        if !ok {
-            return Err(auth_failed(&user));
-        }
-        let role = record
-            .roles
-            .iter()
-            .filter_map(|r| Role::parse(r))
-            .max()
-            .unwrap_or(Role::ReadOnly);
+        let (_, record) = self.authenticate(&user, password).await?;
+        let role = Role::strongest(&record.roles);
         let session = self.node().state.new_ref();
         self.node()
             .local_sessions
@@ -284,12 +281,7 @@ impl Api {
             .ok()
             .and_then(|r| db.get::<LocalUserRecord>(r).ok())
             .ok_or_else(|| XenApiError::session_invalid(s))?;
-        let role = user
-            .roles
-            .iter()
-            .filter_map(|r| Role::parse(r))
-            .max()
-            .unwrap_or(Role::ReadOnly);
+        let role = Role::strongest(&user.roles);
         Ok(Caller {
             session,
             user: user.short_name.clone(),
