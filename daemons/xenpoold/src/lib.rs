@@ -42,8 +42,6 @@ pub struct Started {
     pub http: SocketAddr,
     /// HTTPS address, if enabled.
     pub https: Option<SocketAddr>,
-    /// Where the root password is, when it was created by this start.
-    pub new_root_password: Option<std::path::PathBuf>,
 }
 
 /// Opens (or creates) the host's state in the data directory.
@@ -192,7 +190,6 @@ pub async fn run(
             Some(l) => Some(l.local_addr()?),
             None => None,
         },
-        new_root_password: None,
     };
     let api = Arc::new(crate::api::Api::new(node.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -8,13 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
-use xenpool_core::db::Commit;
 use xenpool_core::ops::HostOpsInputs;
 use xenpool_core::persist::{StoredState, WriteBatch};
 use xenpool_core::{CoreError, Database, DateTime, Ref, Txn};
-
-/// Something to run after every commit.
-pub type CommitHook = Box<dyn Fn(&Commit) + Send>;
 
 /// Shared state of the daemon.
 pub struct State {
@@ -28,8 +24,6 @@ pub struct State {
     pub host_inputs: Mutex<HostOpsInputs>,
     /// Cancellation flags of running tasks.
     pub cancels: Mutex<HashMap<Ref, Arc<AtomicBool>>>,
-    /// Observers of every commit.
-    pub commit_hooks: Mutex<Vec<CommitHook>>,
     /// When set, writes are refused with `HOST_IS_SLAVE` naming this address: this host is a
     /// member, or is handing the coordinator role over.
     write_gate: Mutex<Option<String>>,
@@ -71,7 +65,6 @@ impl State {
             host,
             host_inputs: Mutex::new(HostOpsInputs::default()),
             cancels: Mutex::new(HashMap::new()),
-            commit_hooks: Mutex::new(Vec::new()),
             write_gate: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
         }
@@ -107,18 +100,10 @@ impl State {
         let generation = db.generation();
         if !commit.batch.puts.is_empty() || !commit.batch.deletes.is_empty() {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            recent.push_back(commit.batch.clone());
+            recent.push_back(commit.batch);
             while recent.len() > RECENT_BATCHES {
                 recent.pop_front();
             }
-        }
-        for hook in self
-            .commit_hooks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            hook(&commit);
         }
         drop(db);
         self.generation.send_replace(generation);

@@ -109,7 +109,6 @@ impl Api {
     /// Runs a call with a checked session (synchronously, or inside a task).
     pub(crate) async fn exec(&self, cx: &Ctx, req: &Request) -> ApiResult {
         let class = req.class.as_str();
-        let message = req.message.as_str();
         match class {
             "session" => return self.session_call(cx, req),
             "event" => return self.event_call(cx, req).await,
@@ -138,7 +137,6 @@ impl Api {
         let Some(cls) = Class::parse(class).filter(|c| c.is_exposed()) else {
             return Err(XenApiError::method_unknown(&req.method));
         };
-        let _ = message;
         self.generic(cx, cls, req)
     }
 
