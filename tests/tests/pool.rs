@@ -495,3 +495,107 @@ async fn designate_new_master_loses_no_acknowledged_write() {
         vec![pool.hosts[1].address.to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eject_makes_a_pool_of_one_and_join_checks_its_preconditions() {
+    let mut pool = start_pool(25, &[]).await;
+    let c = pool.client(0).await;
+    let session = c.session().unwrap();
+    let address3 = pool.hosts[2].address.to_string();
+    let mut host3 = String::new();
+    if let Value::Array(hosts) = c.call("host.get_all", vec![s(&session)]).await.unwrap() {
+        for h in hosts {
+            let a = c
+                .call("host.get_address", vec![s(&session), h.clone()])
+                .await
+                .unwrap();
+            if text(&a) == address3 {
+                host3 = text(&h);
+            }
+        }
+    }
+    // The coordinator cannot be ejected.
+    let me = c.call("pool.get_all", vec![s(&session)]).await.unwrap();
+    let Value::Array(pools) = me else { panic!() };
+    let master = c
+        .call("pool.get_master", vec![s(&session), pools[0].clone()])
+        .await
+        .unwrap();
+    let err = c
+        .call("pool.eject", vec![s(&session), master])
+        .await
+        .unwrap_err();
+    assert_eq!(err.api().unwrap().code, "OPERATION_NOT_ALLOWED");
+    c.call("pool.eject", vec![s(&session), s(&host3)])
+        .await
+        .unwrap();
+    // The pool forgot it...
+    let hosts = c.call("host.get_all", vec![s(&session)]).await.unwrap();
+    assert!(
+        matches!(hosts, Value::Array(ref h) if h.len() == 2),
+        "{hosts:?}"
+    );
+    // ...and it is a pool of one again, with a fresh root password.
+    let ejected = wait_for(Duration::from_secs(10), || async {
+        let c3 = Client::builder(&pool.hosts[2].url())
+            .max_redirects(0)
+            .build()
+            .ok()?;
+        c3.login_with_password("root", &pool.hosts[2].root_password())
+            .await
+            .ok()?;
+        Some(c3)
+    })
+    .await
+    .expect("the ejected host serves as a pool of its own");
+    let s3 = ejected.session().unwrap();
+    let hosts = ejected.call("host.get_all", vec![s(&s3)]).await.unwrap();
+    assert!(
+        matches!(hosts, Value::Array(ref h) if h.len() == 1),
+        "{hosts:?}"
+    );
+    // A host running a VM cannot join a pool.
+    let mib256 = s("268435456");
+    let vm = ejected
+        .call(
+            "VM.create",
+            vec![
+                s(&s3),
+                Value::Struct(vec![
+                    ("name_label".into(), s("blocker")),
+                    ("memory_static_min".into(), mib256.clone()),
+                    ("memory_static_max".into(), mib256.clone()),
+                    ("memory_dynamic_min".into(), mib256.clone()),
+                    ("memory_dynamic_max".into(), mib256),
+                    ("VCPUs_max".into(), s("1")),
+                    ("VCPUs_at_startup".into(), s("1")),
+                ]),
+            ],
+        )
+        .await
+        .unwrap();
+    ejected
+        .call(
+            "VM.start",
+            vec![s(&s3), vm, Value::Bool(false), Value::Bool(false)],
+        )
+        .await
+        .unwrap();
+    let err = ejected
+        .call(
+            "pool.join",
+            vec![
+                s(&s3),
+                s(&pool.hosts[0].address.to_string()),
+                s("root"),
+                s(&pool.password),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.api().unwrap().code,
+        "POOL_JOINING_HOST_CANNOT_HAVE_RUNNING_VMS"
+    );
+    pool.hosts[2].kill9();
+}
