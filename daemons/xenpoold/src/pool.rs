@@ -25,17 +25,34 @@ use crate::node::{DomainOp, Node, Role};
 const ROLE_FILE: &str = "pool-role";
 const SECRET_FILE: &str = "pool-secret";
 
-/// Reads the role file: `master`, or `slave:<coordinator address>` (xapi's spelling).
-pub fn read_role(data_dir: &Path) -> Role {
-    match std::fs::read_to_string(data_dir.join(ROLE_FILE)) {
-        Ok(text) => match text.trim().strip_prefix("slave:") {
-            Some(addr) if !addr.is_empty() => Role::Member {
-                coordinator: addr.to_string(),
-            },
-            _ => Role::Coordinator,
-        },
-        Err(_) => Role::Coordinator,
+/// A role as the role file and `pool.xenpool_whois` spell it: `coordinator`, or
+/// `member:<coordinator address>`.
+pub fn role_text(role: &Role) -> String {
+    match role {
+        Role::Coordinator => "coordinator".to_string(),
+        Role::Member { coordinator } => format!("member:{coordinator}"),
     }
+}
+
+/// A role from its text; anything else is `None`.
+pub fn parse_role(text: &str) -> Option<Role> {
+    match text.trim() {
+        "coordinator" => Some(Role::Coordinator),
+        other => other
+            .strip_prefix("member:")
+            .filter(|a| !a.is_empty())
+            .map(|a| Role::Member {
+                coordinator: a.to_string(),
+            }),
+    }
+}
+
+/// Reads the role file; a host without one coordinates its own pool of one.
+pub fn read_role(data_dir: &Path) -> Role {
+    std::fs::read_to_string(data_dir.join(ROLE_FILE))
+        .ok()
+        .and_then(|t| parse_role(&t))
+        .unwrap_or(Role::Coordinator)
 }
 
 fn write_durably(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -50,11 +67,7 @@ fn write_durably(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Writes the role file durably.
 pub fn write_role(data_dir: &Path, role: &Role) -> anyhow::Result<()> {
-    let text = match role {
-        Role::Coordinator => "master".to_string(),
-        Role::Member { coordinator } => format!("slave:{coordinator}"),
-    };
-    write_durably(&data_dir.join(ROLE_FILE), &text)
+    write_durably(&data_dir.join(ROLE_FILE), &role_text(role))
 }
 
 /// The pool secret hosts use to authenticate each other, if this host has one.
@@ -897,15 +910,15 @@ async fn find_other_coordinator(node: &Node) -> Option<String> {
         let answer = client
             .call("pool.xenpool_whois", vec![Wire::String(secret.clone())])
             .await;
-        if let Ok(Wire::String(role)) = answer {
-            if role == "master" && address != me {
-                return Some(address);
-            }
-            if let Some(addr) = role.strip_prefix("slave:") {
-                if addr != me {
-                    return Some(addr.to_string());
-                }
-            }
+        match answer
+            .ok()
+            .as_ref()
+            .and_then(Wire::as_str)
+            .and_then(parse_role)
+        {
+            Some(Role::Coordinator) if address != me => return Some(address),
+            Some(Role::Member { coordinator }) if coordinator != me => return Some(coordinator),
+            _ => {}
         }
     }
     None

@@ -430,10 +430,7 @@ impl Api {
             }
             ("pool", "xenpool_whois") => {
                 req.reader(1)?;
-                Ok(Wire::String(match node.role() {
-                    crate::node::Role::Coordinator => "master".to_string(),
-                    crate::node::Role::Member { coordinator } => format!("slave:{coordinator}"),
-                }))
+                Ok(Wire::String(crate::pool::role_text(&node.role())))
             }
             ("pool", "xenpool_reset_master") => {
                 let mut p = req.reader(2)?;
