@@ -36,6 +36,14 @@ async fn demo_vm(c: &Client) -> Value {
     }
 }
 
+async fn power_state(c: &Client, vm: &Value) -> String {
+    text(
+        &call(c, "VM.get_power_state", vec![vm.clone()])
+            .await
+            .unwrap(),
+    )
+}
+
 async fn wait_task(c: &Client, task: &Value) -> Value {
     wait_for(Duration::from_secs(20), || async {
         let rec = call(c, "task.get_record", vec![task.clone()]).await.ok()?;
@@ -250,6 +258,22 @@ async fn errors_roles_tasks_and_events() {
         .map(|e| text(field(e, "operation")))
         .collect();
     assert_eq!(ops, vec!["del"]);
+    // Suspend, resume, and a hard shutdown of a suspended VM (which discards its image).
+    call(&c, "VM.suspend", vec![vm.clone()]).await.unwrap();
+    assert_eq!(power_state(&c, &vm).await, "Suspended");
+    call(
+        &c,
+        "VM.resume",
+        vec![vm.clone(), Value::Bool(false), Value::Bool(false)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(power_state(&c, &vm).await, "Running");
+    call(&c, "VM.suspend", vec![vm.clone()]).await.unwrap();
+    call(&c, "VM.hard_shutdown", vec![vm.clone()])
+        .await
+        .unwrap();
+    assert_eq!(power_state(&c, &vm).await, "Halted");
     // Logging out ends the session.
     c.call("session.logout", vec![s(&session)]).await.unwrap();
     assert_eq!(

@@ -86,8 +86,19 @@ pub fn apply(hv: &dyn Hypervisor, vm: &VmRecord, op: DomainOp) -> Result<i64, Xe
             Ok(i64::from(domid.0))
         }
         DomainOp::Resume { paused } => {
-            let domid = domid_of(hv, vm)?;
-            hv.resume(domid).map_err(err)?;
+            // The suspend image lives on the VM's SR, so any host can restore it: one that
+            // holds the suspended domain resumes it, another builds it afresh.
+            let domid = match hv.domain_by_uuid(&vm.uuid).map_err(err)? {
+                Some(d) => {
+                    hv.resume(d.domid).map_err(err)?;
+                    d.domid
+                }
+                None => {
+                    let domid = hv.create_domain(&spec(vm)).map_err(err)?;
+                    hv.unpause(domid).map_err(err)?;
+                    domid
+                }
+            };
             if paused {
                 hv.pause(domid).map_err(err)?;
             }

@@ -504,6 +504,12 @@ impl Api {
                 VmOperation::Pause => DomainOp::Pause,
                 _ => DomainOp::Unpause,
             };
+            if before.power_state == VmPowerState::Suspended
+                && dop == (DomainOp::Shutdown { clean: false })
+            {
+                // A suspended VM has no running domain: stopping it discards its image.
+                return Ok(-1);
+            }
             node.domain_op(&host, &before, dop).await
         };
         let mut outcome = work.await;
