@@ -65,7 +65,6 @@ pub async fn api_text(c: &Client, method: &str, args: Vec<Value>) -> anyhow::Res
     }
 }
 
-
 /// Three `xenpoold` processes on 127.`net`.0.1-3 (same ports on each, as in a real pool),
 /// the second and third joined to the first, in a temporary directory removed on drop.
 #[derive(Debug)]
@@ -89,12 +88,26 @@ impl SpawnedPool {
         let shared = shared.to_string_lossy().to_string();
         let mut first = vec!["--shared-sr", shared.as_str(), "--host-name", "host1"];
         first.extend_from_slice(extra);
-        let mut hosts = vec![Daemon::try_start_on(dir.path(), "host1", addr(1), ports.0, ports.1, &first)?];
+        let mut hosts = vec![Daemon::try_start_on(
+            dir.path(),
+            "host1",
+            addr(1),
+            ports.0,
+            ports.1,
+            &first,
+        )?];
         for i in 2..=3u8 {
             let name = format!("host{i}");
             let mut flags = vec!["--no-demo", "--host-name", name.as_str()];
             flags.extend_from_slice(extra);
-            hosts.push(Daemon::try_start_on(dir.path(), &name, addr(i), ports.0, ports.1, &flags)?);
+            hosts.push(Daemon::try_start_on(
+                dir.path(),
+                &name,
+                addr(i),
+                ports.0,
+                ports.1,
+                &flags,
+            )?);
         }
         let password = hosts[0].root_password();
         for h in &hosts[1..] {
