@@ -34,6 +34,22 @@ fn string(r: &Ref) -> Option<Wire> {
 }
 
 impl Api {
+    /// `<class>.destroy(self)` where the database's relation rules say all there is to say.
+    pub(super) fn destroy_call(
+        &self,
+        class: Class,
+        req: &Request,
+    ) -> Result<Option<Wire>, XenApiError> {
+        let mut p = req.reader(2)?;
+        p.value()?;
+        let r = ref_param(&mut p, "self")?;
+        self.node()
+            .state
+            .write(|txn| txn.destroy(class, &r))
+            .map_err(api_error)?;
+        Ok(void())
+    }
+
     pub(super) async fn object_call(
         &self,
         cx: &Ctx,
@@ -206,15 +222,7 @@ impl Api {
                     .map_err(api_error)?;
                 string(&r)
             }
-            ("network", "destroy") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let r = ref_param(&mut p, "self")?;
-                state
-                    .write(|txn| txn.destroy(Class::Network, &r))
-                    .map_err(api_error)?;
-                void()
-            }
+            ("network", "destroy") => self.destroy_call(Class::Network, req)?,
             ("message", "create") => {
                 let mut p = req.reader(6)?;
                 p.value()?;
@@ -230,15 +238,7 @@ impl Api {
                     .map_err(api_error)?;
                 string(&r)
             }
-            ("message", "destroy") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let r = ref_param(&mut p, "self")?;
-                state
-                    .write(|txn| txn.destroy(Class::Message, &r))
-                    .map_err(api_error)?;
-                void()
-            }
+            ("message", "destroy") => self.destroy_call(Class::Message, req)?,
             ("message", "get_since") => {
                 let mut p = req.reader(2)?;
                 p.value()?;

@@ -165,15 +165,7 @@ impl Api {
                     .map_err(api_error)?;
                 Ok(Some(Wire::String(String::new())))
             }
-            "destroy" => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let task = ref_param(&mut p, "self")?;
-                state
-                    .write(|txn| txn.destroy(Class::Task, &task))
-                    .map_err(api_error)?;
-                Ok(Some(Wire::String(String::new())))
-            }
+            "destroy" => self.destroy_call(Class::Task, req),
             "create" => {
                 let mut p = req.reader(3)?;
                 p.value()?;
