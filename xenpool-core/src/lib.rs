@@ -87,6 +87,10 @@ macro_rules! define_object {
             pub fn to_value(&self) -> Value {
                 match self { $(Object::$variant(r) => r.to_value()),+ }
             }
+            /// The whole record through a sink, without copying it.
+            pub fn write_to(&self, sink: &mut dyn value::ValueSink) {
+                match self { $(Object::$variant(r) => r.write_to(sink)),+ }
+            }
             /// A reference-valued field.
             pub fn ref_field(&self, name: &str) -> Option<&Ref> {
                 match self { $(Object::$variant(r) => r.ref_field(name)),+ }

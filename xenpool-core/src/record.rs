@@ -30,6 +30,9 @@ pub trait Record: Clone + std::fmt::Debug + Default + PartialEq + Send + Sync + 
     fn set_field(&mut self, name: &str, value: Value) -> Result<(), CoreError>;
     /// The whole record as `Value::Record`, what `get_record` returns.
     fn to_value(&self) -> Value;
+    /// The whole record through a sink, field by field, without copying it: the same
+    /// content as [`Record::to_value`].
+    fn write_to(&self, sink: &mut dyn crate::value::ValueSink);
     /// A reference-valued field, for keeping relations consistent.
     fn ref_field(&self, name: &str) -> Option<&crate::value::Ref>;
     /// A reference-valued field, mutably.
@@ -122,6 +125,14 @@ macro_rules! xenapi_class {
                     $(($crate::__wire_name!($field $(, $wire)?),
                        $crate::value::XenType::to_value(&self.$field))),+
                 ])
+            }
+            fn write_to(&self, sink: &mut dyn $crate::value::ValueSink) {
+                sink.begin_map();
+                $(
+                    sink.key($crate::__wire_name!($field $(, $wire)?));
+                    $crate::value::XenType::write_to(&self.$field, sink);
+                )+
+                sink.end_map();
             }
             fn ref_field(&self, name: &str) -> Option<&$crate::value::Ref> {
                 match name {

@@ -188,6 +188,81 @@ impl FieldType {
     }
 }
 
+/// Receives a value piece by piece, borrowing from the record: how a record is written out
+/// (to a wire encoder, say) without first being copied into a [`Value`]. References and
+/// enum values arrive as strings, map keys as text.
+pub trait ValueSink {
+    /// A string, reference or enum value.
+    fn string(&mut self, s: &str);
+    /// An int.
+    fn int(&mut self, i: i64);
+    /// A float.
+    fn float(&mut self, f: f64);
+    /// A bool.
+    fn bool(&mut self, b: bool);
+    /// A timestamp in wire form.
+    fn datetime(&mut self, s: &str);
+    /// The start of a set.
+    fn begin_set(&mut self);
+    /// The end of a set.
+    fn end_set(&mut self);
+    /// The start of a map or record.
+    fn begin_map(&mut self);
+    /// The key of the next map entry or record field.
+    fn key(&mut self, key: &str);
+    /// The end of a map or record.
+    fn end_map(&mut self);
+}
+
+/// Writes a typed value through a sink (the slow path, for values already built).
+pub fn write_value(v: &Value, sink: &mut dyn ValueSink) {
+    match v {
+        Value::String(s) | Value::Enum(s) => sink.string(s),
+        Value::Int(i) => sink.int(*i),
+        Value::Float(f) => sink.float(*f),
+        Value::Bool(b) => sink.bool(*b),
+        Value::DateTime(d) => sink.datetime(d.as_str()),
+        Value::Ref(r) => sink.string(r.as_str()),
+        Value::Set(items) => {
+            sink.begin_set();
+            for i in items {
+                write_value(i, sink);
+            }
+            sink.end_set();
+        }
+        Value::Map(pairs) => {
+            sink.begin_map();
+            for (k, v) in pairs {
+                sink.key(&key_text(k));
+                write_value(v, sink);
+            }
+            sink.end_map();
+        }
+        Value::Record(fields) => {
+            sink.begin_map();
+            for (k, v) in fields {
+                sink.key(k);
+                write_value(v, sink);
+            }
+            sink.end_map();
+        }
+    }
+}
+
+/// A map key as text, as the wire carries it.
+pub fn key_text(k: &Value) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    match k {
+        Value::String(s) | Value::Enum(s) => Cow::Borrowed(s),
+        Value::Ref(r) => Cow::Borrowed(r.as_str()),
+        Value::DateTime(d) => Cow::Borrowed(d.as_str()),
+        Value::Int(i) => Cow::Owned(i.to_string()),
+        Value::Float(f) => Cow::Owned(f.to_string()),
+        Value::Bool(b) => Cow::Owned(b.to_string()),
+        other => Cow::Owned(format!("{other:?}")),
+    }
+}
+
 /// Conversion between a Rust field type and [`Value`].
 pub trait XenType: Sized {
     /// The field's shape.
@@ -196,6 +271,14 @@ pub trait XenType: Sized {
     fn to_value(&self) -> Value;
     /// From a typed value; a mismatch is a `FIELD_TYPE_ERROR`.
     fn from_value(v: Value) -> Result<Self, CoreError>;
+    /// Writes the value through a sink without building a [`Value`].
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        write_value(&self.to_value(), sink);
+    }
+    /// The value as a map key.
+    fn write_key(&self, sink: &mut dyn ValueSink) {
+        sink.key(&key_text(&self.to_value()));
+    }
 }
 
 fn type_error(expected: FieldType, got: &Value) -> CoreError {
@@ -207,6 +290,12 @@ fn type_error(expected: FieldType, got: &Value) -> CoreError {
 
 impl XenType for String {
     const TYPE: FieldType = FieldType::String;
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.string(self);
+    }
+    fn write_key(&self, sink: &mut dyn ValueSink) {
+        sink.key(self);
+    }
     fn to_value(&self) -> Value {
         Value::String(self.clone())
     }
@@ -220,6 +309,9 @@ impl XenType for String {
 
 impl XenType for i64 {
     const TYPE: FieldType = FieldType::Int;
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.int(*self);
+    }
     fn to_value(&self) -> Value {
         Value::Int(*self)
     }
@@ -234,6 +326,9 @@ impl XenType for i64 {
 
 impl XenType for f64 {
     const TYPE: FieldType = FieldType::Float;
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.float(*self);
+    }
     fn to_value(&self) -> Value {
         Value::Float(*self)
     }
@@ -249,6 +344,9 @@ impl XenType for f64 {
 
 impl XenType for bool {
     const TYPE: FieldType = FieldType::Bool;
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.bool(*self);
+    }
     fn to_value(&self) -> Value {
         Value::Bool(*self)
     }
@@ -264,6 +362,9 @@ impl XenType for bool {
 
 impl XenType for DateTime {
     const TYPE: FieldType = FieldType::DateTime;
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.datetime(&self.0);
+    }
     fn to_value(&self) -> Value {
         Value::DateTime(self.clone())
     }
@@ -278,6 +379,12 @@ impl XenType for DateTime {
 
 impl XenType for Ref {
     const TYPE: FieldType = FieldType::Ref("");
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.string(&self.0);
+    }
+    fn write_key(&self, sink: &mut dyn ValueSink) {
+        sink.key(&self.0);
+    }
     fn to_value(&self) -> Value {
         Value::Ref(self.clone())
     }
@@ -292,6 +399,13 @@ impl XenType for Ref {
 
 impl<T: XenType + 'static> XenType for Vec<T> {
     const TYPE: FieldType = FieldType::Set(&T::TYPE);
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.begin_set();
+        for i in self {
+            i.write_to(sink);
+        }
+        sink.end_set();
+    }
     fn to_value(&self) -> Value {
         Value::Set(self.iter().map(XenType::to_value).collect())
     }
@@ -306,6 +420,14 @@ impl<T: XenType + 'static> XenType for Vec<T> {
 /// Map keys must be ordered for deterministic encoding.
 impl<K: XenType + Ord + 'static, V: XenType + 'static> XenType for BTreeMap<K, V> {
     const TYPE: FieldType = FieldType::Map(&K::TYPE, &V::TYPE);
+    fn write_to(&self, sink: &mut dyn ValueSink) {
+        sink.begin_map();
+        for (k, v) in self {
+            k.write_key(sink);
+            v.write_to(sink);
+        }
+        sink.end_map();
+    }
     fn to_value(&self) -> Value {
         Value::Map(
             self.iter()
@@ -357,6 +479,8 @@ macro_rules! xenapi_enum {
         impl $crate::value::XenType for $name {
             const TYPE: $crate::value::FieldType = $crate::value::FieldType::Enum($wire_name, $name::NAMES);
             fn to_value(&self) -> $crate::value::Value { $crate::value::Value::Enum(self.as_str().to_string()) }
+            fn write_to(&self, sink: &mut dyn $crate::value::ValueSink) { sink.string(self.as_str()) }
+            fn write_key(&self, sink: &mut dyn $crate::value::ValueSink) { sink.key(self.as_str()) }
             fn from_value(v: $crate::value::Value) -> Result<Self, $crate::error::CoreError> {
                 match v {
                     $crate::value::Value::Enum(ref s) | $crate::value::Value::String(ref s) => {
@@ -378,6 +502,86 @@ macro_rules! xenapi_enum {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rebuilds a value from what a sink receives (maps come back with string keys).
+    #[derive(Default)]
+    struct Rebuild {
+        stack: Vec<(bool, Vec<Value>, Vec<(Value, Value)>, Option<String>)>,
+        out: Option<Value>,
+    }
+
+    impl Rebuild {
+        fn push(&mut self, v: Value) {
+            match self.stack.last_mut() {
+                Some((true, items, _, _)) => items.push(v),
+                Some((false, _, pairs, key)) => {
+                    let k = key.take().unwrap_or_default();
+                    pairs.push((Value::String(k), v));
+                }
+                None => self.out = Some(v),
+            }
+        }
+    }
+
+    impl ValueSink for Rebuild {
+        fn string(&mut self, s: &str) {
+            self.push(Value::String(s.into()));
+        }
+        fn int(&mut self, i: i64) {
+            self.push(Value::Int(i));
+        }
+        fn float(&mut self, f: f64) {
+            self.push(Value::Float(f));
+        }
+        fn bool(&mut self, b: bool) {
+            self.push(Value::Bool(b));
+        }
+        fn datetime(&mut self, s: &str) {
+            self.push(Value::DateTime(DateTime::from_wire(s)));
+        }
+        fn begin_set(&mut self) {
+            self.stack.push((true, vec![], vec![], None));
+        }
+        fn end_set(&mut self) {
+            let (_, items, _, _) = self.stack.pop().unwrap();
+            self.push(Value::Set(items));
+        }
+        fn begin_map(&mut self) {
+            self.stack.push((false, vec![], vec![], None));
+        }
+        fn key(&mut self, key: &str) {
+            if let Some(top) = self.stack.last_mut() {
+                top.3 = Some(key.to_string());
+            }
+        }
+        fn end_map(&mut self) {
+            let (_, _, pairs, _) = self.stack.pop().unwrap();
+            self.push(Value::Map(pairs));
+        }
+    }
+
+    #[test]
+    fn a_record_written_through_a_sink_equals_its_value() {
+        use crate::record::Record;
+        use crate::{VmOperation, VmPowerState, VmRecord};
+        let mut vm = VmRecord {
+            uuid: "u".into(),
+            power_state: VmPowerState::Running,
+            memory_static_max: 1 << 40,
+            VBDs: vec![Ref::from_random(1), Ref::from_random(2)],
+            HVM_shadow_multiplier: 1.5,
+            ..Default::default()
+        };
+        vm.other_config.insert("k".into(), "v".into());
+        vm.blocked_operations
+            .insert(VmOperation::Start, "no".into());
+        let mut sink = Rebuild::default();
+        vm.write_to(&mut sink);
+        let mut direct = Rebuild::default();
+        write_value(&vm.to_value(), &mut direct);
+        assert_eq!(sink.out, direct.out);
+        assert!(sink.out.is_some());
+    }
 
     #[test]
     fn datetime_from_unix() {

@@ -116,7 +116,50 @@ pub fn write_value<W: ValueWriter>(w: &mut W, v: &Value, ints: IntStyle) {
 
 /// Writes a whole object as its record (what `get_record` returns).
 pub fn write_object<W: ValueWriter>(w: &mut W, o: &Object, ints: IntStyle) {
-    write_value(w, &o.to_value(), ints);
+    // Field by field from the record itself: no copy of the record on the way.
+    o.write_to(&mut Sink { w, ints });
+}
+
+/// The core's value sink over a wire writer, with the caller's int style.
+struct Sink<'a, W> {
+    w: &'a mut W,
+    ints: IntStyle,
+}
+
+impl<W: ValueWriter> xenpool_core::value::ValueSink for Sink<'_, W> {
+    fn string(&mut self, s: &str) {
+        self.w.string(s);
+    }
+    fn int(&mut self, i: i64) {
+        match self.ints {
+            IntStyle::String => self.w.int_string(i),
+            IntStyle::Number => self.w.int(i),
+        }
+    }
+    fn float(&mut self, f: f64) {
+        self.w.double(f);
+    }
+    fn bool(&mut self, b: bool) {
+        self.w.bool(b);
+    }
+    fn datetime(&mut self, s: &str) {
+        self.w.datetime(s);
+    }
+    fn begin_set(&mut self) {
+        self.w.begin_array();
+    }
+    fn end_set(&mut self) {
+        self.w.end_array();
+    }
+    fn begin_map(&mut self) {
+        self.w.begin_struct();
+    }
+    fn key(&mut self, key: &str) {
+        self.w.member(key);
+    }
+    fn end_map(&mut self) {
+        self.w.end_struct();
+    }
 }
 
 /// Something [`encode`] can write.
