@@ -503,10 +503,13 @@ macro_rules! xenapi_enum {
 mod tests {
     use super::*;
 
+    /// A set (true) or a map being rebuilt, with its items, entries and pending key.
+    type Open = (bool, Vec<Value>, Vec<(Value, Value)>, Option<String>);
+
     /// Rebuilds a value from what a sink receives (maps come back with string keys).
     #[derive(Default)]
     struct Rebuild {
-        stack: Vec<(bool, Vec<Value>, Vec<(Value, Value)>, Option<String>)>,
+        stack: Vec<Open>,
         out: Option<Value>,
     }
 
