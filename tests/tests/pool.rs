@@ -118,6 +118,24 @@ async fn vm_by_name(c: &Client, name: &str) -> String {
     }
 }
 
+/// The reference of the pool's host record for a daemon, found by its address.
+async fn host_by_address(c: &Client, d: &Daemon) -> String {
+    let session = c.session().unwrap();
+    let Value::Array(hosts) = c.call("host.get_all", vec![s(&session)]).await.unwrap() else {
+        panic!("host.get_all");
+    };
+    for h in hosts {
+        let a = c
+            .call("host.get_address", vec![s(&session), h.clone()])
+            .await
+            .unwrap();
+        if text(&a) == d.address.to_string() {
+            return text(&h);
+        }
+    }
+    panic!("no host with address {}", d.address);
+}
+
 fn keys_of(vm: &Value) -> BTreeSet<u32> {
     match field(vm, "other_config") {
         Value::Struct(m) => m
@@ -262,18 +280,7 @@ async fn coordinator_killed_member_takes_over() {
     )
     .await
     .unwrap();
-    let hosts = c.call("host.get_all", vec![s(&session)]).await.unwrap();
-    let Value::Array(hosts) = hosts else { panic!() };
-    let mut member3 = String::new();
-    for h in &hosts {
-        let a = c
-            .call("host.get_address", vec![s(&session), h.clone()])
-            .await
-            .unwrap();
-        if text(&a) == pool.hosts[2].address.to_string() {
-            member3 = text(h);
-        }
-    }
+    let member3 = host_by_address(&c, &pool.hosts[2]).await;
     c.call(
         "VM.start_on",
         vec![
@@ -416,21 +423,7 @@ async fn designate_new_master_loses_no_acknowledged_write() {
     let c = pool.client(0).await;
     let session = c.session().unwrap();
     let target = vm_by_name(&c, "demo-vm").await;
-    let host2 = {
-        let hosts = c.call("host.get_all", vec![s(&session)]).await.unwrap();
-        let Value::Array(hosts) = hosts else { panic!() };
-        let mut found = String::new();
-        for h in hosts {
-            let a = c
-                .call("host.get_address", vec![s(&session), h.clone()])
-                .await
-                .unwrap();
-            if text(&a) == pool.hosts[1].address.to_string() {
-                found = text(&h);
-            }
-        }
-        found
-    };
+    let host2 = host_by_address(&c, &pool.hosts[1]).await;
     // The writer follows HOST_IS_SLAVE by itself (the Rust client does).
     let writer = tokio::spawn({
         let c = pool.client(0).await;
@@ -501,19 +494,7 @@ async fn eject_makes_a_pool_of_one_and_join_checks_its_preconditions() {
     let mut pool = start_pool(25, &[]).await;
     let c = pool.client(0).await;
     let session = c.session().unwrap();
-    let address3 = pool.hosts[2].address.to_string();
-    let mut host3 = String::new();
-    if let Value::Array(hosts) = c.call("host.get_all", vec![s(&session)]).await.unwrap() {
-        for h in hosts {
-            let a = c
-                .call("host.get_address", vec![s(&session), h.clone()])
-                .await
-                .unwrap();
-            if text(&a) == address3 {
-                host3 = text(&h);
-            }
-        }
-    }
+    let host3 = host_by_address(&c, &pool.hosts[2]).await;
     // The coordinator cannot be ejected.
     let me = c.call("pool.get_all", vec![s(&session)]).await.unwrap();
     let Value::Array(pools) = me else { panic!() };
