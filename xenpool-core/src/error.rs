@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::value::Ref;
+
 /// Everything that can go wrong in the core; each variant knows its XenAPI code and parameters.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum CoreError {
@@ -43,6 +45,26 @@ pub enum CoreError {
     /// A persistence backend failed; the transaction was rolled back.
     #[error("database persistence failed: {0}")]
     Persistence(String),
+    /// `RBAC_PERMISSION_DENIED [permission, message]`: the caller's role may not make the call.
+    #[error("RBAC_PERMISSION_DENIED: {permission}: {message}")]
+    RbacPermissionDenied {
+        /// the permission, as `class.message`
+        permission: String,
+        /// who lacked it and which role was needed
+        message: String,
+    },
+    /// `OPERATION_NOT_ALLOWED [reason]`
+    #[error("OPERATION_NOT_ALLOWED: {0}")]
+    OperationNotAllowed(String),
+    /// `HA_IS_ENABLED []`: the call is refused while HA is on.
+    #[error("HA_IS_ENABLED")]
+    HaIsEnabled,
+    /// A `POOL_JOINING_HOST_*` refusal (no parameters).
+    #[error("{}", .0.code())]
+    JoinRefused(crate::membership::JoinRefusal),
+    /// `HOST_HAS_RESIDENT_VMS [host]`
+    #[error("HOST_HAS_RESIDENT_VMS: {0}")]
+    HostHasResidentVms(Ref),
     /// Any other XenAPI failure, with its code and parameters as xapi sends them.
     #[error("{code} {params:?}")]
     Api {
@@ -71,6 +93,11 @@ impl CoreError {
             CoreError::InvalidValue { .. } => "INVALID_VALUE",
             CoreError::UnknownField(_) => "MESSAGE_METHOD_UNKNOWN",
             CoreError::Persistence(_) => "INTERNAL_ERROR",
+            CoreError::RbacPermissionDenied { .. } => "RBAC_PERMISSION_DENIED",
+            CoreError::OperationNotAllowed(_) => "OPERATION_NOT_ALLOWED",
+            CoreError::HaIsEnabled => "HA_IS_ENABLED",
+            CoreError::JoinRefused(r) => r.code(),
+            CoreError::HostHasResidentVms(_) => "HOST_HAS_RESIDENT_VMS",
             CoreError::Api { code, .. } => code,
         }
     }
@@ -97,6 +124,16 @@ impl CoreError {
             }
             CoreError::UnknownField(m) => out.push(m.clone()),
             CoreError::Persistence(m) => out.push(format!("database persistence failed: {m}")),
+            CoreError::RbacPermissionDenied {
+                permission,
+                message,
+            } => {
+                out.push(permission.clone());
+                out.push(message.clone());
+            }
+            CoreError::OperationNotAllowed(reason) => out.push(reason.clone()),
+            CoreError::HaIsEnabled | CoreError::JoinRefused(_) => {}
+            CoreError::HostHasResidentVms(host) => out.push(host.as_str().to_string()),
             CoreError::Api { params, .. } => out.extend(params.iter().cloned()),
         }
         out

@@ -14,15 +14,19 @@
 //! - [`persist`]: the persistence trait the database writes through (implemented elsewhere).
 //! - [`ops`]: allowed operations of VMs and hosts, and the check run before each operation.
 //! - [`placement`]: where a VM may start.
+//! - [`rbac`]: the XenAPI roles and the role each call needs.
+//! - [`membership`]: join and eject preconditions, forgetting a host, what a member serves.
 //! - [`error`]: [`CoreError`] and the XenAPI codes.
 #![deny(missing_docs)]
 
 pub mod db;
 pub mod error;
+pub mod membership;
 pub mod model;
 pub mod ops;
 pub mod persist;
 pub mod placement;
+pub mod rbac;
 pub mod record;
 pub mod value;
 

@@ -110,18 +110,7 @@ impl Node {
         let Role::Member { coordinator } = self.role() else {
             return None;
         };
-        // Members serve what xapi lets them: their own host's records and figures, the
-        // event stream of their replica, sessions, and the calls that repair a pool whose
-        // coordinator is gone.
-        let served = match req.class.as_str() {
-            "system" | "session" | "event" => true,
-            "host" | "host_metrics" => req.message.starts_with("get_"),
-            "pool" => matches!(
-                req.message.as_str(),
-                "emergency_transition_to_master" | "emergency_reset_master" | "recover_slaves"
-            ),
-            _ => false,
-        };
+        let served = xenpool_core::membership::member_serves(&req.class, &req.message);
         if served {
             return None;
         }

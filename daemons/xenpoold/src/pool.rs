@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use xenpool_core::persist::{StoredObject, StoredState, WriteBatch};
 use xenpool_core::{
     Class, CoreError, Database, HostMetricsRecord, HostRecord, MessageClass, NetworkRecord, Object,
-    PbdRecord, PifRecord, PoolRecord, Ref, SrRecord, VmPowerState, VmRecord,
+    PbdRecord, PifRecord, PoolRecord, Ref, SrRecord, VmRecord,
 };
 use xenpool_rpc::{Client, RpcError, Value as Wire, XenApiError};
 
@@ -683,57 +683,17 @@ pub fn import_joining_host(
     Ok(host_ref)
 }
 
-/// Checks a standalone host may join a pool (xapi's preconditions and error codes).
+/// Checks a standalone host may join a pool (the rules are xenpool-core's).
 pub fn check_can_join(node: &Node, master_address: &str) -> Result<(), XenApiError> {
-    if !node.is_coordinator() {
-        return Err(XenApiError::new(
-            "OPERATION_NOT_ALLOWED",
-            ["this host is already a member of a pool"],
-        ));
-    }
-    let me = node.config.address.to_string();
-    if master_address == me || master_address.split(':').next() == Some(me.as_str()) {
-        return Err(XenApiError::new(
-            "OPERATION_NOT_ALLOWED",
-            ["a host cannot join itself"],
-        ));
-    }
-    let db = node.state.db();
-    if let Some((_, pool)) = db.all::<PoolRecord>().next() {
-        if pool.ha_enabled {
-            return Err(XenApiError::new("HA_IS_ENABLED", Vec::<String>::new()));
-        }
-    }
-    if db.count(Class::Host) > 1 {
-        return Err(XenApiError::new(
-            "POOL_JOINING_HOST_CANNOT_BE_MASTER_OF_OTHER_HOSTS",
-            Vec::<String>::new(),
-        ));
-    }
-    for (_, vm) in db.all::<VmRecord>() {
-        if vm.is_control_domain {
-            continue;
-        }
-        if vm.power_state != VmPowerState::Halted {
-            return Err(XenApiError::new(
-                "POOL_JOINING_HOST_CANNOT_HAVE_RUNNING_VMS",
-                Vec::<String>::new(),
-            ));
-        }
-        if !vm.current_operations.is_empty() {
-            return Err(XenApiError::new(
-                "POOL_JOINING_HOST_CANNOT_HAVE_VMS_WITH_CURRENT_OPERATIONS",
-                Vec::<String>::new(),
-            ));
-        }
-    }
-    if db.all::<SrRecord>().any(|(_, s)| s.shared) {
-        return Err(XenApiError::new(
-            "POOL_JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS",
-            Vec::<String>::new(),
-        ));
-    }
-    Ok(())
+    let joiner = xenpool_core::membership::Joiner {
+        is_coordinator: node.is_coordinator(),
+        joining_itself: xenpool_core::membership::is_own_address(
+            master_address,
+            &node.config.address.to_string(),
+        ),
+    };
+    xenpool_core::membership::check_can_join(&node.state.db(), joiner)
+        .map_err(crate::api::api_error)
 }
 
 /// Turns this host into the coordinator: role file, write gate, `pool.master`, message.
@@ -782,30 +742,6 @@ pub fn become_member(node: &Node, coordinator: &str) -> Result<(), XenApiError> 
         },
     )
     .map_err(|e| XenApiError::internal_error(e.to_string()))
-}
-
-/// The VDI records of SRs a destroyed host owned, and their parent SRs, go too.
-pub fn forget_host(txn: &mut xenpool_core::Txn<'_>, host: &Ref) -> Result<(), CoreError> {
-    let (vms, srs) = {
-        let db = txn.db();
-        let h = db.get::<HostRecord>(host)?;
-        let vms: Vec<Ref> = h.resident_VMs.clone();
-        let srs: Vec<Ref> = h
-            .PBDs
-            .iter()
-            .filter_map(|p| db.get::<PbdRecord>(p).ok())
-            .filter(|p| db.get::<SrRecord>(&p.SR).is_ok_and(|s| !s.shared))
-            .map(|p| p.SR.clone())
-            .collect();
-        (vms, srs)
-    };
-    for vm in vms {
-        txn.destroy(Class::VM, &vm)?;
-    }
-    for sr in srs {
-        txn.destroy(Class::SR, &sr)?;
-    }
-    txn.destroy(Class::Host, host)
 }
 
 /// A member wipes its pool state and comes back as a pool of one.

@@ -8,74 +8,7 @@ use xenpool_rpc::{Request, Value as Wire, XenApiError};
 use super::{api_error, ref_param, Api, ApiResult, Caller, Ctx};
 use crate::state::now;
 
-/// The XenAPI roles, weakest first; each holds every permission of the ones before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// `read-only`
-    ReadOnly,
-    /// `vm-operator`
-    VmOperator,
-    /// `vm-admin`
-    VmAdmin,
-    /// `vm-power-admin`
-    VmPowerAdmin,
-    /// `pool-operator`
-    PoolOperator,
-    /// `pool-admin`
-    PoolAdmin,
-}
-
-impl Role {
-    /// Every role, weakest first.
-    pub const ALL: [Role; 6] = [
-        Role::ReadOnly,
-        Role::VmOperator,
-        Role::VmAdmin,
-        Role::VmPowerAdmin,
-        Role::PoolOperator,
-        Role::PoolAdmin,
-    ];
-
-    /// The role's XenAPI name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::ReadOnly => "read-only",
-            Role::VmOperator => "vm-operator",
-            Role::VmAdmin => "vm-admin",
-            Role::VmPowerAdmin => "vm-power-admin",
-            Role::PoolOperator => "pool-operator",
-            Role::PoolAdmin => "pool-admin",
-        }
-    }
-
-    /// From a XenAPI role name, in any case.
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.name().eq_ignore_ascii_case(s))
-    }
-
-    /// The strongest of a user's roles (read-only when none is known).
-    pub fn strongest(names: &[String]) -> Role {
-        names
-            .iter()
-            .filter_map(|r| Role::parse(r))
-            .max()
-            .unwrap_or(Role::ReadOnly)
-    }
-
-    /// What the role is for, as the role records describe it.
-    pub fn description(self) -> &'static str {
-        match self {
-            Role::ReadOnly => "The Read-Only role can log in with basic read-only access",
-            Role::VmOperator => "The VM Operator role can use VMs and view resource pool objects",
-            Role::VmAdmin => "The VM Administrator role can manage VMs and snapshots",
-            Role::VmPowerAdmin => "The VM Power Administrator role can place and migrate VMs",
-            Role::PoolOperator => "The Pool Operator role can manage hosts, storage and networks",
-            Role::PoolAdmin => "The Pool Administrator role has full access",
-        }
-    }
-}
+pub use xenpool_core::rbac::Role;
 
 /// A salted, slow hash of a password (argon2id), in PHC string form.
 pub fn hash_password(password: &str, salt_bits: u128) -> Result<String, String> {
@@ -104,70 +37,10 @@ fn auth_failed(user: &str) -> XenApiError {
     )
 }
 
-/// The weakest role allowed to make a call. Reads are open to every role; writes are
-/// graded as xapi grades them.
-fn required_role(req: &Request) -> Role {
-    let m = req.message.as_str();
-    let read = m.starts_with("get_")
-        || matches!(
-            m,
-            "get_all" | "get_all_records" | "get_record" | "get_by_uuid" | "get_by_name_label"
-        );
-    match req.class.as_str() {
-        "session" | "event" | "system" => Role::ReadOnly,
-        _ if read => Role::ReadOnly,
-        "task" => Role::VmOperator,
-        "VM" => match m {
-            "start" | "clean_shutdown" | "hard_shutdown" | "clean_reboot" | "hard_reboot"
-            | "suspend" | "resume" | "pause" | "unpause" | "shutdown" => Role::VmOperator,
-            "start_on"
-            | "resume_on"
-            | "pool_migrate"
-            | "set_affinity"
-            | "set_ha_restart_priority"
-            | "set_ha_always_run"
-            | "set_order"
-            | "set_start_delay" => Role::VmPowerAdmin,
-            _ => Role::VmAdmin,
-        },
-        "VBD" | "VIF" | "VDI" => Role::VmAdmin,
-        "pool" => match m {
-            "ha_compute_max_host_failures_to_tolerate"
-            | "ha_compute_hypothetical_max_host_failures_to_tolerate"
-            | "ha_compute_vm_failover_plan" => Role::ReadOnly,
-            "join"
-            | "eject"
-            | "designate_new_master"
-            | "xenpool_add_host"
-            | "emergency_transition_to_master"
-            | "recover_slaves"
-            | "emergency_reset_master"
-            | "set_ha_host_failures_to_tolerate" => Role::PoolAdmin,
-            _ => Role::PoolOperator,
-        },
-        _ => Role::PoolOperator,
-    }
-}
-
-/// Refuses a call the caller's role does not allow: `RBAC_PERMISSION_DENIED [permission, message]`.
+/// Refuses a call the caller's role does not allow (the table is xenpool-core's).
 pub fn check_permission(caller: &Caller, req: &Request) -> Result<(), XenApiError> {
-    let needed = required_role(req);
-    if caller.role >= needed {
-        return Ok(());
-    }
-    let permission = format!("{}.{}", req.class.to_ascii_lowercase(), req.message);
-    Err(XenApiError::new(
-        "RBAC_PERMISSION_DENIED",
-        [
-            permission,
-            format!(
-                "No permission in loaded roles of user {} (role {}; needs {})",
-                caller.user,
-                caller.role.name(),
-                needed.name()
-            ),
-        ],
-    ))
+    xenpool_core::rbac::check_permission(&caller.user, caller.role, &req.class, &req.message)
+        .map_err(api_error)
 }
 
 impl Api {

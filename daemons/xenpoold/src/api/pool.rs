@@ -306,26 +306,14 @@ impl Api {
 
     async fn eject(&self, host: &Ref) -> Result<(), XenApiError> {
         let node = self.node();
-        if *host == node.state.host {
-            return Err(XenApiError::new(
-                "OPERATION_NOT_ALLOWED",
-                ["the pool coordinator cannot be ejected"],
-            ));
-        }
         let address = {
             let db = node.state.db();
-            let h = db
-                .get::<xenpool_core::HostRecord>(host)
+            xenpool_core::membership::check_can_eject(&db, host, &node.state.host)
                 .map_err(api_error)?;
-            for vm in &h.resident_VMs {
-                if db
-                    .get::<xenpool_core::VmRecord>(vm)
-                    .is_ok_and(|v| !v.is_control_domain)
-                {
-                    return Err(XenApiError::new("HOST_HAS_RESIDENT_VMS", [host.as_str()]));
-                }
-            }
-            h.address.clone()
+            db.get::<xenpool_core::HostRecord>(host)
+                .map_err(api_error)?
+                .address
+                .clone()
         };
         let secret = crate::pool::read_secret(&node.config.data_dir)
             .ok_or_else(|| XenApiError::internal_error("no pool secret"))?;
@@ -338,7 +326,7 @@ impl Api {
                 None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
             })?;
         node.state
-            .write(|txn| crate::pool::forget_host(txn, host))
+            .write(|txn| xenpool_core::membership::forget_host(txn, host))
             .map_err(api_error)?;
         node.ha_refresh();
         Ok(())
