@@ -753,3 +753,85 @@ xenapi_class! {
         ro roles: Vec<String>,
     }
 }
+
+/// `VM.ha_restart_priority`: the one type for it, shared by the datamodel's rules and the
+/// failover planner, so both accept exactly the same spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RestartPriority {
+    /// `"restart"`: protected, must have a place in the plan.
+    Restart,
+    /// `"best-effort"`: restarted where room is left, never required.
+    BestEffort,
+    /// `""`: not restarted by HA.
+    None,
+}
+
+impl RestartPriority {
+    /// The XenAPI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPriority::Restart => "restart",
+            RestartPriority::BestEffort => "best-effort",
+            RestartPriority::None => "",
+        }
+    }
+
+    /// Whether HA must find this VM a place when its host fails.
+    pub fn is_protected(self) -> bool {
+        self == RestartPriority::Restart
+    }
+}
+
+impl std::str::FromStr for RestartPriority {
+    type Err = crate::CoreError;
+    /// `INVALID_VALUE ["ha_restart_priority", p]` for anything else, as xapi answers.
+    fn from_str(s: &str) -> Result<Self, crate::CoreError> {
+        match s {
+            "restart" => Ok(RestartPriority::Restart),
+            "best-effort" => Ok(RestartPriority::BestEffort),
+            "" => Ok(RestartPriority::None),
+            other => Err(crate::CoreError::InvalidValue {
+                field: "ha_restart_priority".into(),
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl VmRecord {
+    /// The VM's restart priority; an unknown spelling in the database (written by an older
+    /// or foreign toolstack) is an error, never silently "protected".
+    pub fn restart_priority(&self) -> Result<RestartPriority, crate::CoreError> {
+        self.ha_restart_priority.parse()
+    }
+}
+
+#[cfg(test)]
+mod restart_priority_tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip_and_others_are_invalid_values() {
+        for p in [
+            RestartPriority::Restart,
+            RestartPriority::BestEffort,
+            RestartPriority::None,
+        ] {
+            assert_eq!(p.as_str().parse::<RestartPriority>(), Ok(p));
+        }
+        let e = "always".parse::<RestartPriority>().unwrap_err();
+        assert_eq!(
+            e.to_description(),
+            ["INVALID_VALUE", "ha_restart_priority", "always"]
+        );
+        assert!("Restart".parse::<RestartPriority>().is_err());
+        assert!(RestartPriority::Restart.is_protected());
+        assert!(!RestartPriority::BestEffort.is_protected());
+    }
+}

@@ -1,8 +1,6 @@
 //! The planner's input: hosts, VMs and their restart priorities, and the JSON pool format.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt;
-use std::str::FromStr;
 
 use serde::Deserialize;
 
@@ -27,45 +25,7 @@ pub struct PlannerHost {
     pub networks: BTreeSet<String>,
 }
 
-/// `VM.ha_restart_priority`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RestartPriority {
-    /// `"restart"`: protected, must have a place in the plan.
-    Restart,
-    /// `"best-effort"`: restarted where room is left, never required.
-    BestEffort,
-    /// `""`: not restarted by HA.
-    None,
-}
-
-impl RestartPriority {
-    /// The XenAPI spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartPriority::Restart => "restart",
-            RestartPriority::BestEffort => "best-effort",
-            RestartPriority::None => "",
-        }
-    }
-}
-
-impl FromStr for RestartPriority {
-    type Err = HaError;
-    fn from_str(s: &str) -> Result<Self, HaError> {
-        match s {
-            "restart" => Ok(RestartPriority::Restart),
-            "best-effort" => Ok(RestartPriority::BestEffort),
-            "" => Ok(RestartPriority::None),
-            other => Err(HaError::InvalidPriority(other.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for RestartPriority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use xenpool_core::RestartPriority;
 
 /// One VM as the planner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +128,10 @@ impl PlannerInput {
         let mut vms = Vec::with_capacity(pool.vms.len());
         for v in pool.vms {
             vms.push(PlannerVm {
-                priority: v.ha_restart_priority.parse()?,
+                priority: v
+                    .ha_restart_priority
+                    .parse()
+                    .map_err(|_| HaError::InvalidPriority(v.ha_restart_priority.clone()))?,
                 id: v.uuid,
                 memory: v.memory,
                 resident_on: v.resident_on,

@@ -187,7 +187,7 @@ fn hypothetical_priorities() {
     ));
     assert!(matches!(
         "always".parse::<RestartPriority>(),
-        Err(HaError::InvalidPriority(_))
+        Err(xenpool_core::CoreError::InvalidValue { .. })
     ));
 }
 
