@@ -74,10 +74,12 @@
 //! - `tolerance`: [`Planner`], [`Tolerance`], the tolerance and overcommit answers.
 //! - `plan`: [`FailureSet`], [`FailoverPlan`], [`Restart`]: concrete plans.
 //! - `tool`: [`run_plan_tool`], the logic of the `plan` example.
+//! - `contact`: [`ContactLiveness`], liveness from the time since a host was heard from.
 //! - `error`: [`HaError`].
 #![deny(missing_docs)]
 
 mod bounds;
+mod contact;
 mod error;
 mod model;
 mod pack;
@@ -86,6 +88,7 @@ mod problem;
 mod tolerance;
 mod tool;
 
+pub use contact::ContactLiveness;
 pub use error::HaError;
 pub use model::{PlannerHost, PlannerInput, PlannerVm, RestartPriority};
 pub use plan::{plan_for_failure, FailoverPlan, FailureSet, Restart};

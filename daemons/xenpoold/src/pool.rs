@@ -18,6 +18,7 @@ use xenpool_core::{
     Class, CoreError, Database, HostMetricsRecord, HostRecord, MessageClass, NetworkRecord, Object,
     PbdRecord, PifRecord, PoolRecord, Ref, SrRecord, VmRecord,
 };
+use xenpool_ha::ContactLiveness;
 use xenpool_rpc::{Client, RpcError, Value as Wire, XenApiError};
 
 use crate::node::{DomainOp, Node, Role};
@@ -199,21 +200,39 @@ pub fn parse_op(s: &str) -> Option<DomainOp> {
     })
 }
 
-/// When the coordinator last heard from each member.
-#[derive(Debug, Default)]
+/// When the coordinator last heard from each member (the judgement is xenpool-ha's
+/// [`ContactLiveness`]; this holds its clock origin and the members' reported generations).
+#[derive(Debug)]
 pub struct Liveness {
-    last_contact: Mutex<HashMap<Ref, Instant>>,
+    origin: Instant,
+    contacts: Mutex<ContactLiveness<Ref>>,
     /// Generation each member reported it holds.
     member_generation: Mutex<HashMap<Ref, u64>>,
 }
 
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            origin: Instant::now(),
+            contacts: Mutex::new(ContactLiveness::new(Duration::ZERO, Duration::from_secs(5))),
+            member_generation: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
 impl Liveness {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn contacts(&self) -> std::sync::MutexGuard<'_, ContactLiveness<Ref>> {
+        self.contacts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records a contact from a member.
     pub fn contact(&self, host: &Ref, generation: u64) {
-        self.last_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.clone(), Instant::now());
+        let now = self.now();
+        self.contacts().contact(host.clone(), now);
         self.member_generation
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -231,16 +250,16 @@ impl Liveness {
 
     /// Forgets every contact, giving every member a fresh grace period.
     pub fn reset(&self) {
-        self.last_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let now = self.now();
+        self.contacts().reset(now);
     }
 
-    fn seen_within(&self, host: &Ref, timeout: Duration, start: Instant) -> bool {
-        let map = self.last_contact.lock().unwrap_or_else(|e| e.into_inner());
-        let last = map.get(host).copied().unwrap_or(start);
-        last.elapsed() < timeout
+    /// The members whose recorded liveness is no longer what their contacts say.
+    fn changes(&self, timeout: Duration, recorded: Vec<(Ref, bool)>) -> Vec<(Ref, bool)> {
+        let now = self.now();
+        let mut contacts = self.contacts();
+        contacts.set_timeout(timeout);
+        contacts.changes(now, recorded)
     }
 }
 
@@ -249,7 +268,7 @@ impl Liveness {
 pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let node = node.clone();
     tokio::spawn(async move {
-        let mut coordinator_since: Option<Instant> = None;
+        let mut coordinating = false;
         // Only a coordinator that has just started asks whether it was replaced while it
         // was down; one that became coordinator by a transfer knows it was not.
         let mut started = true;
@@ -269,11 +288,10 @@ pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver
                             continue;
                         }
                     }
-                    let start = *coordinator_since.get_or_insert_with(|| {
+                    if !std::mem::replace(&mut coordinating, true) {
                         node.liveness.reset();
-                        Instant::now()
-                    });
-                    liveness_tick(&node, start);
+                    }
+                    liveness_tick(&node);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                         _ = stop.changed() => {}
@@ -281,7 +299,7 @@ pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver
                 }
                 Role::Member { coordinator } => {
                     started = false;
-                    coordinator_since = None;
+                    coordinating = false;
                     tokio::select! {
                         r = replicate_once(&node, &coordinator) => {
                             if let Err(e) = r {
@@ -298,22 +316,22 @@ pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver
 }
 
 /// Marks members live or not from the time since their last poll.
-fn liveness_tick(node: &Node, start: Instant) {
+fn liveness_tick(node: &Node) {
     let timeout = Duration::from_secs_f64(node.config.liveness_timeout_secs.max(0.5));
-    let changes: Vec<(Ref, bool)> = {
+    let recorded: Vec<(Ref, bool)> = {
         let db = node.state.db();
         db.all::<HostRecord>()
             .filter(|(r, _)| **r != node.state.host)
-            .filter_map(|(r, h)| {
-                let live_now = node.liveness.seen_within(r, timeout, start);
-                let recorded = db
+            .map(|(r, h)| {
+                let live = db
                     .get::<HostMetricsRecord>(&h.metrics)
                     .map(|m| m.live)
                     .unwrap_or(false);
-                (live_now != recorded).then(|| (r.clone(), live_now))
+                (r.clone(), live)
             })
             .collect()
     };
+    let changes = node.liveness.changes(timeout, recorded);
     if changes.is_empty() {
         return;
     }
