@@ -65,6 +65,12 @@ pub enum CoreError {
     /// `HOST_HAS_RESIDENT_VMS [host]`
     #[error("HOST_HAS_RESIDENT_VMS: {0}")]
     HostHasResidentVms(Ref),
+    /// `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN []`: the change would overcommit the pool.
+    #[error("HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN")]
+    HaOperationWouldBreakFailoverPlan,
+    /// `INTERNAL_ERROR [message]`: a fault of the toolstack, not of the call.
+    #[error("INTERNAL_ERROR: {0}")]
+    Internal(String),
     /// Any other XenAPI failure, with its code and parameters as xapi sends them.
     #[error("{code} {params:?}")]
     Api {
@@ -98,6 +104,10 @@ impl CoreError {
             CoreError::HaIsEnabled => "HA_IS_ENABLED",
             CoreError::JoinRefused(r) => r.code(),
             CoreError::HostHasResidentVms(_) => "HOST_HAS_RESIDENT_VMS",
+            CoreError::HaOperationWouldBreakFailoverPlan => {
+                "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN"
+            }
+            CoreError::Internal(_) => "INTERNAL_ERROR",
             CoreError::Api { code, .. } => code,
         }
     }
@@ -132,7 +142,10 @@ impl CoreError {
                 out.push(message.clone());
             }
             CoreError::OperationNotAllowed(reason) => out.push(reason.clone()),
-            CoreError::HaIsEnabled | CoreError::JoinRefused(_) => {}
+            CoreError::HaIsEnabled
+            | CoreError::JoinRefused(_)
+            | CoreError::HaOperationWouldBreakFailoverPlan => {}
+            CoreError::Internal(m) => out.push(m.clone()),
             CoreError::HostHasResidentVms(host) => out.push(host.as_str().to_string()),
             CoreError::Api { params, .. } => out.extend(params.iter().cloned()),
         }

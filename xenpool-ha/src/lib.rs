@@ -75,12 +75,15 @@
 //! - `plan`: [`FailureSet`], [`FailoverPlan`], [`Restart`]: concrete plans.
 //! - `tool`: [`run_plan_tool`], the logic of the `plan` example.
 //! - `contact`: [`ContactLiveness`], liveness from the time since a host was heard from.
+//! - `gate`: the failover-plan guard ([`guarded_failures`], [`check_change`]) and the pool's
+//!   plan status and messages ([`PlanStatus`], [`plan_messages`]).
 //! - `error`: [`HaError`].
 #![deny(missing_docs)]
 
 mod bounds;
 mod contact;
 mod error;
+mod gate;
 mod model;
 mod pack;
 mod plan;
@@ -90,6 +93,9 @@ mod tool;
 
 pub use contact::ContactLiveness;
 pub use error::HaError;
+pub use gate::{
+    check_change, guarded_failures, plan_messages, Force, GateError, PlanMessage, PlanStatus,
+};
 pub use model::{PlannerHost, PlannerInput, PlannerVm, RestartPriority};
 pub use plan::{plan_for_failure, FailoverPlan, FailureSet, Restart};
 pub use tolerance::{is_overcommitted, max_host_failures_to_tolerate, Planner, Tolerance};
