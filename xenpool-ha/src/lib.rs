@@ -73,6 +73,7 @@
 //! - `bounds`: bounds holding for all failure sets of one size at once.
 //! - `tolerance`: [`Planner`], [`Tolerance`], the tolerance and overcommit answers.
 //! - `plan`: [`FailureSet`], [`FailoverPlan`], [`Restart`]: concrete plans.
+//! - [`pool_input`]: the pool database as planner input, and hypothetical changes to it.
 //! - `tool`: [`run_plan_tool`], the logic of the `plan` example.
 //! - `contact`: [`ContactLiveness`], liveness from the time since a host was heard from.
 //! - `gate`: the failover-plan guard ([`guarded_failures`], [`check_change`]) and the pool's
@@ -87,6 +88,7 @@ mod gate;
 mod model;
 mod pack;
 mod plan;
+pub mod pool_input;
 mod problem;
 mod tolerance;
 mod tool;
