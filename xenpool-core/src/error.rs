@@ -71,6 +71,28 @@ pub enum CoreError {
     /// `INTERNAL_ERROR [message]`: a fault of the toolstack, not of the call.
     #[error("INTERNAL_ERROR: {0}")]
     Internal(String),
+    /// `VM_BAD_POWER_STATE [vm, expected, actual]`, the expected states lower-case and
+    /// joined by `", "` in xapi's order.
+    #[error("VM_BAD_POWER_STATE: {vm} is {actual:?}, expected {expected:?}")]
+    VmBadPowerState {
+        /// the VM
+        vm: Ref,
+        /// the states the operation needs
+        expected: Vec<crate::VmPowerState>,
+        /// the state it is in
+        actual: crate::VmPowerState,
+    },
+    /// `VDI_IN_USE [object, operation]`: a disk (or the VM using it) blocks the operation.
+    #[error("VDI_IN_USE: {object} ({operation})")]
+    VdiInUse {
+        /// the VDI, or the VM whose disk it is
+        object: Ref,
+        /// the operation refused
+        operation: String,
+    },
+    /// `DEVICE_ALREADY_ATTACHED [device]`
+    #[error("DEVICE_ALREADY_ATTACHED: {0}")]
+    DeviceAlreadyAttached(Ref),
     /// Any other XenAPI failure, with its code and parameters as xapi sends them.
     #[error("{code} {params:?}")]
     Api {
@@ -108,6 +130,9 @@ impl CoreError {
                 "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN"
             }
             CoreError::Internal(_) => "INTERNAL_ERROR",
+            CoreError::VmBadPowerState { .. } => "VM_BAD_POWER_STATE",
+            CoreError::VdiInUse { .. } => "VDI_IN_USE",
+            CoreError::DeviceAlreadyAttached(_) => "DEVICE_ALREADY_ATTACHED",
             CoreError::Api { code, .. } => code,
         }
     }
@@ -146,6 +171,22 @@ impl CoreError {
             | CoreError::JoinRefused(_)
             | CoreError::HaOperationWouldBreakFailoverPlan => {}
             CoreError::Internal(m) => out.push(m.clone()),
+            CoreError::VmBadPowerState {
+                vm,
+                expected,
+                actual,
+            } => {
+                out.push(vm.as_str().to_string());
+                let expected: Vec<String> =
+                    expected.iter().map(|s| power_state_lowercase(*s)).collect();
+                out.push(expected.join(", "));
+                out.push(power_state_lowercase(*actual));
+            }
+            CoreError::VdiInUse { object, operation } => {
+                out.push(object.as_str().to_string());
+                out.push(operation.clone());
+            }
+            CoreError::DeviceAlreadyAttached(d) => out.push(d.as_str().to_string()),
             CoreError::HostHasResidentVms(host) => out.push(host.as_str().to_string()),
             CoreError::Api { params, .. } => out.extend(params.iter().cloned()),
         }
@@ -159,6 +200,11 @@ impl CoreError {
             reference: reference.to_string(),
         }
     }
+}
+
+/// A power state as xapi spells it in error parameters.
+fn power_state_lowercase(s: crate::VmPowerState) -> String {
+    s.as_str().to_ascii_lowercase()
 }
 
 /// The XenAPI error codes this crate raises, named once so a typo cannot split a code in two.
