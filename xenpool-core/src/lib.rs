@@ -14,6 +14,7 @@
 //! - [`persist`]: the persistence trait the database writes through (implemented elsewhere).
 //! - [`ops`]: allowed operations of VMs and hosts, and the check run before each operation.
 //! - [`placement`]: where a VM may start.
+//! - [`lifecycle`]: what each VM power operation does to its domain and leaves behind.
 //! - [`devices`]: when VBDs and VIFs may come and go, and when a disk or SR plug is in use.
 //! - [`rbac`]: the XenAPI roles and the role each call needs.
 //! - [`membership`]: join and eject preconditions, forgetting a host, what a member serves.
@@ -23,6 +24,7 @@
 pub mod db;
 pub mod devices;
 pub mod error;
+pub mod lifecycle;
 pub mod membership;
 pub mod model;
 pub mod ops;
