@@ -93,6 +93,39 @@ pub enum CoreError {
     /// `DEVICE_ALREADY_ATTACHED [device]`
     #[error("DEVICE_ALREADY_ATTACHED: {0}")]
     DeviceAlreadyAttached(Ref),
+    /// `HOST_NOT_LIVE []`
+    #[error("HOST_NOT_LIVE")]
+    HostNotLive,
+    /// `HOST_DISABLED [host]`
+    #[error("HOST_DISABLED: {0}")]
+    HostDisabled(Ref),
+    /// `VM_REQUIRES_SR [vm, sr]`: the host does not reach one of the VM's SRs.
+    #[error("VM_REQUIRES_SR: {vm} needs {sr}")]
+    VmRequiresSr {
+        /// the VM
+        vm: Ref,
+        /// the SR it needs
+        sr: Ref,
+    },
+    /// `VM_REQUIRES_NETWORK [vm, network]`
+    #[error("VM_REQUIRES_NETWORK: {vm} needs {network}")]
+    VmRequiresNetwork {
+        /// the VM
+        vm: Ref,
+        /// the network it needs
+        network: Ref,
+    },
+    /// `HOST_NOT_ENOUGH_FREE_MEMORY [needed, free]`, in bytes.
+    #[error("HOST_NOT_ENOUGH_FREE_MEMORY: needs {needed}, {free} free")]
+    HostNotEnoughFreeMemory {
+        /// bytes the VM needs
+        needed: i64,
+        /// bytes free on the host
+        free: i64,
+    },
+    /// `NO_HOSTS_AVAILABLE []`: no host can run the VM.
+    #[error("NO_HOSTS_AVAILABLE")]
+    NoHostsAvailable,
     /// Any other XenAPI failure, with its code and parameters as xapi sends them.
     #[error("{code} {params:?}")]
     Api {
@@ -133,6 +166,12 @@ impl CoreError {
             CoreError::VmBadPowerState { .. } => "VM_BAD_POWER_STATE",
             CoreError::VdiInUse { .. } => "VDI_IN_USE",
             CoreError::DeviceAlreadyAttached(_) => "DEVICE_ALREADY_ATTACHED",
+            CoreError::HostNotLive => "HOST_NOT_LIVE",
+            CoreError::HostDisabled(_) => "HOST_DISABLED",
+            CoreError::VmRequiresSr { .. } => "VM_REQUIRES_SR",
+            CoreError::VmRequiresNetwork { .. } => "VM_REQUIRES_NETWORK",
+            CoreError::HostNotEnoughFreeMemory { .. } => "HOST_NOT_ENOUGH_FREE_MEMORY",
+            CoreError::NoHostsAvailable => "NO_HOSTS_AVAILABLE",
             CoreError::Api { code, .. } => code,
         }
     }
@@ -187,6 +226,20 @@ impl CoreError {
                 out.push(operation.clone());
             }
             CoreError::DeviceAlreadyAttached(d) => out.push(d.as_str().to_string()),
+            CoreError::HostNotLive | CoreError::NoHostsAvailable => {}
+            CoreError::HostDisabled(h) => out.push(h.as_str().to_string()),
+            CoreError::VmRequiresSr { vm, sr } => {
+                out.push(vm.as_str().to_string());
+                out.push(sr.as_str().to_string());
+            }
+            CoreError::VmRequiresNetwork { vm, network } => {
+                out.push(vm.as_str().to_string());
+                out.push(network.as_str().to_string());
+            }
+            CoreError::HostNotEnoughFreeMemory { needed, free } => {
+                out.push(needed.to_string());
+                out.push(free.to_string());
+            }
             CoreError::HostHasResidentVms(host) => out.push(host.as_str().to_string()),
             CoreError::Api { params, .. } => out.extend(params.iter().cloned()),
         }

@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::db::Database;
-use crate::error::{codes, CoreError};
+use crate::error::CoreError;
 use crate::model::{
     HostMetricsRecord, HostRecord, NetworkRecord, PbdRecord, PifRecord, VbdRecord, VdiRecord,
     VifRecord, VmPowerState, VmRecord,
@@ -169,10 +169,10 @@ impl<'a> Placement<'a> {
         let db = self.db;
         let host = db.get::<HostRecord>(host_ref)?;
         if !host_is_live(db, host_ref, self.inputs) {
-            return Err(CoreError::api(codes::HOST_NOT_LIVE, Vec::<String>::new()));
+            return Err(CoreError::HostNotLive);
         }
         if !host.enabled && !self.vm.is_control_domain {
-            return Err(CoreError::api(codes::HOST_DISABLED, [host_ref.to_string()]));
+            return Err(CoreError::HostDisabled(host_ref.clone()));
         }
         if !self.srs.is_empty() {
             let plugged: BTreeSet<&Ref> = host
@@ -183,10 +183,10 @@ impl<'a> Placement<'a> {
                 .map(|p| &p.SR)
                 .collect();
             if let Some(sr) = self.srs.iter().find(|sr| !plugged.contains(sr)) {
-                return Err(CoreError::api(
-                    codes::VM_REQUIRES_SR,
-                    [self.vm_ref.to_string(), sr.to_string()],
-                ));
+                return Err(CoreError::VmRequiresSr {
+                    vm: self.vm_ref.clone(),
+                    sr: (*sr).clone(),
+                });
             }
         }
         for (net, pins) in &self.networks {
@@ -201,19 +201,16 @@ impl<'a> Placement<'a> {
                 }),
             };
             if !available {
-                return Err(CoreError::api(
-                    codes::VM_REQUIRES_NETWORK,
-                    [self.vm_ref.to_string(), net.to_string()],
-                ));
+                return Err(CoreError::VmRequiresNetwork {
+                    vm: self.vm_ref.clone(),
+                    network: (*net).clone(),
+                });
             }
         }
         let needed = vm_memory_requirement(self.vm);
         let free = self.free_memory(host_ref, host);
         if free < needed {
-            return Err(CoreError::api(
-                codes::HOST_NOT_ENOUGH_FREE_MEMORY,
-                [needed.to_string(), free.to_string()],
-            ));
+            return Err(CoreError::HostNotEnoughFreeMemory { needed, free });
         }
         Ok(free)
     }
@@ -287,5 +284,5 @@ pub fn choose_host(db: &Database, vm: &Ref, inputs: &HostOpsInputs) -> Result<Re
         }
     }
     best.map(|(_, _, r)| r.clone())
-        .ok_or_else(|| CoreError::api(codes::NO_HOSTS_AVAILABLE, Vec::<String>::new()))
+        .ok_or_else(|| CoreError::NoHostsAvailable)
 }
