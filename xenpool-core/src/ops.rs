@@ -26,8 +26,11 @@
 //! 8. A control domain allows only start, start_on, metadata_export and destroy (destroy not
 //!    on dom0): `OPERATION_NOT_ALLOWED [reason]`.
 //!
-//! Operations outside [`VM_OPERATIONS`] are not implemented by xenpool and always fail with
-//! `OPERATION_NOT_ALLOWED`, so the "listed ⟺ passes" rule holds for every operation.
+//! Operations xenpool does not serve yet (outside [`SERVED`]) always fail with
+//! `OPERATION_NOT_ALLOWED`, so the "listed ⟺ passes" rule holds for every operation and
+//! no client is offered an operation whose method would answer `MESSAGE_METHOD_UNKNOWN`.
+//! The rules of those operations stay, checked through [`WITH_RULES`], so serving one is
+//! adding it to the list together with its method.
 //!
 //! # Host rules, first failure wins (as xapi's `valid_operations`)
 //! 1. Operations that bring VMs onto the host (provision, vm_start, vm_resume, vm_migrate)
@@ -73,8 +76,8 @@ pub struct HostOpsInputs {
     pub aggregated_srs: BTreeSet<Ref>,
 }
 
-/// The VM operations xenpool implements, in the order `allowed_operations` lists them.
-pub const VM_OPERATIONS: &[VmOperation] = &[
+/// Every VM operation xapi has a rule for, in the order `allowed_operations` lists them.
+pub const VM_OPERATIONS_WITH_RULES: &[VmOperation] = &[
     VmOperation::Snapshot,
     VmOperation::Clone,
     VmOperation::Copy,
@@ -99,8 +102,115 @@ pub const VM_OPERATIONS: &[VmOperation] = &[
     VmOperation::MakeIntoTemplate,
 ];
 
-/// The host operations, in the order `allowed_operations` lists them.
-pub const HOST_OPERATIONS: &[HostOperation] = HostOperation::ALL;
+/// The VM operations xenpool serves, in the order `allowed_operations` lists them. A client
+/// that sees an operation listed calls its method (see [`vm_operation_method`]), so an
+/// operation only joins this list together with the method that performs it.
+pub const VM_OPERATIONS: &[VmOperation] = &[
+    VmOperation::Clone,
+    VmOperation::Copy,
+    VmOperation::Provision,
+    VmOperation::Start,
+    VmOperation::StartOn,
+    VmOperation::Pause,
+    VmOperation::Unpause,
+    VmOperation::CleanShutdown,
+    VmOperation::CleanReboot,
+    VmOperation::HardShutdown,
+    VmOperation::HardReboot,
+    VmOperation::Suspend,
+    VmOperation::Resume,
+    VmOperation::ResumeOn,
+    VmOperation::Destroy,
+];
+
+/// The host operations xenpool serves, in the order `allowed_operations` lists them.
+/// `vm_start` and `vm_resume` say a VM may start or resume there (served by `VM.start_on`
+/// and `VM.resume_on`); `provision` that a template may be provisioned there.
+pub const HOST_OPERATIONS: &[HostOperation] = &[
+    HostOperation::Provision,
+    HostOperation::VmStart,
+    HostOperation::VmResume,
+    HostOperation::Enable,
+    HostOperation::Disable,
+];
+
+/// Which operations a rule set lists in `allowed_operations` and lets start. Operations
+/// outside it fail with `OPERATION_NOT_ALLOWED`, so "listed ⟺ the check passes" holds for
+/// every operation whichever set is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperationSet {
+    /// The VM operations, in listing order.
+    pub vm: &'static [VmOperation],
+    /// The host operations, in listing order.
+    pub host: &'static [HostOperation],
+}
+
+/// What the daemon serves: the rules every top-level function of this module applies.
+pub const SERVED: OperationSet = OperationSet {
+    vm: VM_OPERATIONS,
+    host: HOST_OPERATIONS,
+};
+
+/// Every operation xapi has a rule for, served or not, so the rules of operations not yet
+/// served can be checked against xapi before their methods exist.
+pub const WITH_RULES: OperationSet = OperationSet {
+    vm: VM_OPERATIONS_WITH_RULES,
+    host: HostOperation::ALL,
+};
+
+/// The XenAPI method (`VM.<name>`) that performs a VM operation, `None` for operations
+/// that only mark work in progress. The one place operation names meet method names.
+pub fn vm_operation_method(op: VmOperation) -> Option<&'static str> {
+    use VmOperation as O;
+    Some(match op {
+        O::Snapshot => "snapshot",
+        O::Clone => "clone",
+        O::Copy => "copy",
+        O::Revert => "revert",
+        O::Checkpoint => "checkpoint",
+        O::Provision => "provision",
+        O::Start => "start",
+        O::StartOn => "start_on",
+        O::Pause => "pause",
+        O::Unpause => "unpause",
+        O::CleanShutdown => "clean_shutdown",
+        O::CleanReboot => "clean_reboot",
+        O::HardShutdown => "hard_shutdown",
+        O::HardReboot => "hard_reboot",
+        O::Suspend => "suspend",
+        O::Resume => "resume",
+        O::ResumeOn => "resume_on",
+        O::PoolMigrate => "pool_migrate",
+        O::MigrateSend => "migrate_send",
+        O::Shutdown => "shutdown",
+        O::Destroy => "destroy",
+        O::MakeIntoTemplate => "set_is_a_template",
+        O::Export => "export",
+        O::ChangingStaticRange => "set_memory_static_range",
+        O::ChangingDynamicRange => "set_memory_dynamic_range",
+        O::ChangingMemoryLimits => "set_memory_limits",
+        O::ChangingVcpus => "set_VCPUs_max",
+        // metadata_export and import are HTTP handlers in xapi, the rest internal markers.
+        _ => return None,
+    })
+}
+
+/// The XenAPI method (`host.<name>`) that performs a host operation, `None` for the
+/// operations that mark a VM operation targeting the host (`vm_start`, `vm_resume`,
+/// `vm_migrate`, `provision`).
+pub fn host_operation_method(op: HostOperation) -> Option<&'static str> {
+    use HostOperation as H;
+    match op {
+        H::Evacuate => Some("evacuate"),
+        H::Shutdown => Some("shutdown"),
+        H::Reboot => Some("reboot"),
+        H::PowerOn => Some("power_on"),
+        H::ApplyUpdates => Some("apply_updates"),
+        H::Enable => Some("enable"),
+        H::Disable => Some("disable"),
+        H::Provision | H::VmStart | H::VmResume | H::VmMigrate => None,
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // VMs
@@ -197,6 +307,7 @@ pub fn vm_is_mobile(db: &Database, vm: &VmRecord) -> bool {
 
 /// The rule set for VMs: `Err` with the first failing rule's XenAPI error.
 fn vm_operation_error(
+    set: &OperationSet,
     db: &Database,
     vm_ref: &Ref,
     vm: &VmRecord,
@@ -204,7 +315,7 @@ fn vm_operation_error(
 ) -> Result<(), CoreError> {
     use VmOperation as O;
     let vm_str = vm_ref.to_string();
-    if !VM_OPERATIONS.contains(&op) {
+    if !set.vm.contains(&op) {
         return Err(CoreError::api(
             codes::OPERATION_NOT_ALLOWED,
             [format!("VM.{op} is not supported by xenpool")],
@@ -301,18 +412,43 @@ fn vm_operation_error(
 /// Checks that `op` may start on the VM now; the error is what the XenAPI call returns.
 /// `HANDLE_INVALID` when there is no such VM.
 pub fn check_vm_operation(db: &Database, vm: &Ref, op: VmOperation) -> Result<(), CoreError> {
-    let record = db.get::<VmRecord>(vm)?;
-    vm_operation_error(db, vm, record, op)
+    SERVED.check_vm_operation(db, vm, op)
 }
 
-/// `VM.allowed_operations`: every operation of [`VM_OPERATIONS`] whose check passes.
+/// `VM.allowed_operations`: every served operation whose check passes.
 pub fn vm_allowed_operations(db: &Database, vm: &Ref) -> Result<Vec<VmOperation>, CoreError> {
-    let record = db.get::<VmRecord>(vm)?;
-    Ok(VM_OPERATIONS
-        .iter()
-        .copied()
-        .filter(|op| vm_operation_error(db, vm, record, *op).is_ok())
-        .collect())
+    SERVED.vm_allowed_operations(db, vm)
+}
+
+impl OperationSet {
+    /// [`check_vm_operation`] over this set.
+    pub fn check_vm_operation(
+        &self,
+        db: &Database,
+        vm: &Ref,
+        op: VmOperation,
+    ) -> Result<(), CoreError> {
+        let record = db.get::<VmRecord>(vm)?;
+        vm_operation_error(self, db, vm, record, op)
+    }
+
+    /// [`vm_allowed_operations`] over this set.
+    pub fn vm_allowed_operations(
+        &self,
+        db: &Database,
+        vm: &Ref,
+    ) -> Result<Vec<VmOperation>, CoreError> {
+        let record = db.get::<VmRecord>(vm)?;
+        Ok(self.allowed_vm_ops(db, vm, record))
+    }
+
+    fn allowed_vm_ops(&self, db: &Database, vm_ref: &Ref, vm: &VmRecord) -> Vec<VmOperation> {
+        self.vm
+            .iter()
+            .copied()
+            .filter(|op| vm_operation_error(self, db, vm_ref, vm, *op).is_ok())
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -409,6 +545,7 @@ fn host_ops_conflict(op: HostOperation, current: HostOperation) -> bool {
 
 /// The rule set for hosts, given the degraded aggregated SRs the host has a PBD for.
 fn host_operation_error(
+    set: &OperationSet,
     host_ref: &Ref,
     host: &HostRecord,
     op: HostOperation,
@@ -416,6 +553,12 @@ fn host_operation_error(
     degraded_srs: &BTreeSet<Ref>,
 ) -> Result<(), CoreError> {
     use HostOperation as H;
+    if !set.host.contains(&op) {
+        return Err(CoreError::api(
+            codes::OPERATION_NOT_ALLOWED,
+            [format!("host.{op} is not supported by xenpool")],
+        ));
+    }
     if let Some((task, current)) = host
         .current_operations
         .iter()
@@ -461,38 +604,64 @@ pub fn check_host_operation(
     op: HostOperation,
     inputs: &HostOpsInputs,
 ) -> Result<(), CoreError> {
-    let record = db.get::<HostRecord>(host)?;
-    let degraded = degraded_srs_of_host(db, record, inputs);
-    host_operation_error(host, record, op, host_is_live(db, host, inputs), &degraded)
+    SERVED.check_host_operation(db, host, op, inputs)
 }
 
-/// `host.allowed_operations`: every host operation whose check passes.
+/// `host.allowed_operations`: every served host operation whose check passes.
 pub fn host_allowed_operations(
     db: &Database,
     host: &Ref,
     inputs: &HostOpsInputs,
 ) -> Result<Vec<HostOperation>, CoreError> {
-    let record = db.get::<HostRecord>(host)?;
-    let degraded = degraded_srs_of_host(db, record, inputs);
-    Ok(allowed_host_ops(
-        host,
-        record,
-        host_is_live(db, host, inputs),
-        &degraded,
-    ))
+    SERVED.host_allowed_operations(db, host, inputs)
 }
 
-fn allowed_host_ops(
-    host_ref: &Ref,
-    host: &HostRecord,
-    live: bool,
-    degraded: &BTreeSet<Ref>,
-) -> Vec<HostOperation> {
-    HOST_OPERATIONS
-        .iter()
-        .copied()
-        .filter(|op| host_operation_error(host_ref, host, *op, live, degraded).is_ok())
-        .collect()
+impl OperationSet {
+    /// [`check_host_operation`] over this set.
+    pub fn check_host_operation(
+        &self,
+        db: &Database,
+        host: &Ref,
+        op: HostOperation,
+        inputs: &HostOpsInputs,
+    ) -> Result<(), CoreError> {
+        let record = db.get::<HostRecord>(host)?;
+        let degraded = degraded_srs_of_host(db, record, inputs);
+        host_operation_error(
+            self,
+            host,
+            record,
+            op,
+            host_is_live(db, host, inputs),
+            &degraded,
+        )
+    }
+
+    /// [`host_allowed_operations`] over this set.
+    pub fn host_allowed_operations(
+        &self,
+        db: &Database,
+        host: &Ref,
+        inputs: &HostOpsInputs,
+    ) -> Result<Vec<HostOperation>, CoreError> {
+        let record = db.get::<HostRecord>(host)?;
+        let degraded = degraded_srs_of_host(db, record, inputs);
+        Ok(self.allowed_host_ops(host, record, host_is_live(db, host, inputs), &degraded))
+    }
+
+    fn allowed_host_ops(
+        &self,
+        host_ref: &Ref,
+        host: &HostRecord,
+        live: bool,
+        degraded: &BTreeSet<Ref>,
+    ) -> Vec<HostOperation> {
+        self.host
+            .iter()
+            .copied()
+            .filter(|op| host_operation_error(self, host_ref, host, *op, live, degraded).is_ok())
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -501,12 +670,7 @@ fn allowed_host_ops(
 /// Recomputes one VM's `allowed_operations` and writes it if it changed. Returns whether
 /// it changed. For the daemon to call after each VM operation starts or ends.
 pub fn refresh_vm_allowed_operations(txn: &mut Txn<'_>, vm: &Ref) -> Result<bool, CoreError> {
-    let allowed = vm_allowed_operations(txn.db(), vm)?;
-    if txn.db().get::<VmRecord>(vm)?.allowed_operations == allowed {
-        return Ok(false);
-    }
-    txn.update::<VmRecord>(vm, |r| r.allowed_operations = allowed)?;
-    Ok(true)
+    SERVED.refresh_vm_allowed_operations(txn, vm)
 }
 
 /// Recomputes one host's `allowed_operations` and writes it if it changed. Returns whether
@@ -517,12 +681,7 @@ pub fn refresh_host_allowed_operations(
     host: &Ref,
     inputs: &HostOpsInputs,
 ) -> Result<bool, CoreError> {
-    let allowed = host_allowed_operations(txn.db(), host, inputs)?;
-    if txn.db().get::<HostRecord>(host)?.allowed_operations == allowed {
-        return Ok(false);
-    }
-    txn.update::<HostRecord>(host, |r| r.allowed_operations = allowed)?;
-    Ok(true)
+    SERVED.refresh_host_allowed_operations(txn, host, inputs)
 }
 
 /// Recomputes `allowed_operations` of every host, writing those that changed. Each
@@ -531,31 +690,7 @@ pub fn refresh_hosts_allowed_operations(
     txn: &mut Txn<'_>,
     inputs: &HostOpsInputs,
 ) -> Result<usize, CoreError> {
-    let db = txn.db();
-    let degraded_srs: BTreeSet<Ref> = db
-        .all::<SrRecord>()
-        .filter(|(r, sr)| sr_is_aggregated(r, sr, inputs) && aggregated_sr_degraded(db, sr, inputs))
-        .map(|(r, _)| r.clone())
-        .collect();
-    let mut changes = Vec::new();
-    for (host_ref, host) in db.all::<HostRecord>() {
-        let mine: BTreeSet<Ref> = host
-            .PBDs
-            .iter()
-            .filter_map(|p| db.get::<PbdRecord>(p).ok())
-            .map(|p| p.SR.clone())
-            .filter(|sr| degraded_srs.contains(sr))
-            .collect();
-        let allowed = allowed_host_ops(host_ref, host, host_is_live(db, host_ref, inputs), &mine);
-        if host.allowed_operations != allowed {
-            changes.push((host_ref.clone(), allowed));
-        }
-    }
-    let n = changes.len();
-    for (r, allowed) in changes {
-        txn.update::<HostRecord>(&r, |h| h.allowed_operations = allowed)?;
-    }
-    Ok(n)
+    SERVED.refresh_hosts_allowed_operations(txn, inputs)
 }
 
 /// Recomputes `allowed_operations` of every VM and every host, writing only those whose
@@ -564,21 +699,344 @@ pub fn refresh_allowed_operations(
     txn: &mut Txn<'_>,
     inputs: &HostOpsInputs,
 ) -> Result<usize, CoreError> {
-    let db = txn.db();
-    let mut changes = Vec::new();
-    for (vm_ref, vm) in db.all::<VmRecord>() {
-        let allowed: Vec<VmOperation> = VM_OPERATIONS
-            .iter()
-            .copied()
-            .filter(|op| vm_operation_error(db, vm_ref, vm, *op).is_ok())
+    SERVED.refresh_allowed_operations(txn, inputs)
+}
+
+impl OperationSet {
+    /// [`refresh_vm_allowed_operations`] over this set.
+    pub fn refresh_vm_allowed_operations(
+        &self,
+        txn: &mut Txn<'_>,
+        vm: &Ref,
+    ) -> Result<bool, CoreError> {
+        let allowed = self.vm_allowed_operations(txn.db(), vm)?;
+        if txn.db().get::<VmRecord>(vm)?.allowed_operations == allowed {
+            return Ok(false);
+        }
+        txn.update::<VmRecord>(vm, |r| r.allowed_operations = allowed)?;
+        Ok(true)
+    }
+
+    /// [`refresh_host_allowed_operations`] over this set.
+    pub fn refresh_host_allowed_operations(
+        &self,
+        txn: &mut Txn<'_>,
+        host: &Ref,
+        inputs: &HostOpsInputs,
+    ) -> Result<bool, CoreError> {
+        let allowed = self.host_allowed_operations(txn.db(), host, inputs)?;
+        if txn.db().get::<HostRecord>(host)?.allowed_operations == allowed {
+            return Ok(false);
+        }
+        txn.update::<HostRecord>(host, |r| r.allowed_operations = allowed)?;
+        Ok(true)
+    }
+
+    /// [`refresh_hosts_allowed_operations`] over this set.
+    pub fn refresh_hosts_allowed_operations(
+        &self,
+        txn: &mut Txn<'_>,
+        inputs: &HostOpsInputs,
+    ) -> Result<usize, CoreError> {
+        let db = txn.db();
+        let degraded_srs: BTreeSet<Ref> = db
+            .all::<SrRecord>()
+            .filter(|(r, sr)| {
+                sr_is_aggregated(r, sr, inputs) && aggregated_sr_degraded(db, sr, inputs)
+            })
+            .map(|(r, _)| r.clone())
             .collect();
-        if vm.allowed_operations != allowed {
-            changes.push((vm_ref.clone(), allowed));
+        let mut changes = Vec::new();
+        for (host_ref, host) in db.all::<HostRecord>() {
+            let mine: BTreeSet<Ref> = host
+                .PBDs
+                .iter()
+                .filter_map(|p| db.get::<PbdRecord>(p).ok())
+                .map(|p| p.SR.clone())
+                .filter(|sr| degraded_srs.contains(sr))
+                .collect();
+            let live = host_is_live(db, host_ref, inputs);
+            let allowed = self.allowed_host_ops(host_ref, host, live, &mine);
+            if host.allowed_operations != allowed {
+                changes.push((host_ref.clone(), allowed));
+            }
+        }
+        let n = changes.len();
+        for (r, allowed) in changes {
+            txn.update::<HostRecord>(&r, |h| h.allowed_operations = allowed)?;
+        }
+        Ok(n)
+    }
+
+    /// [`refresh_allowed_operations`] over this set.
+    pub fn refresh_allowed_operations(
+        &self,
+        txn: &mut Txn<'_>,
+        inputs: &HostOpsInputs,
+    ) -> Result<usize, CoreError> {
+        let db = txn.db();
+        let mut changes = Vec::new();
+        for (vm_ref, vm) in db.all::<VmRecord>() {
+            let allowed = self.allowed_vm_ops(db, vm_ref, vm);
+            if vm.allowed_operations != allowed {
+                changes.push((vm_ref.clone(), allowed));
+            }
+        }
+        let n = changes.len();
+        for (r, allowed) in changes {
+            txn.update::<VmRecord>(&r, |v| v.allowed_operations = allowed)?;
+        }
+        Ok(n + self.refresh_hosts_allowed_operations(txn, inputs)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing fields clients may set
+
+/// `MEMORY_CONSTRAINT_VIOLATION_ORDER []`: xapi's answer to limits out of order.
+pub const MEMORY_CONSTRAINT_VIOLATION_ORDER: &str = "MEMORY_CONSTRAINT_VIOLATION_ORDER";
+
+/// The text xapi puts in `INVALID_VALUE` for VCPU counts out of order.
+const VCPUS_ORDER: &str = "VCPU values must satisfy: 0 < VCPUs_at_startup ≤ VCPUs_max";
+
+/// The VM's memory limits, in the order `VM.set_memory_limits` takes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// `memory_static_min`
+    pub static_min: i64,
+    /// `memory_static_max`
+    pub static_max: i64,
+    /// `memory_dynamic_min`
+    pub dynamic_min: i64,
+    /// `memory_dynamic_max`
+    pub dynamic_max: i64,
+}
+
+impl MemoryLimits {
+    /// The limits a VM has now.
+    pub fn of(vm: &VmRecord) -> MemoryLimits {
+        MemoryLimits {
+            static_min: vm.memory_static_min,
+            static_max: vm.memory_static_max,
+            dynamic_min: vm.memory_dynamic_min,
+            dynamic_max: vm.memory_dynamic_max,
         }
     }
-    let n = changes.len();
-    for (r, allowed) in changes {
-        txn.update::<VmRecord>(&r, |v| v.allowed_operations = allowed)?;
+
+    fn ordered(&self) -> bool {
+        0 <= self.static_min
+            && self.static_min <= self.dynamic_min
+            && self.dynamic_min <= self.dynamic_max
+            && self.dynamic_max <= self.static_max
     }
-    Ok(n + refresh_hosts_allowed_operations(txn, inputs)?)
+}
+
+/// What a write changes that the daemon must act on besides storing it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteEffect {
+    /// The VM's new `memory_static_max`, when it changes: its footprint in the failover
+    /// plan changes with it, so the plan is checked before the write.
+    pub static_max: Option<i64>,
+    /// A field the operation rules read changed: `allowed_operations` must be recomputed.
+    pub refresh_operations: bool,
+}
+
+fn bad_power_state(vm_ref: &Ref, vm: &VmRecord, expected: &[VmPowerState]) -> CoreError {
+    let expected: Vec<&str> = expected.iter().map(|s| power_state_lowercase(*s)).collect();
+    CoreError::api(
+        codes::VM_BAD_POWER_STATE,
+        [
+            vm_ref.to_string(),
+            expected.join(", "),
+            power_state_lowercase(vm.power_state).to_string(),
+        ],
+    )
+}
+
+/// The power states in which xapi lets a VM's memory or VCPU settings change, by the
+/// operation its setter runs as (`changing_static_range` and so on).
+fn settings_power_states(op: VmOperation) -> &'static [VmPowerState] {
+    use VmPowerState::{Halted, Running};
+    match op {
+        VmOperation::ChangingDynamicRange => &[Halted, Running],
+        _ => &[Halted],
+    }
+}
+
+fn check_settings_change(vm_ref: &Ref, vm: &VmRecord, op: VmOperation) -> Result<(), CoreError> {
+    let states = settings_power_states(op);
+    if !states.contains(&vm.power_state) {
+        return Err(bad_power_state(vm_ref, vm, states));
+    }
+    if let Some(reason) = vm.blocked_operations.get(&op) {
+        return Err(CoreError::api(
+            codes::OPERATION_BLOCKED,
+            [vm_ref.to_string(), reason.clone()],
+        ));
+    }
+    Ok(())
+}
+
+/// The rule of `VM.set_memory_limits` (and of the single-field memory setters, which
+/// change one limit and keep the others): the power state the change needs
+/// (`VM_BAD_POWER_STATE`, static limits only while halted, dynamic ones also while
+/// running) then the order `0 ≤ static_min ≤ dynamic_min ≤ dynamic_max ≤ static_max`
+/// (`MEMORY_CONSTRAINT_VIOLATION_ORDER []`, as xapi).
+pub fn check_vm_memory_limits(
+    db: &Database,
+    vm_ref: &Ref,
+    new: MemoryLimits,
+) -> Result<WriteEffect, CoreError> {
+    let vm = db.get::<VmRecord>(vm_ref)?;
+    let old = MemoryLimits::of(vm);
+    let statics = new.static_min != old.static_min || new.static_max != old.static_max;
+    let dynamics = new.dynamic_min != old.dynamic_min || new.dynamic_max != old.dynamic_max;
+    let op = match (statics, dynamics) {
+        (true, true) => VmOperation::ChangingMemoryLimits,
+        (true, false) => VmOperation::ChangingStaticRange,
+        // Unchanged limits are judged as a dynamic change: the least restrictive.
+        (false, _) => VmOperation::ChangingDynamicRange,
+    };
+    check_settings_change(vm_ref, vm, op)?;
+    if !new.ordered() {
+        return Err(CoreError::api(
+            MEMORY_CONSTRAINT_VIOLATION_ORDER,
+            Vec::<String>::new(),
+        ));
+    }
+    Ok(WriteEffect {
+        static_max: (new.static_max != old.static_max).then_some(new.static_max),
+        refresh_operations: false,
+    })
+}
+
+/// The rule of `VM.set_VCPUs_max` and `VM.set_VCPUs_at_startup`: only while halted
+/// (`VM_BAD_POWER_STATE`), and `0 < VCPUs_at_startup ≤ VCPUs_max` afterwards
+/// (`INVALID_VALUE [text; value]`, as xapi).
+pub fn check_vm_vcpus(
+    db: &Database,
+    vm_ref: &Ref,
+    vcpus_max: i64,
+    vcpus_at_startup: i64,
+    value: i64,
+) -> Result<WriteEffect, CoreError> {
+    let vm = db.get::<VmRecord>(vm_ref)?;
+    check_settings_change(vm_ref, vm, VmOperation::ChangingVcpus)?;
+    if vcpus_at_startup < 1 || vcpus_at_startup > vcpus_max {
+        return Err(CoreError::InvalidValue {
+            field: VCPUS_ORDER.into(),
+            value: value.to_string(),
+        });
+    }
+    Ok(WriteEffect::default())
+}
+
+/// Checks a restart priority: `INVALID_VALUE ["ha_restart_priority"; value]` unless one of
+/// `"restart"`, `"best-effort"` or `""`.
+pub fn check_ha_restart_priority(value: &str) -> Result<(), CoreError> {
+    if matches!(value, "restart" | "best-effort" | "") {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidValue {
+            field: "ha_restart_priority".into(),
+            value: value.into(),
+        })
+    }
+}
+
+/// The rule for writing one field through a generic call (`set_<field>`, `add_to_<map>`,
+/// ...): the same rule the specific call applies, so a generic setter is never a way
+/// around it. `new` is the field's whole value after the edit.
+///
+/// - Fields that are not writable have no setter: `MESSAGE_METHOD_UNKNOWN [method]`.
+/// - VM memory limits and VCPU counts: [`check_vm_memory_limits`], [`check_vm_vcpus`].
+/// - `VM.ha_restart_priority`: [`check_ha_restart_priority`]; the daemon then applies it
+///   as `VM.set_ha_restart_priority` does, plan check included.
+/// - `VM.ha_always_run` follows the priority (protected means both set): writing a value
+///   the priority does not imply would leave the VM half protected, so it is refused
+///   with `OPERATION_NOT_ALLOWED`.
+/// - `VM.is_a_template` set on a VM that is not halted: `VM_BAD_POWER_STATE`, the rule of
+///   `make_into_template`.
+/// - `VM.blocked_operations`, `is_a_template` and `platform` feed the operation rules:
+///   the effect asks for `allowed_operations` to be recomputed.
+pub fn check_field_write(
+    db: &Database,
+    class: crate::Class,
+    r: &Ref,
+    field: &str,
+    new: &crate::Value,
+) -> Result<WriteEffect, CoreError> {
+    use crate::Value;
+    let writable = class.fields().iter().any(|f| f.name == field && f.writable);
+    if !writable {
+        return Err(CoreError::api(
+            "MESSAGE_METHOD_UNKNOWN",
+            [format!("{}.set_{field}", class.name())],
+        ));
+    }
+    if class != crate::Class::VM {
+        db.object(class, r)?;
+        return Ok(WriteEffect::default());
+    }
+    let vm = db.get::<VmRecord>(r)?;
+    let int = || match new {
+        Value::Int(i) => Ok(*i),
+        _ => Err(CoreError::FieldType {
+            expected: "int".into(),
+            got: format!("{new:?}"),
+        }),
+    };
+    match field {
+        "memory_static_min" | "memory_static_max" | "memory_dynamic_min" | "memory_dynamic_max" => {
+            let mut limits = MemoryLimits::of(vm);
+            let v = int()?;
+            match field {
+                "memory_static_min" => limits.static_min = v,
+                "memory_static_max" => limits.static_max = v,
+                "memory_dynamic_min" => limits.dynamic_min = v,
+                _ => limits.dynamic_max = v,
+            }
+            check_vm_memory_limits(db, r, limits)
+        }
+        "VCPUs_max" => {
+            let v = int()?;
+            check_vm_vcpus(db, r, v, vm.VCPUs_at_startup, v)
+        }
+        "VCPUs_at_startup" => {
+            let v = int()?;
+            check_vm_vcpus(db, r, vm.VCPUs_max, v, v)
+        }
+        "ha_restart_priority" => match new {
+            Value::String(p) => check_ha_restart_priority(p).map(|()| WriteEffect::default()),
+            _ => check_ha_restart_priority("").map(|()| WriteEffect::default()),
+        },
+        "ha_always_run" => {
+            let implied = vm.ha_restart_priority == "restart";
+            if *new == Value::Bool(implied) {
+                Ok(WriteEffect::default())
+            } else {
+                Err(CoreError::api(
+                    codes::OPERATION_NOT_ALLOWED,
+                    ["ha_always_run follows ha_restart_priority: use VM.set_ha_restart_priority"],
+                ))
+            }
+        }
+        "is_a_template" => {
+            if *new == Value::Bool(true) && !vm.is_a_template {
+                let states = vm_allowed_power_states(vm, VmOperation::MakeIntoTemplate);
+                if !states.contains(&vm.power_state) {
+                    return Err(bad_power_state(r, vm, states));
+                }
+            }
+            Ok(WriteEffect {
+                static_max: None,
+                refresh_operations: true,
+            })
+        }
+        "blocked_operations" | "platform" | "other_config" => Ok(WriteEffect {
+            static_max: None,
+            refresh_operations: true,
+        }),
+        _ => Ok(WriteEffect::default()),
+    }
 }

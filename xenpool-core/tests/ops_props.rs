@@ -25,6 +25,11 @@ use ops_support::{Pool, GIB};
 use proptest::prelude::*;
 use xenpool_core::error::codes;
 use xenpool_core::ops::*;
+// xapi's rules for every operation, served or not (see ops_served.rs for what is listed).
+use ops_support::with_rules::{
+    check_host_operation, check_vm_operation, host_allowed_operations, refresh_allowed_operations,
+    vm_allowed_operations,
+};
 use xenpool_core::placement::*;
 use xenpool_core::*;
 
@@ -90,7 +95,7 @@ fn host_op() -> impl Strategy<Value = HostOperation> {
 fn vm_op() -> impl Strategy<Value = VmOperation> {
     // Mostly the implemented ones, so conflicts between them are exercised.
     prop_oneof![
-        4 => proptest::sample::select(VM_OPERATIONS),
+        4 => proptest::sample::select(VM_OPERATIONS_WITH_RULES),
         1 => proptest::sample::select(VmOperation::ALL),
     ]
 }
@@ -381,7 +386,7 @@ proptest! {
                 prop_assert_eq!(allowed.contains(op), check.is_ok(), "VM {} {:?}: {:?}", vm, op, check);
             }
             // xenpool-only operations are never listed.
-            prop_assert!(allowed.iter().all(|o| VM_OPERATIONS.contains(o)));
+            prop_assert!(allowed.iter().all(|o| VM_OPERATIONS_WITH_RULES.contains(o)));
         }
         for h in &b.hosts {
             let allowed = host_allowed_operations(db, h, &b.inputs).unwrap();
@@ -522,7 +527,7 @@ fn generator_covers_the_rules() {
         let spec = pool_spec().new_tree(&mut runner).unwrap().current();
         let b = build(&spec);
         for vm in &b.vms {
-            for op in VM_OPERATIONS {
+            for op in VM_OPERATIONS_WITH_RULES {
                 if let Err(e) = check_vm_operation(&b.pool.db, vm, *op) {
                     codes_seen.insert(e.code().to_string());
                 }
@@ -619,6 +624,38 @@ proptest! {
                 r.unwrap_err().to_description(),
                 vec![codes::HOST_NOT_ENOUGH_FREE_MEMORY.to_string(), need.to_string(), free.to_string()]
             );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// What the daemon lists: only served operations, each exactly when its check passes,
+    /// and the refresh stores exactly that.
+    #[test]
+    fn served_listed_iff_check_passes(spec in pool_spec()) {
+        let mut b = build(&spec);
+        let inputs = b.inputs.clone();
+        b.pool.db.write(|t| xenpool_core::ops::refresh_allowed_operations(t, &inputs)).unwrap();
+        let db = &b.pool.db;
+        for vm in &b.vms {
+            let allowed = xenpool_core::ops::vm_allowed_operations(db, vm).unwrap();
+            prop_assert_eq!(&db.get::<VmRecord>(vm).unwrap().allowed_operations, &allowed);
+            for op in VmOperation::ALL {
+                let check = xenpool_core::ops::check_vm_operation(db, vm, *op);
+                prop_assert_eq!(allowed.contains(op), check.is_ok(), "VM {} {:?}: {:?}", vm, op, check);
+            }
+            prop_assert!(allowed.iter().all(|o| VM_OPERATIONS.contains(o)));
+        }
+        for h in &b.hosts {
+            let allowed = xenpool_core::ops::host_allowed_operations(db, h, &inputs).unwrap();
+            prop_assert_eq!(&db.get::<HostRecord>(h).unwrap().allowed_operations, &allowed);
+            for op in HostOperation::ALL {
+                let check = xenpool_core::ops::check_host_operation(db, h, *op, &inputs);
+                prop_assert_eq!(allowed.contains(op), check.is_ok(), "host {} {:?}: {:?}", h, op, check);
+            }
+            prop_assert!(allowed.iter().all(|o| HOST_OPERATIONS.contains(o)));
         }
     }
 }

@@ -9,6 +9,12 @@ use std::collections::BTreeMap;
 use ops_support::{desc, err, Pool, GIB};
 use xenpool_core::error::codes;
 use xenpool_core::ops::*;
+// xapi's rules for every operation, served or not (see ops_served.rs for what is listed).
+use ops_support::with_rules::{
+    check_host_operation, check_vm_operation, host_allowed_operations, refresh_allowed_operations,
+    refresh_host_allowed_operations, refresh_hosts_allowed_operations,
+    refresh_vm_allowed_operations, vm_allowed_operations,
+};
 use xenpool_core::*;
 
 use HostOperation as H;

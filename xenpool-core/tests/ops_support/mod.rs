@@ -236,3 +236,62 @@ pub fn err(code: &str, params: &[&str]) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The operation functions over every operation xapi has a rule for, served or not: the
+/// rule tests pin xapi's rules, including those of operations xenpool does not serve yet.
+#[allow(dead_code)]
+pub mod with_rules {
+    use xenpool_core::ops::{HostOpsInputs, WITH_RULES};
+    use xenpool_core::{CoreError, Database, HostOperation, Ref, Txn, VmOperation};
+
+    pub fn check_vm_operation(db: &Database, vm: &Ref, op: VmOperation) -> Result<(), CoreError> {
+        WITH_RULES.check_vm_operation(db, vm, op)
+    }
+
+    pub fn vm_allowed_operations(db: &Database, vm: &Ref) -> Result<Vec<VmOperation>, CoreError> {
+        WITH_RULES.vm_allowed_operations(db, vm)
+    }
+
+    pub fn check_host_operation(
+        db: &Database,
+        host: &Ref,
+        op: HostOperation,
+        inputs: &HostOpsInputs,
+    ) -> Result<(), CoreError> {
+        WITH_RULES.check_host_operation(db, host, op, inputs)
+    }
+
+    pub fn host_allowed_operations(
+        db: &Database,
+        host: &Ref,
+        inputs: &HostOpsInputs,
+    ) -> Result<Vec<HostOperation>, CoreError> {
+        WITH_RULES.host_allowed_operations(db, host, inputs)
+    }
+
+    pub fn refresh_vm_allowed_operations(txn: &mut Txn<'_>, vm: &Ref) -> Result<bool, CoreError> {
+        WITH_RULES.refresh_vm_allowed_operations(txn, vm)
+    }
+
+    pub fn refresh_host_allowed_operations(
+        txn: &mut Txn<'_>,
+        host: &Ref,
+        inputs: &HostOpsInputs,
+    ) -> Result<bool, CoreError> {
+        WITH_RULES.refresh_host_allowed_operations(txn, host, inputs)
+    }
+
+    pub fn refresh_hosts_allowed_operations(
+        txn: &mut Txn<'_>,
+        inputs: &HostOpsInputs,
+    ) -> Result<usize, CoreError> {
+        WITH_RULES.refresh_hosts_allowed_operations(txn, inputs)
+    }
+
+    pub fn refresh_allowed_operations(
+        txn: &mut Txn<'_>,
+        inputs: &HostOpsInputs,
+    ) -> Result<usize, CoreError> {
+        WITH_RULES.refresh_allowed_operations(txn, inputs)
+    }
+}

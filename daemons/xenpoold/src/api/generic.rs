@@ -2,8 +2,9 @@
 //! `get_record`, `get_by_uuid`, `get_by_name_label`, `get_<field>`, and for writable fields
 //! `set_<field>`, `add_to_<map>`/`remove_from_<map>`, `add_<set>`/`remove_<set>`.
 
+use xenpool_core::ops::{check_field_write, check_ha_restart_priority};
 use xenpool_core::record::field_meta;
-use xenpool_core::{Class, Database, FieldType, Ref, Value};
+use xenpool_core::{Class, Database, FieldMeta, FieldType, Value};
 use xenpool_rpc::{Request, Value as Wire, ValueWriter, XenApiError};
 
 use super::{api_error, ref_param, Api, ApiResult, Ctx};
@@ -123,21 +124,16 @@ impl Api {
             let v = o.get_field(meta.name).ok_or_else(unknown)?;
             return Ok(into_wire(v, cx.ints));
         }
-        let (kind, name) = if let Some(n) = m.strip_prefix("set_") {
-            (Edit::Set, n)
-        } else if let Some(n) = m.strip_prefix("add_to_") {
-            (Edit::MapAdd, n)
-        } else if let Some(n) = m.strip_prefix("remove_from_") {
-            (Edit::MapRemove, n)
-        } else if let Some(n) = m.strip_prefix("add_") {
-            (Edit::SetAdd, n)
-        } else if let Some(n) = m.strip_prefix("remove_") {
-            (Edit::SetRemove, n)
-        } else {
-            return Err(unknown());
-        };
-        let meta = field_meta(fields, name)
-            .filter(|f| f.writable)
+        // A method named like an edit of a field that has no such edit does not exist, as
+        // in xapi: `MESSAGE_METHOD_UNKNOWN`, never a type error.
+        let (kind, meta) = EDITS
+            .iter()
+            .find_map(|(prefix, kind)| {
+                let name = m.strip_prefix(prefix)?;
+                field_meta(fields, name)
+                    .filter(|f| edit_applies(*kind, f))
+                    .map(|f| (*kind, f))
+            })
             .ok_or_else(unknown)?;
         let expected = match kind {
             Edit::MapAdd => 4,
@@ -151,24 +147,96 @@ impl Api {
             .collect::<Result<_, _>>()?;
         let field = meta.name;
         let ty = meta.ty;
-        self.node()
-            .state
+        if class == Class::VM && field == "ha_restart_priority" {
+            // One path for the priority, whichever name the call came by: the specific
+            // call checks the failover plan and keeps ha_always_run in step.
+            let value = match from_wire(ty, args.first().unwrap_or(&Wire::Nil)) {
+                Ok(Value::String(v)) => v,
+                Ok(_) => String::new(),
+                Err(e) => return Err(api_error(e)),
+            };
+            check_ha_restart_priority(&value).map_err(api_error)?;
+            self.set_ha_restart_priority(&r, value, false)?;
+            return Ok(Wire::String(String::new()));
+        }
+        let node = self.node();
+        let mut refresh = false;
+        node.state
             .write(|txn| {
                 let current = txn.db().object(class, &r)?.get_field(field);
                 let new = edit_value(kind, ty, current, &args)?;
-                txn.set_field(class, &r, field, new)
+                let effect = check_field_write(txn.db(), class, &r, field, &new)?;
+                if let Some(static_max) = effect.static_max {
+                    node.ha_check_change(txn.db(), |db, input| {
+                        crate::api::vm::resize_in_plan(db, input, &r, static_max);
+                    })?;
+                }
+                refresh = effect.refresh_operations;
+                txn.set_field(class, &r, field, new)?;
+                if class == Class::VM && field == "memory_dynamic_max" {
+                    // The balloon target follows the dynamic maximum, as set_memory_limits
+                    // keeps it.
+                    let target = txn.get::<xenpool_core::VmRecord>(&r)?.memory_dynamic_max;
+                    txn.update::<xenpool_core::VmRecord>(&r, |v| v.memory_target = target)?;
+                }
+                Ok(())
             })
             .map_err(api_error)?;
-        self.after_field_change(class, &r, field);
+        if refresh {
+            self.refresh_vm(&r);
+        }
+        if class == Class::VM && field.starts_with("memory_") {
+            node.ha_refresh();
+        }
         Ok(Wire::String(String::new()))
     }
+}
 
-    /// Hook for derived state that depends on fields clients may set.
-    fn after_field_change(&self, class: Class, r: &Ref, field: &str) {
-        if class == Class::VM && field == "blocked_operations" {
-            self.refresh_vm(r);
+/// The edits a field may have, by method prefix, longest prefix first so `add_to_x` is
+/// never read as `add_` of `to_x`.
+const EDITS: &[(&str, Edit)] = &[
+    ("set_", Edit::Set),
+    ("add_to_", Edit::MapAdd),
+    ("remove_from_", Edit::MapRemove),
+    ("add_", Edit::SetAdd),
+    ("remove_", Edit::SetRemove),
+];
+
+/// Whether the field has the edit: writable fields have `set_`, writable maps
+/// `add_to_`/`remove_from_`, writable sets `add_`/`remove_`.
+fn edit_applies(kind: Edit, f: &FieldMeta) -> bool {
+    f.writable
+        && match kind {
+            Edit::Set => true,
+            Edit::MapAdd | Edit::MapRemove => matches!(f.ty, FieldType::Map(..)),
+            Edit::SetAdd | Edit::SetRemove => matches!(f.ty, FieldType::Set(..)),
+        }
+}
+
+/// The generic messages of a class, as `generic` serves them, for `system.listMethods`.
+pub(super) fn generic_messages(class: Class) -> Vec<String> {
+    // As in xapi, the session class advertises no `get_all`/`get_all_records` (we still
+    // answer them): Xen Orchestra's `xen-api` derives the classes it caches from the
+    // `*.get_all_records` methods listed and refuses to call any `session.*` method itself.
+    let whole: &[&str] = if class == Class::Session {
+        &["get_record", "get_by_uuid"]
+    } else {
+        &["get_all", "get_all_records", "get_record", "get_by_uuid"]
+    };
+    let mut out: Vec<String> = whole.iter().map(|m| m.to_string()).collect();
+    let fields = class.fields();
+    if field_meta(fields, "name_label").is_some() {
+        out.push("get_by_name_label".into());
+    }
+    for f in fields {
+        out.push(format!("get_{}", f.name));
+        for (prefix, kind) in EDITS {
+            if edit_applies(*kind, f) {
+                out.push(format!("{prefix}{}", f.name));
+            }
         }
     }
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

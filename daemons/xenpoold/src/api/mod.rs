@@ -78,12 +78,14 @@ impl Api {
             Protocol::XmlRpc => IntStyle::String,
             _ => IntStyle::Number,
         };
-        match (req.class.as_str(), req.message.as_str()) {
-            ("system", "listMethods") => return Ok(self.list_methods()),
-            ("system", "getAPIVersion") => return Ok(Wire::String("2.21".into())),
-            ("session", "login_with_password") => return self.login(&req).await,
-            ("session", "slave_local_login_with_password") => return self.local_login(&req).await,
-            _ => {}
+        if route(&req.class, &req.message) == Some(Route::Open) {
+            return match req.message.as_str() {
+                "listMethods" => Ok(self.list_methods()),
+                "getAPIVersion" => Ok(Wire::String("2.21".into())),
+                "login_with_password" => self.login(&req).await,
+                "slave_local_login_with_password" => self.local_login(&req).await,
+                _ => Err(XenApiError::method_unknown(&req.method)),
+            };
         }
         if req.message.starts_with("xenpool_") && req.message != "xenpool_add_host" {
             return self.internal_call(&req).await;
@@ -109,30 +111,17 @@ impl Api {
     /// Runs a call with a checked session (synchronously, or inside a task).
     pub(crate) async fn exec(&self, cx: &Ctx, req: &Request) -> ApiResult {
         let class = req.class.as_str();
-        match class {
-            "session" => return self.session_call(cx, req),
-            "event" => return self.event_call(cx, req).await,
-            "task" => {
-                if let Some(r) = self.task_call(cx, req)? {
-                    return Ok(r);
-                }
-            }
-            "VM" => {
-                if let Some(r) = self.vm_call(cx, req).await? {
-                    return Ok(r);
-                }
-            }
-            "pool" => {
-                if let Some(r) = self.pool_call(cx, req).await? {
-                    return Ok(r);
-                }
-            }
-            "host" | "VDI" | "VBD" | "VIF" | "message" | "network" | "SR" | "PBD" => {
-                if let Some(r) = self.object_call(cx, req).await? {
-                    return Ok(r);
-                }
-            }
-            _ => {}
+        let specific = match route(class, &req.message) {
+            Some(Route::Session) => return self.session_call(cx, req),
+            Some(Route::Event) => return self.event_call(cx, req).await,
+            Some(Route::Task) => self.task_call(cx, req)?,
+            Some(Route::Vm) => self.vm_call(cx, req).await?,
+            Some(Route::Pool | Route::Internal) => self.pool_call(cx, req).await?,
+            Some(Route::Object) => self.object_call(cx, req).await?,
+            Some(Route::Open) | None => None,
+        };
+        if let Some(r) = specific {
+            return Ok(r);
         }
         let Some(cls) = Class::parse(class).filter(|c| c.is_exposed()) else {
             return Err(XenApiError::method_unknown(&req.method));
@@ -140,43 +129,94 @@ impl Api {
         self.generic(cx, cls, req)
     }
 
+    /// Every method served: the routes of [`ROUTES`] marked listed, and the generic calls of
+    /// each exposed class as [`generic::generic_messages`] gives them.
     fn list_methods(&self) -> Wire {
-        let mut out = vec![
-            "system.listMethods".to_string(),
-            "session.login_with_password".into(),
-            "session.logout".into(),
-            "session.get_this_host".into(),
-            "session.get_this_user".into(),
-            "event.from".into(),
-            "event.inject".into(),
-        ];
-        for class in Class::ALL.iter().filter(|c| c.is_exposed()) {
-            let n = class.name();
-            // As in xapi, the session class advertises no `get_all`/`get_all_records`
-            // (we still answer them): Xen Orchestra's `xen-api` derives the classes it
-            // caches from the `*.get_all_records` methods listed here and refuses to call
-            // any `session.*` method itself.
-            let listed: &[&str] = if n == "session" {
-                &["get_record", "get_by_uuid"]
-            } else {
-                &["get_all", "get_all_records", "get_record", "get_by_uuid"]
-            };
-            for m in listed {
-                out.push(format!("{n}.{m}"));
+        let mut out = Vec::new();
+        for (table, route) in ROUTES {
+            if *route == Route::Internal {
+                continue;
             }
-            if class.fields().iter().any(|f| f.name == "name_label") {
-                out.push(format!("{n}.get_by_name_label"));
-            }
-            for f in class.fields() {
-                out.push(format!("{n}.get_{}", f.name));
-                if f.writable {
-                    out.push(format!("{n}.set_{}", f.name));
-                }
+            for (class, messages) in *table {
+                out.extend(messages.iter().map(|m| format!("{class}.{m}")));
             }
         }
-        out.extend(vm::MESSAGES.iter().map(|m| format!("VM.{m}")));
+        for class in Class::ALL.iter().filter(|c| c.is_exposed()) {
+            let n = class.name();
+            out.extend(
+                generic::generic_messages(*class)
+                    .into_iter()
+                    .map(|m| format!("{n}.{m}")),
+            );
+        }
+        out.sort();
+        out.dedup();
         Wire::Array(out.into_iter().map(Wire::String).collect())
     }
+}
+
+/// Which handler a method that is not a generic call goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Served before any session check: `system.*` and the logins.
+    Open,
+    Session,
+    Event,
+    Task,
+    Vm,
+    Pool,
+    /// Host-to-host pool calls on a session: served, never advertised.
+    Internal,
+    Object,
+}
+
+/// Messages per class, as each handler module declares them.
+type Messages = &'static [(&'static str, &'static [&'static str])];
+
+const OPEN: Messages = &[
+    ("system", &["listMethods", "getAPIVersion"]),
+    (
+        "session",
+        &["login_with_password", "slave_local_login_with_password"],
+    ),
+];
+
+const SESSION: Messages = &[(
+    "session",
+    &[
+        "logout",
+        "local_logout",
+        "get_this_host",
+        "get_this_user",
+        "get_all_subject_identifiers",
+        "change_password",
+    ],
+)];
+
+const EVENT: Messages = &[("event", &["from", "inject", "get_current_id"])];
+
+const TASK: Messages = &[("task", &["cancel", "destroy", "create"])];
+
+/// The one table of specific methods: dispatch routes by it and `system.listMethods`
+/// lists it, so a method is advertised exactly when it reaches its handler.
+const ROUTES: &[(Messages, Route)] = &[
+    (OPEN, Route::Open),
+    (SESSION, Route::Session),
+    (EVENT, Route::Event),
+    (TASK, Route::Task),
+    (vm::METHODS, Route::Vm),
+    (pool::METHODS, Route::Pool),
+    (pool::INTERNAL_METHODS, Route::Internal),
+    (objects::METHODS, Route::Object),
+];
+
+fn route(class: &str, message: &str) -> Option<Route> {
+    ROUTES.iter().find_map(|(table, r)| {
+        table
+            .iter()
+            .any(|(c, ms)| *c == class && ms.contains(&message))
+            .then_some(*r)
+    })
 }
 
 impl xenpool_rpc::Handler for Api {

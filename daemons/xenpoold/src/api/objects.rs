@@ -25,6 +25,25 @@ pub(super) fn record_from(class: Class, fields: &[(String, Wire)]) -> Result<Obj
     Ok(obj)
 }
 
+/// The methods routed here (see `api::ROUTES`).
+pub const METHODS: &[(&str, &[&str])] = &[
+    ("VDI", &["create", "destroy"]),
+    ("VBD", &["create", "destroy"]),
+    ("VIF", &["create", "destroy"]),
+    ("network", &["create", "destroy"]),
+    ("message", &["create", "destroy", "get_since"]),
+    (
+        "host",
+        &[
+            "get_servertime",
+            "get_server_localtime",
+            "disable",
+            "enable",
+        ],
+    ),
+    ("PBD", &["plug", "unplug"]),
+];
+
 fn void() -> Option<Wire> {
     Some(Wire::String(String::new()))
 }

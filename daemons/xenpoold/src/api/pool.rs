@@ -13,6 +13,27 @@ fn int(v: i64, ints: IntStyle) -> Wire {
     to_wire(&xenpool_core::Value::Int(v), ints)
 }
 
+/// The pool methods routed here (see `api::ROUTES`).
+pub const METHODS: &[(&str, &[&str])] = &[(
+    "pool",
+    &[
+        "ha_compute_max_host_failures_to_tolerate",
+        "ha_compute_hypothetical_max_host_failures_to_tolerate",
+        "ha_compute_vm_failover_plan",
+        "set_ha_host_failures_to_tolerate",
+        "join",
+        "join_force",
+        "eject",
+        "designate_new_master",
+        "emergency_transition_to_master",
+        "emergency_reset_master",
+        "recover_slaves",
+    ],
+)];
+
+/// Pool calls between hosts that travel on a session: routed, never advertised.
+pub const INTERNAL_METHODS: &[(&str, &[&str])] = &[("pool", &["xenpool_add_host"])];
+
 impl Api {
     pub(super) async fn pool_call(
         &self,
@@ -40,12 +61,7 @@ impl Api {
                     v.priority = xenpool_ha::RestartPriority::None;
                 }
                 for (vm, priority) in config {
-                    if !crate::api::vm::PRIORITIES.contains(&priority) {
-                        return Err(XenApiError::new(
-                            "INVALID_VALUE",
-                            ["ha_restart_priority", priority],
-                        ));
-                    }
+                    xenpool_core::ops::check_ha_restart_priority(priority).map_err(api_error)?;
                     crate::ha::set_priority(&mut input, &Ref::from_string(vm), priority);
                 }
                 let t = crate::ha::tolerance(&input).map_err(api_error)?;

@@ -1,7 +1,10 @@
 //! VM lifecycle: each call checks the rules in core, records the operation as current,
 //! does the domain work without holding the database, then records the result.
 
-use xenpool_core::ops::{check_vm_operation, refresh_vm_allowed_operations};
+use xenpool_core::ops::{
+    check_ha_restart_priority, check_vm_memory_limits, check_vm_operation,
+    refresh_vm_allowed_operations, MemoryLimits,
+};
 use xenpool_core::placement::{check_vm_fits_host, choose_host};
 use xenpool_core::{
     Class, CoreError, Ref, VbdRecord, VdiRecord, VifRecord, VmMetricsRecord, VmOperation,
@@ -39,6 +42,9 @@ pub const MESSAGES: &[&str] = &[
     "set_VCPUs_max",
     "set_VCPUs_at_startup",
 ];
+
+/// The VM methods routed here (see `api::ROUTES`).
+pub const METHODS: &[(&str, &[&str])] = &[("VM", MESSAGES)];
 
 /// Valid values of `VM.ha_restart_priority`.
 pub const PRIORITIES: &[&str] = &["restart", "best-effort", ""];
@@ -157,12 +163,7 @@ impl Api {
                 p.value()?;
                 let vm = ref_param(&mut p, "self")?;
                 let value = p.string("value")?.to_string();
-                if !PRIORITIES.contains(&value.as_str()) {
-                    return Err(XenApiError::new(
-                        "INVALID_VALUE",
-                        ["ha_restart_priority", value.as_str()],
-                    ));
-                }
+                check_ha_restart_priority(&value).map_err(api_error)?;
                 self.set_ha_restart_priority(&vm, value, false)?;
                 Wire::String(String::new())
             }
@@ -201,25 +202,20 @@ impl Api {
     }
 
     fn set_memory(&self, vm: &Ref, [smin, smax, dmin, dmax]: [i64; 4]) -> Result<(), XenApiError> {
-        if !(0 <= smin && smin <= dmin && dmin <= dmax && dmax <= smax) {
-            return Err(XenApiError::new(
-                "MEMORY_CONSTRAINT_VIOLATION",
-                ["Memory limits must satisfy: static_min <= dynamic_min <= dynamic_max <= static_max"],
-            ));
-        }
-        self.node()
-            .state
+        let limits = MemoryLimits {
+            static_min: smin,
+            static_max: smax,
+            dynamic_min: dmin,
+            dynamic_max: dmax,
+        };
+        let node = self.node();
+        node.state
             .write(|txn| {
-                let v = txn.get::<VmRecord>(vm)?;
-                if v.power_state != VmPowerState::Halted {
-                    return Err(CoreError::api(
-                        "VM_BAD_POWER_STATE",
-                        [
-                            vm.as_str(),
-                            "halted",
-                            &v.power_state.as_str().to_ascii_lowercase(),
-                        ],
-                    ));
+                let effect = check_vm_memory_limits(txn.db(), vm, limits)?;
+                if let Some(static_max) = effect.static_max {
+                    node.ha_check_change(txn.db(), |db, input| {
+                        resize_in_plan(db, input, vm, static_max);
+                    })?;
                 }
                 txn.update::<VmRecord>(vm, |v| {
                     v.memory_static_min = smin;
@@ -229,7 +225,9 @@ impl Api {
                     v.memory_target = dmax;
                 })
             })
-            .map_err(api_error)
+            .map_err(api_error)?;
+        node.ha_refresh();
+        Ok(())
     }
 
     fn create_vm(&self, fields: &[(String, Wire)]) -> Result<Ref, XenApiError> {
@@ -595,4 +593,46 @@ impl Api {
         node.after_vm_change();
         outcome.map(|_| Wire::String(String::new()))
     }
+}
+
+/// The VM's footprint in the failover plan would follow a new `memory_static_max`. A
+/// protected VM that is not running is judged as if it were started where the most memory
+/// is free, as xapi judges changes to protected VMs, since HA exists to keep it running:
+/// otherwise it could grow while halted to a size no plan has room for.
+pub(crate) fn resize_in_plan(
+    db: &xenpool_core::Database,
+    input: &mut xenpool_ha::PlannerInput,
+    vm: &Ref,
+    static_max: i64,
+) {
+    let overhead = db
+        .get::<VmRecord>(vm)
+        .map_or(0, |v| v.memory_overhead.max(0));
+    let memory = (static_max.max(0) + overhead) as u64;
+    let Some(i) = input.vms.iter().position(|v| v.id == vm.as_str()) else {
+        return;
+    };
+    input.vms[i].memory = memory;
+    let v = &input.vms[i];
+    if v.resident_on.is_some() || v.priority != xenpool_ha::RestartPriority::Restart {
+        return;
+    }
+    let free = |h: &xenpool_ha::PlannerHost| {
+        let used: u64 = input
+            .vms
+            .iter()
+            .filter(|x| x.resident_on.as_deref() == Some(h.id.as_str()))
+            .map(|x| x.memory)
+            .sum();
+        h.memory_total
+            .saturating_sub(h.memory_overhead)
+            .saturating_sub(used)
+    };
+    let best = input
+        .hosts
+        .iter()
+        .filter(|h| h.live && h.enabled)
+        .max_by_key(|h| (free(h), std::cmp::Reverse(h.id.clone())))
+        .map(|h| h.id.clone());
+    input.vms[i].resident_on = best;
 }
