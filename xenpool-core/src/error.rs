@@ -126,6 +126,68 @@ pub enum CoreError {
     /// `NO_HOSTS_AVAILABLE []`: no host can run the VM.
     #[error("NO_HOSTS_AVAILABLE")]
     NoHostsAvailable,
+    /// `OTHER_OPERATION_IN_PROGRESS [class, object, operation(s), task(s)]`; several are
+    /// written `{a,b}` as xapi writes them.
+    #[error("OTHER_OPERATION_IN_PROGRESS: {class} {object}: {operations}")]
+    OtherOperationInProgress {
+        /// `"VM"` or `"host"`
+        class: &'static str,
+        /// the busy object
+        object: Ref,
+        /// the operation(s) in progress
+        operations: String,
+        /// the task(s) running them
+        tasks: String,
+    },
+    /// `OPERATION_BLOCKED [object, reason]`: `blocked_operations` holds it.
+    #[error("OPERATION_BLOCKED: {object}: {reason}")]
+    OperationBlocked {
+        /// the VM
+        object: Ref,
+        /// the reason recorded with the block
+        reason: String,
+    },
+    /// `VM_IS_TEMPLATE [vm, operation]`
+    #[error("VM_IS_TEMPLATE: {vm} ({operation:?})")]
+    VmIsTemplate {
+        /// the template
+        vm: Ref,
+        /// the operation refused
+        operation: crate::VmOperation,
+    },
+    /// `VM_IS_SNAPSHOT [vm, operation]`
+    #[error("VM_IS_SNAPSHOT: {vm} ({operation:?})")]
+    VmIsSnapshot {
+        /// the snapshot
+        vm: Ref,
+        /// the operation refused
+        operation: crate::VmOperation,
+    },
+    /// `ONLY_PROVISION_TEMPLATE []`
+    #[error("ONLY_PROVISION_TEMPLATE")]
+    OnlyProvisionTemplate,
+    /// `ONLY_REVERT_SNAPSHOT []`
+    #[error("ONLY_REVERT_SNAPSHOT")]
+    OnlyRevertSnapshot,
+    /// `VM_IS_IMMOBILE [vm]`
+    #[error("VM_IS_IMMOBILE: {0}")]
+    VmIsImmobile(Ref),
+    /// `HOST_NOT_DISABLED []`
+    #[error("HOST_NOT_DISABLED")]
+    HostNotDisabled,
+    /// `HOST_IS_LIVE [host]`
+    #[error("HOST_IS_LIVE: {0}")]
+    HostIsLive(Ref),
+    /// `HOST_POWER_ON_MODE_DISABLED []`
+    #[error("HOST_POWER_ON_MODE_DISABLED")]
+    HostPowerOnModeDisabled,
+    /// `CLUSTERED_SR_DEGRADED [sr]`
+    #[error("CLUSTERED_SR_DEGRADED: {0}")]
+    ClusteredSrDegraded(Ref),
+    /// `MEMORY_CONSTRAINT_VIOLATION_ORDER []`: static_min ≤ dynamic_min ≤ dynamic_max ≤
+    /// static_max does not hold.
+    #[error("MEMORY_CONSTRAINT_VIOLATION_ORDER")]
+    MemoryConstraintViolationOrder,
     /// Any other XenAPI failure, with its code and parameters as xapi sends them.
     #[error("{code} {params:?}")]
     Api {
@@ -172,6 +234,18 @@ impl CoreError {
             CoreError::VmRequiresNetwork { .. } => "VM_REQUIRES_NETWORK",
             CoreError::HostNotEnoughFreeMemory { .. } => "HOST_NOT_ENOUGH_FREE_MEMORY",
             CoreError::NoHostsAvailable => "NO_HOSTS_AVAILABLE",
+            CoreError::OtherOperationInProgress { .. } => "OTHER_OPERATION_IN_PROGRESS",
+            CoreError::OperationBlocked { .. } => "OPERATION_BLOCKED",
+            CoreError::VmIsTemplate { .. } => "VM_IS_TEMPLATE",
+            CoreError::VmIsSnapshot { .. } => "VM_IS_SNAPSHOT",
+            CoreError::OnlyProvisionTemplate => "ONLY_PROVISION_TEMPLATE",
+            CoreError::OnlyRevertSnapshot => "ONLY_REVERT_SNAPSHOT",
+            CoreError::VmIsImmobile(_) => "VM_IS_IMMOBILE",
+            CoreError::HostNotDisabled => "HOST_NOT_DISABLED",
+            CoreError::HostIsLive(_) => "HOST_IS_LIVE",
+            CoreError::HostPowerOnModeDisabled => "HOST_POWER_ON_MODE_DISABLED",
+            CoreError::ClusteredSrDegraded(_) => "CLUSTERED_SR_DEGRADED",
+            CoreError::MemoryConstraintViolationOrder => "MEMORY_CONSTRAINT_VIOLATION_ORDER",
             CoreError::Api { code, .. } => code,
         }
     }
@@ -226,7 +300,36 @@ impl CoreError {
                 out.push(operation.clone());
             }
             CoreError::DeviceAlreadyAttached(d) => out.push(d.as_str().to_string()),
-            CoreError::HostNotLive | CoreError::NoHostsAvailable => {}
+            CoreError::HostNotLive
+            | CoreError::NoHostsAvailable
+            | CoreError::OnlyProvisionTemplate
+            | CoreError::OnlyRevertSnapshot
+            | CoreError::HostNotDisabled
+            | CoreError::HostPowerOnModeDisabled
+            | CoreError::MemoryConstraintViolationOrder => {}
+            CoreError::OtherOperationInProgress {
+                class,
+                object,
+                operations,
+                tasks,
+            } => {
+                out.push(class.to_string());
+                out.push(object.as_str().to_string());
+                out.push(operations.clone());
+                out.push(tasks.clone());
+            }
+            CoreError::OperationBlocked { object, reason } => {
+                out.push(object.as_str().to_string());
+                out.push(reason.clone());
+            }
+            CoreError::VmIsTemplate { vm, operation }
+            | CoreError::VmIsSnapshot { vm, operation } => {
+                out.push(vm.as_str().to_string());
+                out.push(operation.as_str().to_string());
+            }
+            CoreError::VmIsImmobile(r)
+            | CoreError::HostIsLive(r)
+            | CoreError::ClusteredSrDegraded(r) => out.push(r.as_str().to_string()),
             CoreError::HostDisabled(h) => out.push(h.as_str().to_string()),
             CoreError::VmRequiresSr { vm, sr } => {
                 out.push(vm.as_str().to_string());

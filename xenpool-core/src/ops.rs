@@ -56,7 +56,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::db::{Database, Txn};
-use crate::error::{codes, CoreError};
+use crate::error::CoreError;
 use crate::model::{
     HostMetricsRecord, HostOperation, HostRecord, PbdRecord, SrRecord, VmMetricsRecord,
     VmOperation, VmPowerState, VmRecord,
@@ -236,15 +236,6 @@ pub fn vm_allowed_power_states(vm: &VmRecord, op: VmOperation) -> &'static [VmPo
     }
 }
 
-fn power_state_lowercase(s: VmPowerState) -> &'static str {
-    match s {
-        VmPowerState::Halted => "halted",
-        VmPowerState::Paused => "paused",
-        VmPowerState::Running => "running",
-        VmPowerState::Suspended => "suspended",
-    }
-}
-
 /// Whether `op` may run while `current` are in progress (xapi's `is_allowed_concurrently`).
 fn vm_op_allowed_concurrently(op: VmOperation, current: &BTreeMap<String, VmOperation>) -> bool {
     use VmOperation as O;
@@ -285,10 +276,12 @@ fn other_vm_operation_in_progress(
             format!("{{{}}}", tasks.join(",")),
         )
     };
-    CoreError::api(
-        codes::OTHER_OPERATION_IN_PROGRESS,
-        ["VM".to_string(), vm_ref.to_string(), ops, tasks],
-    )
+    CoreError::OtherOperationInProgress {
+        class: "VM",
+        object: vm_ref.clone(),
+        operations: ops,
+        tasks,
+    }
 }
 
 fn flag_true(map: &BTreeMap<String, String>, key: &str) -> bool {
@@ -314,30 +307,20 @@ fn vm_operation_error(
     op: VmOperation,
 ) -> Result<(), CoreError> {
     use VmOperation as O;
-    let vm_str = vm_ref.to_string();
     if !set.vm.contains(&op) {
-        return Err(CoreError::api(
-            codes::OPERATION_NOT_ALLOWED,
-            [format!("VM.{op} is not supported by xenpool")],
-        ));
+        return Err(CoreError::OperationNotAllowed(format!(
+            "VM.{op} is not supported by xenpool"
+        )));
     }
     if let Some(reason) = vm.blocked_operations.get(&op) {
-        return Err(CoreError::api(
-            codes::OPERATION_BLOCKED,
-            [vm_str, reason.clone()],
-        ));
+        return Err(CoreError::OperationBlocked {
+            object: vm_ref.clone(),
+            reason: reason.clone(),
+        });
     }
     let states = vm_allowed_power_states(vm, op);
     if !states.contains(&vm.power_state) {
-        let expected: Vec<&str> = states.iter().map(|s| power_state_lowercase(*s)).collect();
-        return Err(CoreError::api(
-            codes::VM_BAD_POWER_STATE,
-            [
-                vm_str,
-                expected.join(", "),
-                power_state_lowercase(vm.power_state).to_string(),
-            ],
-        ));
+        return Err(bad_power_state(vm_ref, vm, &states));
     }
     if !vm_op_allowed_concurrently(op, &vm.current_operations) {
         return Err(other_vm_operation_in_progress(
@@ -353,10 +336,10 @@ fn vm_operation_error(
             O::Clone | O::Copy | O::Export | O::MetadataExport | O::Provision
         ) || (op == O::Destroy && !default_template);
         if !ok {
-            return Err(CoreError::api(
-                codes::VM_IS_TEMPLATE,
-                [vm_str, op.as_str().to_string()],
-            ));
+            return Err(CoreError::VmIsTemplate {
+                vm: vm_ref.clone(),
+                operation: op,
+            });
         }
     }
     if vm.is_a_snapshot
@@ -371,38 +354,30 @@ fn vm_operation_error(
                 | O::MetadataExport
         )
     {
-        return Err(CoreError::api(
-            codes::VM_IS_SNAPSHOT,
-            [vm_str, op.as_str().to_string()],
-        ));
+        return Err(CoreError::VmIsSnapshot {
+            vm: vm_ref.clone(),
+            operation: op,
+        });
     }
     if op == O::Provision && !vm.is_a_template {
-        return Err(CoreError::api(
-            codes::ONLY_PROVISION_TEMPLATE,
-            Vec::<String>::new(),
-        ));
+        return Err(CoreError::OnlyProvisionTemplate);
     }
     if op == O::Revert && !vm.is_a_snapshot {
-        return Err(CoreError::api(
-            codes::ONLY_REVERT_SNAPSHOT,
-            Vec::<String>::new(),
-        ));
+        return Err(CoreError::OnlyRevertSnapshot);
     }
     if matches!(op, O::Suspend | O::Checkpoint | O::PoolMigrate) && !vm_is_mobile(db, vm) {
-        return Err(CoreError::api(codes::VM_IS_IMMOBILE, [vm_str]));
+        return Err(CoreError::VmIsImmobile(vm_ref.clone()));
     }
     if vm.is_control_domain {
         // dom0 is the host itself; other control domains (driver domains) may be removed.
         if op == O::Destroy && vm.domid == 0 {
-            return Err(CoreError::api(
-                codes::OPERATION_NOT_ALLOWED,
-                ["This operation is not allowed on dom0"],
+            return Err(CoreError::OperationNotAllowed(
+                "This operation is not allowed on dom0".into(),
             ));
         }
         if !matches!(op, O::Start | O::StartOn | O::MetadataExport | O::Destroy) {
-            return Err(CoreError::api(
-                codes::OPERATION_NOT_ALLOWED,
-                ["This operation is not allowed on a control domain"],
+            return Err(CoreError::OperationNotAllowed(
+                "This operation is not allowed on a control domain".into(),
             ));
         }
     }
@@ -554,42 +529,31 @@ fn host_operation_error(
 ) -> Result<(), CoreError> {
     use HostOperation as H;
     if !set.host.contains(&op) {
-        return Err(CoreError::api(
-            codes::OPERATION_NOT_ALLOWED,
-            [format!("host.{op} is not supported by xenpool")],
-        ));
+        return Err(CoreError::OperationNotAllowed(format!(
+            "host.{op} is not supported by xenpool"
+        )));
     }
     if let Some((task, current)) = host
         .current_operations
         .iter()
         .find(|(_, c)| host_ops_conflict(op, **c))
     {
-        return Err(CoreError::api(
-            codes::OTHER_OPERATION_IN_PROGRESS,
-            [
-                "host".to_string(),
-                host_ref.to_string(),
-                current.as_str().to_string(),
-                task.clone(),
-            ],
-        ));
+        return Err(CoreError::OtherOperationInProgress {
+            class: "host",
+            object: host_ref.clone(),
+            operations: current.as_str().to_string(),
+            tasks: task.clone(),
+        });
     }
     match op {
-        H::Reboot | H::Shutdown | H::ApplyUpdates if host.enabled => Err(CoreError::api(
-            codes::HOST_NOT_DISABLED,
-            Vec::<String>::new(),
-        )),
-        H::PowerOn if live => Err(CoreError::api(codes::HOST_IS_LIVE, [host_ref.to_string()])),
-        H::PowerOn if host.power_on_mode.is_empty() => Err(CoreError::api(
-            codes::HOST_POWER_ON_MODE_DISABLED,
-            Vec::<String>::new(),
-        )),
-        H::Enable if !live => Err(CoreError::api(codes::HOST_NOT_LIVE, Vec::<String>::new())),
+        H::Reboot | H::Shutdown | H::ApplyUpdates if host.enabled => {
+            Err(CoreError::HostNotDisabled)
+        }
+        H::PowerOn if live => Err(CoreError::HostIsLive(host_ref.clone())),
+        H::PowerOn if host.power_on_mode.is_empty() => Err(CoreError::HostPowerOnModeDisabled),
+        H::Enable if !live => Err(CoreError::HostNotLive),
         H::Reboot | H::Shutdown => match degraded_srs.iter().next() {
-            Some(sr) => Err(CoreError::api(
-                codes::CLUSTERED_SR_DEGRADED,
-                [sr.to_string()],
-            )),
+            Some(sr) => Err(CoreError::ClusteredSrDegraded((*sr).clone())),
             None => Ok(()),
         },
         _ => Ok(()),
@@ -842,15 +806,11 @@ pub struct WriteEffect {
 }
 
 fn bad_power_state(vm_ref: &Ref, vm: &VmRecord, expected: &[VmPowerState]) -> CoreError {
-    let expected: Vec<&str> = expected.iter().map(|s| power_state_lowercase(*s)).collect();
-    CoreError::api(
-        codes::VM_BAD_POWER_STATE,
-        [
-            vm_ref.to_string(),
-            expected.join(", "),
-            power_state_lowercase(vm.power_state).to_string(),
-        ],
-    )
+    CoreError::VmBadPowerState {
+        vm: vm_ref.clone(),
+        expected: expected.to_vec(),
+        actual: vm.power_state,
+    }
 }
 
 /// The power states in which xapi lets a VM's memory or VCPU settings change, by the
@@ -869,10 +829,10 @@ fn check_settings_change(vm_ref: &Ref, vm: &VmRecord, op: VmOperation) -> Result
         return Err(bad_power_state(vm_ref, vm, states));
     }
     if let Some(reason) = vm.blocked_operations.get(&op) {
-        return Err(CoreError::api(
-            codes::OPERATION_BLOCKED,
-            [vm_ref.to_string(), reason.clone()],
-        ));
+        return Err(CoreError::OperationBlocked {
+            object: vm_ref.clone(),
+            reason: reason.clone(),
+        });
     }
     Ok(())
 }
@@ -899,10 +859,7 @@ pub fn check_vm_memory_limits(
     };
     check_settings_change(vm_ref, vm, op)?;
     if !new.ordered() {
-        return Err(CoreError::api(
-            MEMORY_CONSTRAINT_VIOLATION_ORDER,
-            Vec::<String>::new(),
-        ));
+        return Err(CoreError::MemoryConstraintViolationOrder);
     }
     Ok(WriteEffect {
         static_max: (new.static_max != old.static_max).then_some(new.static_max),
@@ -934,14 +891,7 @@ pub fn check_vm_vcpus(
 /// Checks a restart priority: `INVALID_VALUE ["ha_restart_priority"; value]` unless one of
 /// `"restart"`, `"best-effort"` or `""`.
 pub fn check_ha_restart_priority(value: &str) -> Result<(), CoreError> {
-    if matches!(value, "restart" | "best-effort" | "") {
-        Ok(())
-    } else {
-        Err(CoreError::InvalidValue {
-            field: "ha_restart_priority".into(),
-            value: value.into(),
-        })
-    }
+    value.parse::<crate::RestartPriority>().map(|_| ())
 }
 
 /// The rule for writing one field through a generic call (`set_<field>`, `add_to_<map>`,
@@ -969,10 +919,10 @@ pub fn check_field_write(
     use crate::Value;
     let writable = class.fields().iter().any(|f| f.name == field && f.writable);
     if !writable {
-        return Err(CoreError::api(
-            "MESSAGE_METHOD_UNKNOWN",
-            [format!("{}.set_{field}", class.name())],
-        ));
+        return Err(CoreError::UnknownField(format!(
+            "{}.set_{field}",
+            class.name()
+        )));
     }
     if class != crate::Class::VM {
         db.object(class, r)?;
@@ -1015,9 +965,9 @@ pub fn check_field_write(
             if *new == Value::Bool(implied) {
                 Ok(WriteEffect::default())
             } else {
-                Err(CoreError::api(
-                    codes::OPERATION_NOT_ALLOWED,
-                    ["ha_always_run follows ha_restart_priority: use VM.set_ha_restart_priority"],
+                Err(CoreError::OperationNotAllowed(
+                    "ha_always_run follows ha_restart_priority: use VM.set_ha_restart_priority"
+                        .into(),
                 ))
             }
         }

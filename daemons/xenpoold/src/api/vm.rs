@@ -46,9 +46,6 @@ pub const MESSAGES: &[&str] = &[
 /// The VM methods routed here (see `api::ROUTES`).
 pub const METHODS: &[(&str, &[&str])] = &[("VM", MESSAGES)];
 
-/// Valid values of `VM.ha_restart_priority`.
-pub const PRIORITIES: &[&str] = &["restart", "best-effort", ""];
-
 impl Api {
     pub(super) async fn vm_call(
         &self,
@@ -260,12 +257,7 @@ impl Api {
                 rec.snapshots.clear();
                 rec.domid = -1;
                 rec.metrics = metrics.clone();
-                if !PRIORITIES.contains(&rec.ha_restart_priority.as_str()) {
-                    return Err(CoreError::InvalidValue {
-                        field: "ha_restart_priority".into(),
-                        value: rec.ha_restart_priority.clone(),
-                    });
-                }
+                check_ha_restart_priority(&rec.ha_restart_priority)?;
                 txn.create(vm.clone(), *rec)?;
                 refresh_vm_allowed_operations(txn, &vm).map(|_| ())
             })
