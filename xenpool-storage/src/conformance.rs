@@ -11,16 +11,30 @@
 //! });
 //! ```
 //!
+//! Some checks need two SRs (copies between them); those call `make` twice.
+//!
 //! The checks panic on the first failure with a message naming the check, as test
 //! assertions do.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
-use crate::sr::SrDriver;
+use crate::sr::{SrDriver, VdiInfo};
 use crate::StorageError;
 
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The disk of the sparse checks: larger than 4 GiB so that offsets past 32 bits are
+/// exercised, and far too large to copy byte by byte in a test.
+const SPARSE_SIZE: u64 = 8 * GIB;
+/// Where the sparse checks write, with the byte they write there (4 KiB of it).
+const SPARSE_BLOCKS: [(u64, u8); 3] = [(0, 0x11), (GIB, 0x22), (SPARSE_SIZE - 4096, 0x33)];
+/// Offsets the sparse checks expect to read as zeros.
+const SPARSE_ZEROS: [u64; 5] = [4096, 512 * MIB, GIB + 4096, 4 * GIB, SPARSE_SIZE - 8192];
+/// How much more space than its source a copy may take: file systems may spend a few blocks
+/// on their index of extents.
+const SPARSE_SLACK: u64 = 64 * 1024;
 
 fn ok<T>(check: &str, what: &str, r: Result<T, StorageError>) -> T {
     match r {
@@ -79,12 +93,24 @@ pub fn run<G, D: SrDriver>(make: impl Fn() -> (G, D)) {
         new_vdi_reads_as_zeros,
         usage_adds_up,
         concurrent_creates_are_distinct,
+        clone_of_sparse_vdi_keeps_data_and_holes,
     ];
     for check in checks {
         let (guard, driver) = make();
         check(&driver);
         drop(driver);
         drop(guard);
+    }
+    let pair_checks: &[fn(&dyn SrDriver, &dyn SrDriver)] = &[
+        copy_to_another_sr_keeps_data_and_holes,
+        copy_of_unknown_vdi_changes_nothing,
+    ];
+    for check in pair_checks {
+        let (source_guard, source) = make();
+        let (target_guard, target) = make();
+        check(&source, &target);
+        drop((source, target));
+        drop((source_guard, target_guard));
     }
 }
 
@@ -290,4 +316,81 @@ fn concurrent_creates_are_distinct(d: &dyn SrDriver) {
     unique.dedup();
     assert_eq!(unique.len(), 40, "{c}: duplicate locations");
     assert_eq!(ok(c, "list", d.list()).len(), 40, "{c}");
+}
+
+/// Makes the sparse VDI the copy checks start from.
+fn sparse_source(c: &str, d: &dyn SrDriver) -> VdiInfo {
+    let v = ok(c, "create", d.create("sparse", SPARSE_SIZE));
+    for (offset, byte) in SPARSE_BLOCKS {
+        write_at(c, d, &v.location, offset, &[byte; 4096]);
+    }
+    ok(c, "stat", d.stat(&v.location))
+}
+
+/// Checks that `copy` on `d` reads like [`sparse_source`] made it, and takes about the space
+/// `source` takes.
+fn check_sparse_copy(c: &str, d: &dyn SrDriver, source: &VdiInfo, copy: &VdiInfo) {
+    assert_eq!(copy.virtual_size, SPARSE_SIZE, "{c}");
+    for (offset, byte) in SPARSE_BLOCKS {
+        assert_eq!(
+            read_at(c, d, &copy.location, offset, 4096),
+            [byte; 4096],
+            "{c}: data at {offset}"
+        );
+    }
+    for offset in SPARSE_ZEROS {
+        assert_eq!(
+            read_at(c, d, &copy.location, offset, 4096),
+            [0; 4096],
+            "{c}: zeros at {offset}"
+        );
+    }
+    let copy = ok(c, "stat", d.stat(&copy.location));
+    assert!(
+        copy.physical_utilisation <= source.physical_utilisation + SPARSE_SLACK,
+        "{c}: the copy takes {} bytes, its source {}",
+        copy.physical_utilisation,
+        source.physical_utilisation
+    );
+}
+
+fn clone_of_sparse_vdi_keeps_data_and_holes(d: &dyn SrDriver) {
+    let c = "clone_of_sparse_vdi_keeps_data_and_holes";
+    let v = sparse_source(c, d);
+    let copy = ok(c, "clone", d.clone_vdi(&v.location, "sparse clone"));
+    check_sparse_copy(c, d, &v, &copy);
+}
+
+fn copy_to_another_sr_keeps_data_and_holes(source: &dyn SrDriver, target: &dyn SrDriver) {
+    let c = "copy_to_another_sr_keeps_data_and_holes";
+    let v = sparse_source(c, source);
+    let copy = ok(
+        c,
+        "copy",
+        crate::copy_vdi(source, &v.location, target, "sparse copy"),
+    );
+    assert_eq!(copy.name, "sparse copy", "{c}");
+    assert_eq!(
+        ok(c, "list", target.list()),
+        vec![copy.clone()],
+        "{c}: the target lists other than the copy"
+    );
+    check_sparse_copy(c, target, &v, &copy);
+    // The copy is independent of its source.
+    ok(c, "destroy source", source.destroy(&v.location));
+    assert_eq!(
+        read_at(c, target, &copy.location, GIB, 4),
+        [0x22; 4],
+        "{c}: copy lost with source"
+    );
+}
+
+fn copy_of_unknown_vdi_changes_nothing(source: &dyn SrDriver, target: &dyn SrDriver) {
+    let c = "copy_of_unknown_vdi_changes_nothing";
+    no_such_vdi(
+        c,
+        "copy",
+        crate::copy_vdi(source, "00000000-0000-0000-0000-000000000000", target, "x"),
+    );
+    assert!(ok(c, "list", target.list()).is_empty(), "{c}");
 }

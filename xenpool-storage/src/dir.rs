@@ -16,13 +16,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::copy::{copy_file, Methods};
 use crate::sr::{Attached, SrDriver, SrUsage, VdiInfo};
 use crate::StorageError;
 
@@ -30,7 +31,6 @@ const IMG: &str = "img";
 const META: &str = "json";
 const LOCK_FILE: &str = ".sr-lock";
 const OWNER_FILE: &str = ".sr-owner";
-const COPY_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct VdiMeta {
@@ -227,7 +227,15 @@ impl DirStore {
         let src =
             File::open(&src_path).map_err(|e| StorageError::io("open VDI image", &src_path, e))?;
         self.create_with(name, meta.virtual_size, |dst, dst_path| {
-            sparse_copy(&src, &src_path, dst, dst_path, meta.virtual_size)
+            copy_file(
+                &src,
+                &src_path,
+                dst,
+                dst_path,
+                meta.virtual_size,
+                Methods::ALL,
+            )
+            .map(drop)
         })
     }
 
@@ -279,37 +287,6 @@ impl DirStore {
     fn detach(&self, location: &str) -> Result<(), StorageError> {
         self.read_meta(location).map(|_| ())
     }
-}
-
-/// Copies `len` bytes, leaving holes where the source reads as zeros, so that a clone of a
-/// mostly empty disk stays mostly empty.
-fn sparse_copy(
-    src: &File,
-    src_path: &Path,
-    dst: &File,
-    dst_path: &Path,
-    len: u64,
-) -> Result<(), StorageError> {
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut offset = 0u64;
-    while offset < len {
-        let want = usize::try_from((len - offset).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
-        let chunk = &mut buf[..want];
-        let n = src
-            .read_at(chunk, offset)
-            .map_err(|e| StorageError::io("read VDI image", src_path, e))?;
-        if n == 0 {
-            // The image is shorter than its recorded size; the rest reads as zeros anyway.
-            break;
-        }
-        let data = &chunk[..n];
-        if data.iter().any(|&b| b != 0) {
-            dst.write_all_at(data, offset)
-                .map_err(|e| StorageError::io("write VDI image", dst_path, e))?;
-        }
-        offset += n as u64;
-    }
-    Ok(())
 }
 
 /// A directory SR used by one host: VDIs are sparse files in a local directory.

@@ -14,6 +14,10 @@
 //! - [`dir`] holds [`LocalDirSr`] (one sparse file per VDI in a directory of one host) and
 //!   [`SharedDirSr`] (the same layout on a directory several hosts mount, such as NFS, with
 //!   file locks and a pool claim).
+//! - [`copy`] holds [`copy_vdi`], which copies a VDI between SRs through their drivers, and
+//!   the extent copy both it and the directory drivers' clone use: only data is moved
+//!   (`SEEK_DATA`/`SEEK_HOLE`), by reflink, `copy_file_range` or read and write, and holes
+//!   stay holes. The `FICLONE` ioctl sits alone in a private module, the only `unsafe` code.
 //! - [`conformance`] holds the checks every [`SrDriver`] must pass; drivers outside this crate run
 //!   them against their own backend.
 //! - [`error`] holds [`StorageError`].
@@ -21,11 +25,14 @@
 #![deny(missing_docs)]
 
 pub mod conformance;
+pub mod copy;
 pub mod dir;
 pub mod error;
+mod reflink;
 pub mod sqlite;
 pub mod sr;
 
+pub use copy::copy_vdi;
 pub use dir::{LocalDirSr, SharedDirSr};
 pub use error::StorageError;
 pub use sqlite::SqlitePersistence;

@@ -49,7 +49,10 @@ pub trait SrDriver: Send + Sync {
     fn destroy(&self, location: &str) -> Result<(), StorageError>;
     /// Grows a VDI to `new_size` bytes; drivers may refuse to shrink.
     fn resize(&self, location: &str, new_size: u64) -> Result<VdiInfo, StorageError>;
-    /// Makes an independent copy of a VDI's contents under a new location.
+    /// Makes an independent copy of a VDI's contents under a new location. Drivers of
+    /// sparse storage copy only the data, so that the clone takes no more space than its
+    /// source and costs no time for the holes. To copy into another SR, see
+    /// [`crate::copy_vdi`].
     fn clone_vdi(&self, location: &str, name: &str) -> Result<VdiInfo, StorageError>;
     /// Describes one VDI.
     fn stat(&self, location: &str) -> Result<VdiInfo, StorageError>;

@@ -23,13 +23,225 @@ struct Options {
     command: String,
     args: BTreeMap<String, String>,
     flags: Vec<String>,
+    /// Words after the command that are not key=value: only `help` takes one.
+    positional: Vec<String>,
 }
 
 const USAGE: &str = "usage: xenpool -s HOST [-p PORT] [--https] -u USER (-pw PASSWORD | -pwf FILE) [--minimal] COMMAND [key=value ...]
-commands: vm-list vm-start vm-shutdown vm-reboot vm-suspend vm-resume vm-param-list vm-install vm-uninstall
-          host-list pool-list sr-list network-list vdi-list task-list message-list event-wait
-          pool-join pool-eject pool-designate-new-master pool-emergency-transition-to-master
-          pool-emergency-reset-master pool-recover-slaves";
+       xenpool help [COMMAND]";
+
+/// Parameters every command that names one VM accepts.
+const VM_SELECTORS: &[&str] = &["uuid", "vm", "name-label"];
+/// What the record listing commands accept besides field filters.
+const LIST_PARAMS: &[&str] = &["params", "<field>=<value>"];
+
+/// What a command does once connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Prints the records of `class`, showing `columns` unless `params=` says otherwise.
+    List {
+        class: &'static str,
+        columns: &'static [&'static str],
+    },
+    /// Starts, stops or moves one VM between power states.
+    VmPower(Power),
+    VmInstall,
+    VmUninstall,
+    VmParamList,
+    EventWait,
+    PoolJoin,
+    /// Calls `method` with the host named by `host-uuid=`.
+    PoolHost {
+        method: &'static str,
+    },
+    EmergencyTransitionToMaster,
+    EmergencyResetMaster,
+    RecoverSlaves,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Power {
+    Start,
+    Shutdown,
+    Reboot,
+    Suspend,
+    Resume,
+}
+
+/// One command of the CLI: how it is dispatched and how `help` describes it.
+#[derive(Debug)]
+struct Command {
+    name: &'static str,
+    /// The heading `help` lists it under.
+    group: &'static str,
+    summary: &'static str,
+    required: &'static [&'static str],
+    optional: &'static [&'static str],
+    description: &'static str,
+    /// Logs in with a session of this host only, which works while the coordinator is gone.
+    local_session: bool,
+    action: Action,
+}
+
+impl Command {
+    const fn new(name: &'static str, group: &'static str, action: Action) -> Self {
+        Command {
+            name,
+            group,
+            summary: "",
+            required: &[],
+            optional: &[],
+            description: "",
+            local_session: false,
+            action,
+        }
+    }
+    const fn summary(mut self, summary: &'static str, description: &'static str) -> Self {
+        self.summary = summary;
+        self.description = description;
+        self
+    }
+    const fn required(mut self, required: &'static [&'static str]) -> Self {
+        self.required = required;
+        self
+    }
+    const fn optional(mut self, optional: &'static [&'static str]) -> Self {
+        self.optional = optional;
+        self
+    }
+    const fn local(mut self) -> Self {
+        self.local_session = true;
+        self
+    }
+}
+
+const LIST_DESCRIPTION: &str = "Lists the records, one block per record. Any field=value filters the records; params= names the fields to print (params=all prints every field). With --minimal, prints the first field of params= (uuid by default) of every record, comma-separated.";
+const VM_NAMED: &str = "The VM is named by uuid=, vm= (a uuid or a name) or name-label=.";
+
+/// Every command, in the order `help` lists them: the one list the dispatcher and `help` use.
+const COMMANDS: &[Command] = &[
+    Command::new("vm-list", "VM", Action::List { class: "VM", columns: &["uuid", "name_label", "power_state"] })
+        .optional(&["is-a-template", "params", "<field>=<value>"])
+        .summary("List the VMs (or, with is-a-template=true, the templates)", LIST_DESCRIPTION),
+    Command::new("vm-install", "VM", Action::VmInstall)
+        .required(&["template", "new-name-label"])
+        .summary("Make a VM from a template", "Clones the template named by template= (a uuid or a name) into a new VM called new-name-label= and prints the new VM's uuid."),
+    Command::new("vm-uninstall", "VM", Action::VmUninstall)
+        .optional(VM_SELECTORS)
+        .summary("Destroy a VM", VM_NAMED),
+    Command::new("vm-destroy", "VM", Action::VmUninstall)
+        .optional(VM_SELECTORS)
+        .summary("Destroy a VM (the same as vm-uninstall)", VM_NAMED),
+    Command::new("vm-start", "VM", Action::VmPower(Power::Start))
+        .optional(&["uuid", "vm", "name-label", "on", "--force"])
+        .summary("Start a VM", "Starts the VM, on the host named by on= (a uuid or a name) when given. --force starts it even if its recorded state forbids it. The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
+    Command::new("vm-shutdown", "VM", Action::VmPower(Power::Shutdown))
+        .optional(&["uuid", "vm", "name-label", "--force"])
+        .summary("Shut a VM down", "Asks the guest to shut down; --force stops it without asking. The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
+    Command::new("vm-reboot", "VM", Action::VmPower(Power::Reboot))
+        .optional(&["uuid", "vm", "name-label", "--force"])
+        .summary("Reboot a VM", "Asks the guest to reboot; --force restarts it without asking. The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
+    Command::new("vm-suspend", "VM", Action::VmPower(Power::Suspend))
+        .optional(VM_SELECTORS)
+        .summary("Suspend a VM", "Saves the running VM's state and stops it. The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
+    Command::new("vm-resume", "VM", Action::VmPower(Power::Resume))
+        .optional(&["uuid", "vm", "name-label", "--force"])
+        .summary("Resume a suspended VM", "Restores a suspended VM and runs it. The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
+    Command::new("vm-param-list", "VM", Action::VmParamList)
+        .optional(VM_SELECTORS)
+        .summary("Print every field of a VM", VM_NAMED),
+    Command::new("host-list", "Host", Action::List { class: "host", columns: &["uuid", "name_label", "name_description"] })
+        .optional(LIST_PARAMS)
+        .summary("List the hosts", LIST_DESCRIPTION),
+    Command::new("pool-list", "Pool", Action::List { class: "pool", columns: &["uuid", "name_label", "name_description", "master", "default_SR"] })
+        .optional(LIST_PARAMS)
+        .summary("List the pool", LIST_DESCRIPTION),
+    Command::new("pool-join", "Pool", Action::PoolJoin)
+        .required(&["master-address", "master-username", "master-password"])
+        .summary("Make this host a member of another pool", "Asks the host this command talks to to join the pool whose coordinator is at master-address=, logging in there with master-username= and master-password=."),
+    Command::new("pool-eject", "Pool", Action::PoolHost { method: "pool.eject" })
+        .required(&["host-uuid"])
+        .summary("Remove a host from the pool", "Ejects the member host-uuid= from the pool; it starts over as a pool of its own."),
+    Command::new("pool-designate-new-master", "Pool", Action::PoolHost { method: "pool.designate_new_master" })
+        .required(&["host-uuid"])
+        .summary("Hand the coordinator role to another host", "Makes the member host-uuid= the pool's coordinator, in an orderly handover."),
+    Command::new("pool-emergency-transition-to-master", "Pool", Action::EmergencyTransitionToMaster)
+        .local()
+        .summary("Make this member the coordinator when the old one is gone", "Run against a member whose coordinator is unreachable; logs in with a session of that host only."),
+    Command::new("pool-emergency-reset-master", "Pool", Action::EmergencyResetMaster)
+        .required(&["master-address"])
+        .local()
+        .summary("Point this member at a new coordinator", "Tells a member that the coordinator is now at master-address=; logs in with a session of that host only."),
+    Command::new("pool-recover-slaves", "Pool", Action::RecoverSlaves)
+        .local()
+        .summary("Point the members at this new coordinator", "Run on a host after pool-emergency-transition-to-master; prints the members that were told."),
+    Command::new("sr-list", "Storage", Action::List { class: "SR", columns: &["uuid", "name_label", "name_description", "host", "type", "content_type"] })
+        .optional(LIST_PARAMS)
+        .summary("List the storage repositories", LIST_DESCRIPTION),
+    Command::new("vdi-list", "Storage", Action::List { class: "VDI", columns: &["uuid", "name_label", "name_description", "virtual_size", "sr_uuid"] })
+        .optional(LIST_PARAMS)
+        .summary("List the virtual disks", LIST_DESCRIPTION),
+    Command::new("network-list", "Network", Action::List { class: "network", columns: &["uuid", "name_label", "name_description", "bridge"] })
+        .optional(LIST_PARAMS)
+        .summary("List the networks", LIST_DESCRIPTION),
+    Command::new("task-list", "Other", Action::List { class: "task", columns: &["uuid", "name_label", "name_description", "status", "progress"] })
+        .optional(LIST_PARAMS)
+        .summary("List the tasks", LIST_DESCRIPTION),
+    Command::new("message-list", "Other", Action::List { class: "message", columns: &["uuid", "name", "priority", "class", "obj_uuid", "timestamp", "body"] })
+        .optional(LIST_PARAMS)
+        .summary("List the messages", LIST_DESCRIPTION),
+    Command::new("event-wait", "Other", Action::EventWait)
+        .required(&["class"])
+        .optional(&["<field>=<value>"])
+        .summary("Wait until an object matches conditions", "Blocks until an object of class= (such as vm or host) has every given field=value."),
+];
+
+/// The command named `name`, or an error that says where the list is.
+fn lookup(name: &str) -> anyhow::Result<&'static Command> {
+    COMMANDS
+        .iter()
+        .find(|c| c.name == name)
+        .with_context(|| format!("unknown command {name}; `xenpool help` lists the commands"))
+}
+
+/// `xenpool help`: the commands by group, each with its one-line summary.
+fn help_list() -> String {
+    let width = COMMANDS.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut out = format!("{USAGE}\n");
+    let mut groups: Vec<&str> = Vec::new();
+    for c in COMMANDS {
+        if !groups.contains(&c.group) {
+            groups.push(c.group);
+        }
+    }
+    for group in groups {
+        out.push_str(&format!("\n{group} commands:\n"));
+        for c in COMMANDS.iter().filter(|c| c.group == group) {
+            out.push_str(&format!("  {:<width$}  {}\n", c.name, c.summary));
+        }
+    }
+    out.push_str("\n`xenpool help COMMAND` describes a command and its parameters.\n");
+    out
+}
+
+/// `xenpool help COMMAND`, laid out as `xe help` does.
+fn help_command(c: &Command) -> String {
+    format!(
+        "command name            : {}\n        reqd params     : {}\n        optional params : {}\n        description     : {}. {}\n",
+        c.name,
+        c.required.join(", "),
+        c.optional.join(", "),
+        c.summary,
+        c.description
+    )
+}
+
+fn help(topic: Option<&str>) -> anyhow::Result<String> {
+    match topic {
+        None => Ok(help_list()),
+        Some(name) => lookup(name).map(help_command),
+    }
+}
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Options> {
     let mut o = Options {
@@ -42,6 +254,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Options> {
         command: String::new(),
         args: BTreeMap::new(),
         flags: Vec::new(),
+        positional: Vec::new(),
     };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -59,7 +272,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Options> {
             "--https" => o.https = true,
             "--minimal" => o.minimal = true,
             "-h" | "--help" => {
-                println!("{USAGE}");
+                print!("{}", help_list());
                 std::process::exit(0);
             }
             s if s.starts_with("--") => o.flags.push(s.trim_start_matches("--").to_string()),
@@ -68,79 +281,18 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Options> {
                 Some((k, v)) => {
                     o.args.insert(k.to_string(), v.to_string());
                 }
-                None => bail!("unexpected argument {s}\n{USAGE}"),
+                None => o.positional.push(s.to_string()),
             },
         }
     }
     if o.command.is_empty() {
         bail!("{USAGE}");
     }
+    let most = if o.command == "help" { 1 } else { 0 };
+    if let Some(extra) = o.positional.get(most) {
+        bail!("unexpected argument {extra}\n{USAGE}");
+    }
     Ok(o)
-}
-
-fn class_of(command: &str) -> Option<(&'static str, &'static [&'static str])> {
-    Some(match command {
-        "vm-list" => ("VM", &["uuid", "name_label", "power_state"]),
-        "host-list" => ("host", &["uuid", "name_label", "name_description"]),
-        "pool-list" => (
-            "pool",
-            &[
-                "uuid",
-                "name_label",
-                "name_description",
-                "master",
-                "default_SR",
-            ],
-        ),
-        "sr-list" => (
-            "SR",
-            &[
-                "uuid",
-                "name_label",
-                "name_description",
-                "host",
-                "type",
-                "content_type",
-            ],
-        ),
-        "network-list" => (
-            "network",
-            &["uuid", "name_label", "name_description", "bridge"],
-        ),
-        "vdi-list" => (
-            "VDI",
-            &[
-                "uuid",
-                "name_label",
-                "name_description",
-                "virtual_size",
-                "sr_uuid",
-            ],
-        ),
-        "task-list" => (
-            "task",
-            &[
-                "uuid",
-                "name_label",
-                "name_description",
-                "status",
-                "progress",
-            ],
-        ),
-        "message-list" => (
-            "message",
-            &[
-                "uuid",
-                "name",
-                "priority",
-                "class",
-                "obj_uuid",
-                "timestamp",
-                "body",
-            ],
-        ),
-        _ => return None,
-    })
 }
 
 struct Session {
@@ -278,6 +430,12 @@ fn matches_filters(fields: &[(String, Value)], args: &BTreeMap<String, String>) 
 }
 
 async fn run(o: Options) -> anyhow::Result<()> {
+    let spec = lookup(&o.command)?;
+    for p in spec.required {
+        if !o.args.contains_key(*p) {
+            bail!("{} needs {p}=; see `xenpool help {}`", spec.name, spec.name);
+        }
+    }
     let scheme = if o.https { "https" } else { "http" };
     let port = o.port.unwrap_or(if o.https { 8443 } else { 8080 });
     let url = format!("{scheme}://{}:{port}/", o.server);
@@ -290,8 +448,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
         .clone()
         .context("give a password with -pw or -pwf")?;
     // Emergency commands go to a member whose coordinator may be gone: a local session.
-    let local = o.command.starts_with("pool-emergency") || o.command == "pool-recover-slaves";
-    let session = if local {
+    let session = if spec.local_session {
         let v = client
             .call(
                 "session.slave_local_login_with_password",
@@ -309,63 +466,66 @@ async fn run(o: Options) -> anyhow::Result<()> {
         client,
         session: Value::String(session),
     };
-    let result = command(&s, &o).await;
+    let result = command(&s, &o, spec.action).await;
     let _ = s.client.logout().await;
     result
 }
 
-async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
-    if let Some((class, defaults)) = class_of(&o.command) {
-        let mut rows = s.records(class).await?;
-        if class == "VM" {
-            let want_templates = o.args.get("is-a-template").is_some_and(|v| v == "true");
-            rows.retain(|(_, f)| {
-                let t = f
-                    .iter()
-                    .any(|(n, v)| n == "is_a_template" && v.as_bool() == Some(true));
-                t == want_templates
-            });
-        }
+/// Prints the records of `class` that match the filters of the command line.
+async fn list(s: &Session, o: &Options, class: &str, defaults: &[&str]) -> anyhow::Result<()> {
+    let mut rows = s.records(class).await?;
+    if class == "VM" {
+        let want_templates = o.args.get("is-a-template").is_some_and(|v| v == "true");
         rows.retain(|(_, f)| {
-            matches_filters(
-                f,
-                &o.args
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "is-a-template")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )
-        });
-        rows.sort_by_key(|r| format::uuid_of(&r.1));
-        let params = o.args.get("params").map(String::as_str);
-        if o.minimal {
-            // xe prints the first requested field of every record, comma-separated.
-            let field = params
-                .and_then(|p| p.split(',').next())
-                .filter(|p| *p != "all")
-                .map(field_name)
-                .unwrap_or_else(|| "uuid".to_string());
-            let values: Vec<String> = rows
+            let t = f
                 .iter()
-                .map(|(_, f)| {
-                    f.iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(&field))
-                        .map(|(n, v)| format::display_value(n, v))
-                        .unwrap_or_default()
-                })
-                .collect();
-            println!("{}", values.join(","));
-            return Ok(());
-        }
-        print_records(&rows, defaults, params);
+                .any(|(n, v)| n == "is_a_template" && v.as_bool() == Some(true));
+            t == want_templates
+        });
+    }
+    rows.retain(|(_, f)| {
+        matches_filters(
+            f,
+            &o.args
+                .iter()
+                .filter(|(k, _)| k.as_str() != "is-a-template")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    });
+    rows.sort_by_key(|r| format::uuid_of(&r.1));
+    let params = o.args.get("params").map(String::as_str);
+    if o.minimal {
+        // xe prints the first requested field of every record, comma-separated.
+        let field = params
+            .and_then(|p| p.split(',').next())
+            .filter(|p| *p != "all")
+            .map(field_name)
+            .unwrap_or_else(|| "uuid".to_string());
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(_, f)| {
+                f.iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(&field))
+                    .map(|(n, v)| format::display_value(n, v))
+                    .unwrap_or_default()
+            })
+            .collect();
+        println!("{}", values.join(","));
         return Ok(());
     }
-    match o.command.as_str() {
-        "vm-start" | "vm-shutdown" | "vm-reboot" | "vm-suspend" | "vm-resume" => {
+    print_records(&rows, defaults, params);
+    Ok(())
+}
+
+async fn command(s: &Session, o: &Options, action: Action) -> anyhow::Result<()> {
+    match action {
+        Action::List { class, columns } => list(s, o, class, columns).await,
+        Action::VmPower(power) => {
             let vm = s.find_vm(&o.args).await?;
             let force = o.flags.iter().any(|f| f == "force");
-            let (method, params) = match o.command.as_str() {
-                "vm-start" => match o.args.get("on") {
+            let (method, params) = match power {
+                Power::Start => match o.args.get("on") {
                     Some(host) => {
                         let h = s
                             .call("host.get_by_uuid", vec![Value::String(host.clone())])
@@ -390,12 +550,12 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
                         vec![Value::String(vm), Value::Bool(false), Value::Bool(force)],
                     ),
                 },
-                "vm-shutdown" if force => ("VM.hard_shutdown", vec![Value::String(vm)]),
-                "vm-shutdown" => ("VM.clean_shutdown", vec![Value::String(vm)]),
-                "vm-reboot" if force => ("VM.hard_reboot", vec![Value::String(vm)]),
-                "vm-reboot" => ("VM.clean_reboot", vec![Value::String(vm)]),
-                "vm-suspend" => ("VM.suspend", vec![Value::String(vm)]),
-                _ => (
+                Power::Shutdown if force => ("VM.hard_shutdown", vec![Value::String(vm)]),
+                Power::Shutdown => ("VM.clean_shutdown", vec![Value::String(vm)]),
+                Power::Reboot if force => ("VM.hard_reboot", vec![Value::String(vm)]),
+                Power::Reboot => ("VM.clean_reboot", vec![Value::String(vm)]),
+                Power::Suspend => ("VM.suspend", vec![Value::String(vm)]),
+                Power::Resume => (
                     "VM.resume",
                     vec![Value::String(vm), Value::Bool(false), Value::Bool(force)],
                 ),
@@ -403,7 +563,7 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             s.run_task(method, params).await?;
             Ok(())
         }
-        "vm-install" => {
+        Action::VmInstall => {
             let template = o
                 .args
                 .get("template")
@@ -441,12 +601,12 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             println!("{}", wire_text(&uuid));
             Ok(())
         }
-        "vm-uninstall" | "vm-destroy" => {
+        Action::VmUninstall => {
             let vm = s.find_vm(&o.args).await?;
             s.call("VM.destroy", vec![Value::String(vm)]).await?;
             Ok(())
         }
-        "vm-param-list" => {
+        Action::VmParamList => {
             let vm = s.find_vm(&o.args).await?;
             let rec = s
                 .call("VM.get_record", vec![Value::String(vm.clone())])
@@ -456,8 +616,8 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        "event-wait" => event_wait(s, &o.args).await,
-        "pool-join" => {
+        Action::EventWait => event_wait(s, &o.args).await,
+        Action::PoolJoin => {
             let get = |k: &str| {
                 o.args
                     .get(k)
@@ -475,25 +635,20 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
-        "pool-eject" | "pool-designate-new-master" => {
+        Action::PoolHost { method } => {
             let uuid = o.args.get("host-uuid").context("give host-uuid=")?;
             let host = s
                 .call("host.get_by_uuid", vec![Value::String(uuid.clone())])
                 .await?;
-            let method = if o.command == "pool-eject" {
-                "pool.eject"
-            } else {
-                "pool.designate_new_master"
-            };
             s.call(method, vec![host]).await?;
             Ok(())
         }
-        "pool-emergency-transition-to-master" => {
+        Action::EmergencyTransitionToMaster => {
             s.call("pool.emergency_transition_to_master", vec![])
                 .await?;
             Ok(())
         }
-        "pool-emergency-reset-master" => {
+        Action::EmergencyResetMaster => {
             let addr = o
                 .args
                 .get("master-address")
@@ -505,12 +660,11 @@ async fn command(s: &Session, o: &Options) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
-        "pool-recover-slaves" => {
+        Action::RecoverSlaves => {
             let v = s.call("pool.recover_slaves", vec![]).await?;
             println!("{}", wire_text(&v));
             Ok(())
         }
-        other => bail!("unknown command {other}\n{USAGE}"),
     }
 }
 
@@ -562,6 +716,11 @@ async fn event_wait(s: &Session, args: &BTreeMap<String, String>) -> anyhow::Res
 
 fn main() {
     let result = parse_args(std::env::args().skip(1)).and_then(|o| {
+        // Help needs no server, so it works before the password is known.
+        if o.command == "help" {
+            print!("{}", help(o.positional.first().map(String::as_str))?);
+            return Ok(());
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -575,5 +734,119 @@ fn main() {
             None => eprintln!("{e:#}"),
         }
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> impl Iterator<Item = String> + '_ {
+        line.split_whitespace().map(String::from)
+    }
+
+    #[test]
+    fn command_names_are_unique_and_described() {
+        for (i, c) in COMMANDS.iter().enumerate() {
+            assert!(
+                COMMANDS[..i].iter().all(|d| d.name != c.name),
+                "{} twice",
+                c.name
+            );
+            assert!(!c.summary.is_empty(), "{} has no summary", c.name);
+            assert!(!c.description.is_empty(), "{} has no description", c.name);
+            assert!(!c.group.is_empty(), "{} has no group", c.name);
+            assert!(
+                c.required.iter().all(|p| !c.optional.contains(p)),
+                "{} lists a parameter as both required and optional",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn help_lists_every_command_with_its_summary() {
+        let text = help(None).unwrap();
+        for c in COMMANDS {
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(c.name))
+                .unwrap_or_else(|| panic!("{} missing from help", c.name));
+            assert!(line.ends_with(c.summary), "{line}");
+        }
+        assert!(text.starts_with(USAGE));
+    }
+
+    #[test]
+    fn every_command_has_its_own_help() {
+        for c in COMMANDS {
+            let text = help(Some(c.name)).unwrap();
+            let field = |label: &str| {
+                text.lines()
+                    .find_map(|l| l.trim_start().strip_prefix(label))
+                    .map(|rest| rest.trim_start().trim_start_matches(':').trim().to_string())
+                    .unwrap_or_else(|| panic!("{}: no {label} line in\n{text}", c.name))
+            };
+            assert_eq!(field("command name"), c.name);
+            assert_eq!(field("reqd params"), c.required.join(", "), "{}", c.name);
+            assert_eq!(
+                field("optional params"),
+                c.optional.join(", "),
+                "{}",
+                c.name
+            );
+            assert!(field("description").contains(c.description), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn help_shows_required_parameters() {
+        let text = help(Some("pool-join")).unwrap();
+        assert!(
+            text.contains("reqd params     : master-address, master-username, master-password"),
+            "{text}"
+        );
+        let text = help(Some("vm-start")).unwrap();
+        assert!(
+            text.contains("optional params : uuid, vm, name-label, on, --force"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn help_for_an_unknown_command_is_an_error() {
+        let e = help(Some("vm-frobnicate")).unwrap_err().to_string();
+        assert!(e.contains("unknown command vm-frobnicate"), "{e}");
+        assert!(e.contains("xenpool help"), "{e}");
+        assert!(lookup("help-me").is_err());
+    }
+
+    #[test]
+    fn help_parses_without_a_password_or_server() {
+        let o = parse_args(args("help")).unwrap();
+        assert_eq!(o.command, "help");
+        assert!(o.positional.is_empty());
+        assert!(o.password.is_none());
+        let o = parse_args(args("help vm-start")).unwrap();
+        assert_eq!(o.positional, ["vm-start"]);
+        assert!(parse_args(args("help vm-start vm-list")).is_err());
+        assert!(parse_args(args("vm-list extra")).is_err());
+    }
+
+    #[test]
+    fn local_sessions_are_for_emergency_commands_only() {
+        let local: Vec<&str> = COMMANDS
+            .iter()
+            .filter(|c| c.local_session)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            local,
+            [
+                "pool-emergency-transition-to-master",
+                "pool-emergency-reset-master",
+                "pool-recover-slaves"
+            ]
+        );
     }
 }

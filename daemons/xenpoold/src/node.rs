@@ -185,30 +185,11 @@ impl Node {
         let location = location.to_string();
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            let Some(target) = target else {
-                return source
-                    .clone_vdi(&location, &name)
-                    .map(|i| i.location)
-                    .map_err(internal);
+            let new = match target {
+                None => source.clone_vdi(&location, &name),
+                Some(target) => xenpool_storage::copy_vdi(&*source, &location, &*target, &name),
             };
-            let info = source.stat(&location).map_err(internal)?;
-            let new = target.create(&name, info.virtual_size).map_err(internal)?;
-            let copied = (|| -> Result<(), XenApiError> {
-                let from = source.attach(&location).map_err(internal)?;
-                let to = target.attach(&new.location).map_err(internal)?;
-                let mut r = std::fs::File::open(&from.path).map_err(internal)?;
-                let mut w = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&to.path)
-                    .map_err(internal)?;
-                std::io::copy(&mut r, &mut w).map_err(internal)?;
-                w.sync_all().map_err(internal)
-            })();
-            if let Err(e) = copied {
-                let _ = target.destroy(&new.location);
-                return Err(e);
-            }
-            Ok(new.location)
+            new.map(|i| i.location).map_err(internal)
         })
         .await
         .map_err(internal)?
