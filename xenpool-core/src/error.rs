@@ -188,6 +188,14 @@ pub enum CoreError {
     /// static_max does not hold.
     #[error("MEMORY_CONSTRAINT_VIOLATION_ORDER")]
     MemoryConstraintViolationOrder,
+    /// `MAP_DUPLICATE_KEY [map type, key]`: `add_to_<map>` of a key already there.
+    #[error("MAP_DUPLICATE_KEY: {key} in {map}")]
+    MapDuplicateKey {
+        /// the map's type
+        map: String,
+        /// the key
+        key: String,
+    },
     /// Any other XenAPI failure, with its code and parameters as xapi sends them.
     #[error("{code} {params:?}")]
     Api {
@@ -246,6 +254,7 @@ impl CoreError {
             CoreError::HostPowerOnModeDisabled => "HOST_POWER_ON_MODE_DISABLED",
             CoreError::ClusteredSrDegraded(_) => "CLUSTERED_SR_DEGRADED",
             CoreError::MemoryConstraintViolationOrder => "MEMORY_CONSTRAINT_VIOLATION_ORDER",
+            CoreError::MapDuplicateKey { .. } => "MAP_DUPLICATE_KEY",
             CoreError::Api { code, .. } => code,
         }
     }
@@ -317,6 +326,10 @@ impl CoreError {
                 out.push(object.as_str().to_string());
                 out.push(operations.clone());
                 out.push(tasks.clone());
+            }
+            CoreError::MapDuplicateKey { map, key } => {
+                out.push(map.clone());
+                out.push(key.clone());
             }
             CoreError::OperationBlocked { object, reason } => {
                 out.push(object.as_str().to_string());

@@ -269,10 +269,10 @@ fn edit_value(
             };
             // xapi refuses to overwrite an existing key through add_to.
             if pairs.iter().any(|(pk, _)| *pk == k) {
-                return Err(xenpool_core::CoreError::api(
-                    "MAP_DUPLICATE_KEY",
-                    [ty.describe(), format!("{k:?}")],
-                ));
+                return Err(xenpool_core::CoreError::MapDuplicateKey {
+                    map: ty.describe(),
+                    key: format!("{k:?}"),
+                });
             }
             pairs.push((k, v));
             Ok(Value::Map(pairs))
