@@ -22,6 +22,7 @@ pub mod ha;
 pub mod node;
 pub mod pool;
 pub mod state;
+pub mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
