@@ -320,7 +320,7 @@ fn vm_operation_error(
     }
     let states = vm_allowed_power_states(vm, op);
     if !states.contains(&vm.power_state) {
-        return Err(bad_power_state(vm_ref, vm, &states));
+        return Err(bad_power_state(vm_ref, vm, states));
     }
     if !vm_op_allowed_concurrently(op, &vm.current_operations) {
         return Err(other_vm_operation_in_progress(

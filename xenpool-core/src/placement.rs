@@ -284,5 +284,5 @@ pub fn choose_host(db: &Database, vm: &Ref, inputs: &HostOpsInputs) -> Result<Re
         }
     }
     best.map(|(_, _, r)| r.clone())
-        .ok_or_else(|| CoreError::NoHostsAvailable)
+        .ok_or(CoreError::NoHostsAvailable)
 }

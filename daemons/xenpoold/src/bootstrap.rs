@@ -2,7 +2,6 @@
 //! management network, roles, the `root` user, and (optionally) demonstration objects.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use xenpool_core::{
@@ -12,29 +11,16 @@ use xenpool_core::{
     VmRecord,
 };
 
-use crate::api::{hash_password, Role};
 use crate::config::Config;
+use crate::passwords::hash_password;
 use crate::state::{now, State};
+use xenpool_core::rbac::Role;
 
 const MIB: i64 = 1024 * 1024;
 
 /// Where the root password is written on first start.
 pub fn root_password_path(data_dir: &Path) -> PathBuf {
     data_dir.join("root-password")
-}
-
-/// Writes a secret readable by its owner only.
-pub fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// A random password of 24 characters from an unambiguous alphabet.

@@ -8,6 +8,13 @@
 use xenpool_core::{CoreError, DateTime, FieldType, Object, Ref, Value};
 use xenpool_rpc::{Encoding, JsonWriter, Value as Wire, ValueWriter, XenApiError, XmlWriter};
 
+/// A core error in wire form: its XenAPI code and parameters.
+pub fn api_error(e: CoreError) -> XenApiError {
+    let mut d = e.to_description();
+    let code = d.remove(0);
+    XenApiError::new(code, d)
+}
+
 /// How integers travel: xapi's XML-RPC sends 64-bit ints as decimal strings, its JSON-RPC
 /// as numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

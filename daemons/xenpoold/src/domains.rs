@@ -8,7 +8,7 @@ use xenpool_rpc::XenApiError;
 use xenpool_xen::{DomId, DomainSpec, Hypervisor, XenError};
 
 use crate::config::Config;
-use crate::node::DomainOp;
+use xenpool_core::lifecycle::DomainAction;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -68,10 +68,10 @@ fn spec(vm: &VmRecord) -> DomainSpec {
 }
 
 /// Applies one operation; returns the domain id the VM has afterwards (-1 for none).
-pub fn apply(hv: &dyn Hypervisor, vm: &VmRecord, op: DomainOp) -> Result<i64, XenApiError> {
+pub fn apply(hv: &dyn Hypervisor, vm: &VmRecord, op: DomainAction) -> Result<i64, XenApiError> {
     let err = |e| xen_error(vm, e);
     match op {
-        DomainOp::Start { paused } => {
+        DomainAction::Start { paused } => {
             // A domain left from an earlier life of the VM on this host is stale.
             if let Ok(Some(old)) = hv.domain_by_uuid(&vm.uuid) {
                 hv.destroy(old.domid).map_err(err)?;
@@ -85,7 +85,7 @@ pub fn apply(hv: &dyn Hypervisor, vm: &VmRecord, op: DomainOp) -> Result<i64, Xe
             }
             Ok(i64::from(domid.0))
         }
-        DomainOp::Resume { paused } => {
+        DomainAction::Resume { paused } => {
             // The suspend image lives on the VM's SR, so any host can restore it: one that
             // holds the suspended domain resumes it, another builds it afresh.
             let domid = match hv.domain_by_uuid(&vm.uuid).map_err(err)? {
@@ -104,35 +104,35 @@ pub fn apply(hv: &dyn Hypervisor, vm: &VmRecord, op: DomainOp) -> Result<i64, Xe
             }
             Ok(i64::from(domid.0))
         }
-        DomainOp::Shutdown { clean } => {
+        DomainAction::Shutdown { clean } => {
             let domid = domid_of(hv, vm)?;
             hv.shutdown(domid, clean).map_err(err)?;
             hv.destroy(domid).map_err(err)?;
             Ok(-1)
         }
-        DomainOp::Reboot { clean: true } => {
+        DomainAction::Reboot { clean: true } => {
             let domid = domid_of(hv, vm)?;
             hv.reboot(domid).map_err(err)?;
             Ok(i64::from(domid.0))
         }
-        DomainOp::Reboot { clean: false } => {
+        DomainAction::Reboot { clean: false } => {
             let domid = domid_of(hv, vm)?;
             hv.destroy(domid).map_err(err)?;
             let domid = hv.create_domain(&spec(vm)).map_err(err)?;
             hv.unpause(domid).map_err(err)?;
             Ok(i64::from(domid.0))
         }
-        DomainOp::Suspend => {
+        DomainAction::Suspend => {
             let domid = domid_of(hv, vm)?;
             hv.suspend(domid).map_err(err)?;
             Ok(-1)
         }
-        DomainOp::Pause => {
+        DomainAction::Pause => {
             let domid = domid_of(hv, vm)?;
             hv.pause(domid).map_err(err)?;
             Ok(i64::from(domid.0))
         }
-        DomainOp::Unpause => {
+        DomainAction::Unpause => {
             let domid = domid_of(hv, vm)?;
             hv.unpause(domid).map_err(err)?;
             Ok(i64::from(domid.0))

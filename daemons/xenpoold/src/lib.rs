@@ -19,8 +19,11 @@ pub mod config;
 pub mod conv;
 pub mod domains;
 pub mod ha;
+pub mod host_files;
 pub mod node;
+pub mod passwords;
 pub mod pool;
+pub mod session;
 pub mod state;
 pub mod transport;
 
@@ -76,13 +79,13 @@ pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path:
             .clone();
         (uuid, r)
     };
-    let role = crate::pool::read_role(&config.data_dir);
+    let role = crate::host_files::read_role(&config.data_dir);
     let state = State::new(db, host_ref.clone());
     let mut new_password = None;
     if fresh {
         let password = crate::bootstrap::bootstrap(&state, &config, &host_uuid)?;
         let path = crate::bootstrap::root_password_path(&config.data_dir);
-        crate::bootstrap::write_secret(&path, &password)?;
+        crate::host_files::write_secret(&path, &password)?;
         std::fs::write(&uuid_path, &host_uuid)?;
         new_password = Some(path);
     }
@@ -222,12 +225,5 @@ pub async fn run(
     tracing::info!("shutting down");
     let drain = async { while servers.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
-    Ok(())
-}
-
-/// Sets the role this host will have, as the role file records it.
-pub fn set_role(node: &Node, role: Role) -> anyhow::Result<()> {
-    crate::pool::write_role(&node.config.data_dir, &role)?;
-    *node.role.write().unwrap_or_else(|e| e.into_inner()) = role;
     Ok(())
 }

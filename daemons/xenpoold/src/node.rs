@@ -12,50 +12,9 @@ use xenpool_rpc::{Request, XenApiError};
 use xenpool_storage::SrDriver;
 
 use crate::config::Config;
+pub use crate::host_files::Role;
 use crate::state::{now, State};
-
-/// What a host does to a domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DomainOp {
-    /// Build and run (or leave paused).
-    Start {
-        /// Leave it paused.
-        paused: bool,
-    },
-    /// Restore a suspended domain.
-    Resume {
-        /// Leave it paused.
-        paused: bool,
-    },
-    /// Stop it.
-    Shutdown {
-        /// Ask the guest first.
-        clean: bool,
-    },
-    /// Restart it.
-    Reboot {
-        /// Ask the guest first.
-        clean: bool,
-    },
-    /// Save it and stop.
-    Suspend,
-    /// Stop scheduling it.
-    Pause,
-    /// Schedule it again.
-    Unpause,
-}
-
-/// The role of this host in its pool.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Holds the database and serves control calls.
-    Coordinator,
-    /// Follows the coordinator at this address.
-    Member {
-        /// The coordinator's address.
-        coordinator: String,
-    },
-}
+use xenpool_core::lifecycle::DomainAction;
 
 /// One host.
 pub struct Node {
@@ -78,7 +37,7 @@ pub struct Node {
     pub transferring: tokio::sync::watch::Sender<bool>,
     /// Sessions from `session.slave_local_login_with_password`: kept by this host only, so
     /// a member can be administered while its coordinator is gone.
-    pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::api::Caller>>,
+    pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::session::Caller>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -98,6 +57,13 @@ impl Node {
     /// The current role.
     pub fn role(&self) -> Role {
         self.role.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the role this host will have, as the role file records it.
+    pub fn set_role(&self, role: Role) -> anyhow::Result<()> {
+        crate::host_files::write_role(&self.config.data_dir, &role)?;
+        *self.role.write().unwrap_or_else(|e| e.into_inner()) = role;
+        Ok(())
     }
 
     /// Whether this host is the coordinator.
@@ -127,7 +93,7 @@ impl Node {
 
     fn sr_dir(&self, sr: &Ref) -> Result<PathBuf, XenApiError> {
         let db = self.state.db();
-        let rec = db.get::<SrRecord>(sr).map_err(crate::api::api_error)?;
+        let rec = db.get::<SrRecord>(sr).map_err(crate::conv::api_error)?;
         let pbd = rec
             .PBDs
             .iter()
@@ -209,7 +175,7 @@ impl Node {
         &self,
         host: &Ref,
         vm: &VmRecord,
-        op: DomainOp,
+        op: DomainAction,
     ) -> Result<i64, XenApiError> {
         if *host != self.state.host {
             return crate::pool::forward_domain_op(self, host, vm, op).await;
@@ -218,7 +184,11 @@ impl Node {
     }
 
     /// Does a domain operation on this host.
-    pub async fn local_domain_op(&self, vm: VmRecord, op: DomainOp) -> Result<i64, XenApiError> {
+    pub async fn local_domain_op(
+        &self,
+        vm: VmRecord,
+        op: DomainAction,
+    ) -> Result<i64, XenApiError> {
         let hv = self.hypervisor.clone();
         tokio::task::spawn_blocking(move || crate::domains::apply(&*hv, &vm, op))
             .await

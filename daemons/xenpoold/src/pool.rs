@@ -8,7 +8,6 @@
 //! live.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,80 +20,8 @@ use xenpool_core::{
 use xenpool_ha::ContactLiveness;
 use xenpool_rpc::{Client, RpcError, Value as Wire, XenApiError};
 
-use crate::node::{DomainOp, Node, Role};
-
-const ROLE_FILE: &str = "pool-role";
-const SECRET_FILE: &str = "pool-secret";
-
-/// A role as the role file and `pool.xenpool_whois` spell it: `coordinator`, or
-/// `member:<coordinator address>`.
-pub fn role_text(role: &Role) -> String {
-    match role {
-        Role::Coordinator => "coordinator".to_string(),
-        Role::Member { coordinator } => format!("member:{coordinator}"),
-    }
-}
-
-/// A role from its text; anything else is `None`.
-pub fn parse_role(text: &str) -> Option<Role> {
-    match text.trim() {
-        "coordinator" => Some(Role::Coordinator),
-        other => other
-            .strip_prefix("member:")
-            .filter(|a| !a.is_empty())
-            .map(|a| Role::Member {
-                coordinator: a.to_string(),
-            }),
-    }
-}
-
-/// Reads the role file; a host without one coordinates its own pool of one.
-pub fn read_role(data_dir: &Path) -> Role {
-    std::fs::read_to_string(data_dir.join(ROLE_FILE))
-        .ok()
-        .and_then(|t| parse_role(&t))
-        .unwrap_or(Role::Coordinator)
-}
-
-fn write_durably(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    crate::bootstrap::write_secret(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Writes the role file durably.
-pub fn write_role(data_dir: &Path, role: &Role) -> anyhow::Result<()> {
-    write_durably(&data_dir.join(ROLE_FILE), &role_text(role))
-}
-
-/// The pool secret hosts use to authenticate each other, if this host has one.
-pub fn read_secret(data_dir: &Path) -> Option<String> {
-    std::fs::read_to_string(data_dir.join(SECRET_FILE))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// Keeps the pool secret (owner-readable only).
-pub fn write_secret_file(data_dir: &Path, secret: &str) -> anyhow::Result<()> {
-    write_durably(&data_dir.join(SECRET_FILE), secret)
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn secret_matches(node: &Node, given: &str) -> bool {
-    let Some(mine) = read_secret(&node.config.data_dir) else {
-        return false;
-    };
-    let (a, b) = (mine.as_bytes(), given.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::node::{Node, Role};
+use xenpool_core::lifecycle::DomainAction;
 
 /// The URL of another host: its address with this host's port (every host of a pool serves
 /// the same port, as `HOST_IS_SLAVE` names only an address).
@@ -125,11 +52,11 @@ fn rpc_error(e: RpcError) -> XenApiError {
 fn host_address(db: &Database, host: &Ref) -> Result<String, XenApiError> {
     db.get::<HostRecord>(host)
         .map(|h| h.address.clone())
-        .map_err(crate::api::api_error)
+        .map_err(crate::conv::api_error)
 }
 
 fn secret_or_error(node: &Node) -> Result<String, XenApiError> {
-    read_secret(&node.config.data_dir)
+    crate::host_files::read_secret(&node.config.data_dir)
         .ok_or_else(|| XenApiError::internal_error("this host has no pool secret"))
 }
 
@@ -138,7 +65,7 @@ pub async fn forward_domain_op(
     node: &Node,
     host: &Ref,
     vm: &VmRecord,
-    op: DomainOp,
+    op: DomainAction,
 ) -> Result<i64, XenApiError> {
     let address = host_address(&node.state.db(), host)?;
     let secret = secret_or_error(node)?;
@@ -166,36 +93,36 @@ pub async fn forward_domain_op(
 }
 
 /// The wire name of a domain operation between hosts.
-pub fn op_name(op: DomainOp) -> &'static str {
+pub fn op_name(op: DomainAction) -> &'static str {
     match op {
-        DomainOp::Start { paused: false } => "start",
-        DomainOp::Start { paused: true } => "start_paused",
-        DomainOp::Resume { paused: false } => "resume",
-        DomainOp::Resume { paused: true } => "resume_paused",
-        DomainOp::Shutdown { clean: true } => "clean_shutdown",
-        DomainOp::Shutdown { clean: false } => "hard_shutdown",
-        DomainOp::Reboot { clean: true } => "clean_reboot",
-        DomainOp::Reboot { clean: false } => "hard_reboot",
-        DomainOp::Suspend => "suspend",
-        DomainOp::Pause => "pause",
-        DomainOp::Unpause => "unpause",
+        DomainAction::Start { paused: false } => "start",
+        DomainAction::Start { paused: true } => "start_paused",
+        DomainAction::Resume { paused: false } => "resume",
+        DomainAction::Resume { paused: true } => "resume_paused",
+        DomainAction::Shutdown { clean: true } => "clean_shutdown",
+        DomainAction::Shutdown { clean: false } => "hard_shutdown",
+        DomainAction::Reboot { clean: true } => "clean_reboot",
+        DomainAction::Reboot { clean: false } => "hard_reboot",
+        DomainAction::Suspend => "suspend",
+        DomainAction::Pause => "pause",
+        DomainAction::Unpause => "unpause",
     }
 }
 
 /// A domain operation from its wire name.
-pub fn parse_op(s: &str) -> Option<DomainOp> {
+pub fn parse_op(s: &str) -> Option<DomainAction> {
     Some(match s {
-        "start" => DomainOp::Start { paused: false },
-        "start_paused" => DomainOp::Start { paused: true },
-        "resume" => DomainOp::Resume { paused: false },
-        "resume_paused" => DomainOp::Resume { paused: true },
-        "clean_shutdown" => DomainOp::Shutdown { clean: true },
-        "hard_shutdown" => DomainOp::Shutdown { clean: false },
-        "clean_reboot" => DomainOp::Reboot { clean: true },
-        "hard_reboot" => DomainOp::Reboot { clean: false },
-        "suspend" => DomainOp::Suspend,
-        "pause" => DomainOp::Pause,
-        "unpause" => DomainOp::Unpause,
+        "start" => DomainAction::Start { paused: false },
+        "start_paused" => DomainAction::Start { paused: true },
+        "resume" => DomainAction::Resume { paused: false },
+        "resume_paused" => DomainAction::Resume { paused: true },
+        "clean_shutdown" => DomainAction::Shutdown { clean: true },
+        "hard_shutdown" => DomainAction::Shutdown { clean: false },
+        "clean_reboot" => DomainAction::Reboot { clean: true },
+        "hard_reboot" => DomainAction::Reboot { clean: false },
+        "suspend" => DomainAction::Suspend,
+        "pause" => DomainAction::Pause,
+        "unpause" => DomainAction::Unpause,
         _ => return None,
     })
 }
@@ -410,12 +337,9 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
                     if let Some(addr) = api.params.first().filter(|a| **a != me && still_following)
                     {
                         tracing::info!(coordinator = %addr, "following the new coordinator");
-                        let _ = crate::set_role(
-                            node,
-                            Role::Member {
-                                coordinator: addr.clone(),
-                            },
-                        );
+                        let _ = node.set_role(Role::Member {
+                            coordinator: addr.clone(),
+                        });
                         return Ok(());
                     }
                 }
@@ -433,7 +357,7 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
                 .map_err(|e| XenApiError::internal_error(format!("bad snapshot: {e}")))?;
             node.state
                 .replace_replicated(&state)
-                .map_err(crate::api::api_error)?;
+                .map_err(crate::conv::api_error)?;
             node.needs_snapshot.store(false, Ordering::SeqCst);
         }
     }
@@ -448,7 +372,7 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
         }
         node.state
             .apply_replicated(&batches)
-            .map_err(crate::api::api_error)?;
+            .map_err(crate::conv::api_error)?;
     }
     Ok(())
 }
@@ -711,12 +635,12 @@ pub fn check_can_join(node: &Node, master_address: &str) -> Result<(), XenApiErr
         ),
     };
     xenpool_core::membership::check_can_join(&node.state.db(), joiner)
-        .map_err(crate::api::api_error)
+        .map_err(crate::conv::api_error)
 }
 
 /// Turns this host into the coordinator: role file, write gate, `pool.master`, message.
 pub fn become_coordinator(node: &Node) -> Result<(), XenApiError> {
-    crate::set_role(node, Role::Coordinator)
+    node.set_role(Role::Coordinator)
         .map_err(|e| XenApiError::internal_error(e.to_string()))?;
     node.state.set_write_gate(None);
     node.liveness.reset();
@@ -736,7 +660,7 @@ pub fn become_coordinator(node: &Node) -> Result<(), XenApiError> {
     };
     node.state
         .write(|txn| txn.update::<PoolRecord>(&pool_ref, |p| p.master = host.clone()))
-        .map_err(crate::api::api_error)?;
+        .map_err(crate::conv::api_error)?;
     let _ = node.raise_message(
         "POOL_MASTER_TRANSITION",
         4,
@@ -753,12 +677,9 @@ pub fn become_member(node: &Node, coordinator: &str) -> Result<(), XenApiError> 
     node.needs_snapshot.store(true, Ordering::SeqCst);
     // Wake the members' long-polls held here, so they learn of the new coordinator now.
     node.state.generation.send_replace(generation);
-    crate::set_role(
-        node,
-        Role::Member {
-            coordinator: coordinator.to_string(),
-        },
-    )
+    node.set_role(Role::Member {
+        coordinator: coordinator.to_string(),
+    })
     .map_err(|e| XenApiError::internal_error(e.to_string()))
 }
 
@@ -772,12 +693,12 @@ pub fn reset_to_standalone(node: &Node) -> anyhow::Result<()> {
         .replace_with(&StoredState::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let password = crate::bootstrap::bootstrap(&node.state, &node.config, &uuid)?;
-    crate::bootstrap::write_secret(
+    crate::host_files::write_secret(
         &crate::bootstrap::root_password_path(&node.config.data_dir),
         &password,
     )?;
-    let _ = std::fs::remove_file(node.config.data_dir.join(SECRET_FILE));
-    crate::set_role(node, Role::Coordinator)?;
+    crate::host_files::forget_secret(&node.config.data_dir);
+    node.set_role(Role::Coordinator)?;
     Ok(())
 }
 
@@ -848,7 +769,7 @@ pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenAp
 /// Asks the other hosts of the pool which coordinator they follow; returns the address of a
 /// host other than this one that says it is the coordinator.
 async fn find_other_coordinator(node: &Node) -> Option<String> {
-    let secret = read_secret(&node.config.data_dir)?;
+    let secret = crate::host_files::read_secret(&node.config.data_dir)?;
     let me = node.config.address.to_string();
     let others: Vec<String> = node
         .state
@@ -868,7 +789,7 @@ async fn find_other_coordinator(node: &Node) -> Option<String> {
             .ok()
             .as_ref()
             .and_then(Wire::as_str)
-            .and_then(parse_role)
+            .and_then(crate::host_files::parse_role)
         {
             Some(Role::Coordinator) if address != me => return Some(address),
             Some(Role::Member { coordinator }) if coordinator != me => return Some(coordinator),

@@ -63,8 +63,7 @@ impl RpcTransport {
     /// The URL of a host: hosts of a pool share their port unless an address names one
     /// (`HOST_IS_SLAVE` names only an address).
     pub fn url(&self, address: &str) -> String {
-        if address.contains(':') && !address.starts_with('[') && address.matches(':').count() == 1
-        {
+        if address.contains(':') && !address.starts_with('[') && address.matches(':').count() == 1 {
             format!("http://{address}/")
         } else {
             format!("http://{address}:{}/", self.http_port)
@@ -133,7 +132,9 @@ impl<H> std::fmt::Debug for MemoryNetwork<H> {
             .keys()
             .cloned()
             .collect();
-        f.debug_struct("MemoryNetwork").field("hosts", &hosts).finish()
+        f.debug_struct("MemoryNetwork")
+            .field("hosts", &hosts)
+            .finish()
     }
 }
 

@@ -12,29 +12,21 @@ mod vm;
 
 use std::sync::Arc;
 
-use xenpool_core::{Class, CoreError, Ref};
+use xenpool_core::{Class, Ref};
 use xenpool_rpc::{CallContext, Encoding, Protocol, Request, Value as Wire, XenApiError};
 
 use crate::conv::IntStyle;
 use crate::node::Node;
 
-pub use auth::{hash_password, Role};
+pub use crate::conv::api_error;
+pub use crate::passwords::hash_password;
+pub use crate::session::Caller;
+pub use xenpool_core::rbac::Role;
 
 /// The XenAPI handler of one host.
 #[derive(Debug, Clone)]
 pub struct Api {
     node: Arc<Node>,
-}
-
-/// The caller of a call, once its session is checked.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The session reference.
-    pub session: Ref,
-    /// The user's name.
-    pub user: String,
-    /// The user's strongest role.
-    pub role: Role,
 }
 
 /// Everything one call needs besides its parameters.
@@ -49,13 +41,6 @@ pub struct Ctx {
     pub encoding: Encoding,
     /// The task this call runs as, when it came as `Async.`.
     pub task: Option<Ref>,
-}
-
-/// A core error in wire form.
-pub fn api_error(e: CoreError) -> XenApiError {
-    let mut d = e.to_description();
-    let code = d.remove(0);
-    XenApiError::new(code, d)
 }
 
 /// Shorthand for results of dispatch.
@@ -276,7 +261,7 @@ pub fn add_user(config: &crate::config::Config, name: &str, role: &str) -> anyho
         .write(|txn| txn.create(r, rec))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = config.data_dir.join(format!("{name}-password"));
-    crate::bootstrap::write_secret(&path, &password)?;
+    crate::host_files::write_secret(&path, &password)?;
     println!("{}", path.display());
     Ok(())
 }

@@ -235,11 +235,11 @@ impl Api {
                     serde_json::from_str(p.string("objects")?).map_err(|e| {
                         XenApiError::new("INVALID_VALUE", ["objects", &e.to_string()])
                     })?;
-                let secret = match crate::pool::read_secret(&node.config.data_dir) {
+                let secret = match crate::host_files::read_secret(&node.config.data_dir) {
                     Some(s) => s,
                     None => {
                         let s = format!("{:032x}{:032x}", node.state.random(), node.state.random());
-                        crate::pool::write_secret_file(&node.config.data_dir, &s)
+                        crate::host_files::write_secret_file(&node.config.data_dir, &s)
                             .map_err(|e| XenApiError::internal_error(e.to_string()))?;
                         s
                     }
@@ -306,7 +306,7 @@ impl Api {
         let snapshot: xenpool_core::persist::StoredState =
             serde_json::from_str(&get("snapshot"))
                 .map_err(|e| XenApiError::internal_error(format!("bad pool snapshot: {e}")))?;
-        crate::pool::write_secret_file(&node.config.data_dir, &secret)
+        crate::host_files::write_secret_file(&node.config.data_dir, &secret)
             .map_err(|e| XenApiError::internal_error(e.to_string()))?;
         // The answer has to reach the caller before this host stops accepting writes, but
         // the database switch itself is one step: replace, then follow the coordinator.
@@ -331,7 +331,7 @@ impl Api {
                 .address
                 .clone()
         };
-        let secret = crate::pool::read_secret(&node.config.data_dir)
+        let secret = crate::host_files::read_secret(&node.config.data_dir)
             .ok_or_else(|| XenApiError::internal_error("no pool secret"))?;
         let client = crate::pool::peer_client(node, &address, Duration::from_secs(60))?;
         client
@@ -353,7 +353,7 @@ impl Api {
         if !node.is_coordinator() {
             return Err(XenApiError::new("HOST_IS_SLAVE", [String::new()]));
         }
-        let secret = crate::pool::read_secret(&node.config.data_dir)
+        let secret = crate::host_files::read_secret(&node.config.data_dir)
             .ok_or_else(|| XenApiError::internal_error("no pool secret"))?;
         let me = node.config.address.to_string();
         let hosts: Vec<(Ref, String)> = node
@@ -390,7 +390,7 @@ impl Api {
             Some(Wire::String(s)) => s.as_str(),
             _ => "",
         };
-        if !crate::pool::secret_matches(node, secret) {
+        if !crate::host_files::secret_matches(&node.config.data_dir, secret) {
             return Err(XenApiError::new(
                 "SESSION_AUTHENTICATION_FAILED",
                 ["", "the pool secret does not match"],
@@ -434,7 +434,7 @@ impl Api {
             }
             ("pool", "xenpool_whois") => {
                 req.reader(1)?;
-                Ok(Wire::String(crate::pool::role_text(&node.role())))
+                Ok(Wire::String(crate::host_files::role_text(&node.role())))
             }
             ("pool", "xenpool_reset_master") => {
                 let mut p = req.reader(2)?;

@@ -13,8 +13,8 @@ use xenpool_core::{
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, ref_param, Api, ApiResult, Ctx};
-use crate::node::DomainOp;
 use crate::state::now;
+use xenpool_core::lifecycle::DomainAction;
 
 /// The VM messages handled here, beyond the generic ones.
 pub const MESSAGES: &[&str] = &[
@@ -478,24 +478,24 @@ impl Api {
         let work = async {
             self.check_cancelled(cx)?;
             let dop = match op {
-                VmOperation::Start | VmOperation::StartOn => DomainOp::Start {
+                VmOperation::Start | VmOperation::StartOn => DomainAction::Start {
                     paused: start_paused,
                 },
-                VmOperation::Resume | VmOperation::ResumeOn => DomainOp::Resume {
+                VmOperation::Resume | VmOperation::ResumeOn => DomainAction::Resume {
                     paused: start_paused,
                 },
                 VmOperation::CleanShutdown | VmOperation::Shutdown => {
-                    DomainOp::Shutdown { clean: true }
+                    DomainAction::Shutdown { clean: true }
                 }
-                VmOperation::HardShutdown => DomainOp::Shutdown { clean: false },
-                VmOperation::CleanReboot => DomainOp::Reboot { clean: true },
-                VmOperation::HardReboot => DomainOp::Reboot { clean: false },
-                VmOperation::Suspend => DomainOp::Suspend,
-                VmOperation::Pause => DomainOp::Pause,
-                _ => DomainOp::Unpause,
+                VmOperation::HardShutdown => DomainAction::Shutdown { clean: false },
+                VmOperation::CleanReboot => DomainAction::Reboot { clean: true },
+                VmOperation::HardReboot => DomainAction::Reboot { clean: false },
+                VmOperation::Suspend => DomainAction::Suspend,
+                VmOperation::Pause => DomainAction::Pause,
+                _ => DomainAction::Unpause,
             };
             if before.power_state == VmPowerState::Suspended
-                && dop == (DomainOp::Shutdown { clean: false })
+                && dop == (DomainAction::Shutdown { clean: false })
             {
                 // A suspended VM has no running domain: stopping it discards its image.
                 return Ok(-1);
@@ -512,9 +512,9 @@ impl Api {
         if starting && outcome.is_ok() {
             if let Err(cancelled) = self.check_cancelled(cx) {
                 let undo = if matches!(op, VmOperation::Resume | VmOperation::ResumeOn) {
-                    DomainOp::Suspend
+                    DomainAction::Suspend
                 } else {
-                    DomainOp::Shutdown { clean: false }
+                    DomainAction::Shutdown { clean: false }
                 };
                 match node.domain_op(&host, &before, undo).await {
                     Ok(_) => outcome = Err(cancelled),
