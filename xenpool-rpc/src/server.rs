@@ -14,6 +14,13 @@
 //! calls in flight, request size, and the time to send headers, body and TLS handshake. A
 //! handler call runs in its own task, so a client that hangs up does not cancel an
 //! operation halfway, and a handler that panics costs that one call an `INTERNAL_ERROR`.
+//!
+//! Calls are budgeted by their [`CallClass`], which the handler decides: ordinary calls
+//! share `max_in_flight`; long-polls, which sit waiting for something to happen, have a
+//! budget of their own so that however many are parked, ordinary calls still get slots;
+//! and calls the handler has authenticated as coming from a trusted peer have a reserve
+//! no client call can take. The server only counts; which calls are which is the
+//! handler's business.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,7 +41,7 @@ use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -109,6 +116,32 @@ pub trait Handler: Send + Sync + 'static {
         let _ = call;
         false
     }
+
+    /// Which budget `call` runs in (see [`CallClass`]); by default every call is
+    /// [`CallClass::Ordinary`]. Called on the connection's task for every call, so it
+    /// must be cheap.
+    fn classify(&self, call: &Call) -> CallClass {
+        let _ = call;
+        CallClass::Ordinary
+    }
+}
+
+/// The budget a call runs in, as [`Handler::classify`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallClass {
+    /// Runs within [`ServerLimits::max_in_flight`], waiting for a slot when all are taken.
+    Ordinary,
+    /// Waits for something to happen before it answers (a long-poll such as
+    /// `event.from`): runs within [`ServerLimits::max_long_polls`] and never takes an
+    /// ordinary slot. When that budget is spent the call is refused at once with
+    /// `TOO_MANY_PENDING_TASKS` rather than queued, as queued long-polls would only wait
+    /// to wait.
+    LongPoll,
+    /// A call from a trusted peer (another host of the pool) that the handler has already
+    /// authenticated: runs within [`ServerLimits::max_internal_in_flight`], a reserve no
+    /// client call can take. Only classify a call this way after checking its
+    /// credentials, or any client can spend the reserve.
+    Internal,
 }
 
 /// Bounds on what peers can make the server spend.
@@ -117,8 +150,17 @@ pub struct ServerLimits {
     /// Largest accepted request body; larger ones get 413 and a protocol error, from the
     /// `Content-Length` header alone when it declares more, before any body is read.
     pub max_body_bytes: usize,
-    /// Calls executing at once across all connections; further calls wait.
+    /// Ordinary calls executing at once across all connections; further calls wait.
     pub max_in_flight: usize,
+    /// Long-polls ([`CallClass::LongPoll`]) parked at once; further ones are refused
+    /// with `TOO_MANY_PENDING_TASKS`. Each holds a connection, so the server keeps this
+    /// to at most half of `max_connections`: the other half stays free for clients
+    /// making ordinary calls, however many long-polls are parked.
+    pub max_long_polls: usize,
+    /// Authenticated calls from trusted peers ([`CallClass::Internal`]) executing at
+    /// once; further ones wait. Separate from `max_in_flight`, so clients cannot starve
+    /// them.
+    pub max_internal_in_flight: usize,
     /// Open connections; the listener stops accepting while at the bound.
     pub max_connections: usize,
     /// Time a connection may take to send a request's headers (also closes idle
@@ -141,6 +183,8 @@ impl Default for ServerLimits {
         ServerLimits {
             max_body_bytes: 16 * 1024 * 1024,
             max_in_flight: 256,
+            max_long_polls: 2048,
+            max_internal_in_flight: 256,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
@@ -155,6 +199,8 @@ struct Shared<H> {
     handler: Arc<H>,
     limits: ServerLimits,
     in_flight: Semaphore,
+    long_polls: Semaphore,
+    internal: Semaphore,
 }
 
 /// Serves XenAPI on `listener` until `shutdown` completes, then stops accepting, lets
@@ -170,10 +216,21 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = limits.max_connections.max(2);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let long_polls = limits.max_long_polls.min(max_connections / 2);
+    if long_polls < limits.max_long_polls {
+        tracing::warn!(
+            max_long_polls = limits.max_long_polls,
+            max_connections,
+            "long-polls limited to half the connections, so ordinary calls can still connect"
+        );
+    }
     let shared = Arc::new(Shared {
         handler,
         in_flight: Semaphore::new(limits.max_in_flight.max(1)),
+        long_polls: Semaphore::new(long_polls),
+        internal: Semaphore::new(limits.max_internal_in_flight.max(1)),
         limits,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -560,7 +617,18 @@ async fn dispatch<H: Handler>(
     ctx: CallContext,
     call: Call,
 ) -> Result<Value, XenApiError> {
-    let Ok(_permit) = shared.in_flight.acquire().await else {
+    let permit = match shared.handler.classify(&call) {
+        CallClass::Ordinary => shared.in_flight.acquire().await.ok(),
+        CallClass::Internal => shared.internal.acquire().await.ok(),
+        CallClass::LongPoll => match shared.long_polls.try_acquire() {
+            Ok(p) => Some(p),
+            Err(TryAcquireError::NoPermits) => {
+                return Err(XenApiError::too_many_pending_tasks());
+            }
+            Err(TryAcquireError::Closed) => None,
+        },
+    };
+    let Some(_permit) = permit else {
         return Err(XenApiError::internal_error("server is shutting down"));
     };
     if shared.handler.run_inline(&call) {

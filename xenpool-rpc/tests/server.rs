@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use xenpool_rpc::{
-    serve, xml, Call, CallContext, Client, Handler, Protocol, RpcError, ServerLimits, Value,
-    XenApiError,
+    serve, xml, Call, CallClass, CallContext, Client, Handler, Protocol, RpcError, ServerLimits,
+    Value, XenApiError,
 };
 
 /// Echoes calls back, with a few methods that misbehave on purpose.
@@ -708,6 +708,122 @@ async fn declared_oversized_body_is_answered_413_from_its_headers() {
     for _ in 0..3 {
         let r = http().post(srv.url()).body(body.clone()).send().await;
         assert_eq!(r.expect("a response").status(), 413);
+    }
+    srv.stop().await;
+}
+
+/// Parks `test.park` calls and blocks `test.block` calls until released, counting each as
+/// it starts, so a test knows what holds which budget.
+struct Budgeted {
+    parked: tokio::sync::watch::Sender<usize>,
+    blocked: tokio::sync::watch::Sender<usize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Handler for Budgeted {
+    async fn call(&self, _ctx: CallContext, call: Call) -> Result<Value, XenApiError> {
+        let counter = match call.method.as_str() {
+            "test.park" => &self.parked,
+            "test.block" => &self.blocked,
+            other => return Ok(Value::from(other)),
+        };
+        counter.send_modify(|n| *n += 1);
+        let mut release = self.release.subscribe();
+        let _ = release.wait_for(|r| *r).await;
+        Ok(Value::from("released"))
+    }
+
+    fn classify(&self, call: &Call) -> CallClass {
+        match call.method.as_str() {
+            "test.park" => CallClass::LongPoll,
+            "test.internal" => CallClass::Internal,
+            _ => CallClass::Ordinary,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_and_internal_calls_have_budgets_of_their_own() {
+    let handler = Arc::new(Budgeted {
+        parked: tokio::sync::watch::channel(0).0,
+        blocked: tokio::sync::watch::channel(0).0,
+        release: tokio::sync::watch::channel(false).0,
+    });
+    let limits = ServerLimits {
+        max_in_flight: 2,
+        max_long_polls: 3,
+        max_internal_in_flight: 1,
+        max_connections: 64,
+        ..ServerLimits::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let srv = start_on(listener, handler.clone(), limits, None).await;
+    let client = Arc::new(Client::new(&srv.url()).unwrap());
+    let spawn = |method: &'static str| {
+        let c = client.clone();
+        tokio::spawn(async move { c.call(method, vec![]).await })
+    };
+    let bound = Duration::from_secs(30);
+
+    // Three long-polls park and the fourth is refused, with xapi's code for it.
+    let parks: Vec<_> = (0..3).map(|_| spawn("test.park")).collect();
+    let mut parked = handler.parked.subscribe();
+    tokio::time::timeout(bound, parked.wait_for(|n| *n == 3))
+        .await
+        .expect("three parked")
+        .unwrap();
+    let refused = tokio::time::timeout(bound, client.call("test.park", vec![]))
+        .await
+        .expect("refused at once")
+        .unwrap_err();
+    assert_eq!(
+        refused.api().expect("a XenAPI error").description(),
+        vec![xenpool_rpc::TOO_MANY_PENDING_TASKS.to_string()]
+    );
+
+    // Parked calls hold none of the ordinary slots.
+    let r = tokio::time::timeout(bound, client.call("test.echo", vec![]))
+        .await
+        .expect("an ordinary call answers")
+        .unwrap();
+    assert_eq!(r, Value::from("test.echo"));
+
+    // With every ordinary slot taken, an ordinary call waits but an internal one runs.
+    let blocks: Vec<_> = (0..2).map(|_| spawn("test.block")).collect();
+    let mut blocked = handler.blocked.subscribe();
+    tokio::time::timeout(bound, blocked.wait_for(|n| *n == 2))
+        .await
+        .expect("two blocked")
+        .unwrap();
+    let waiting = spawn("test.echo");
+    let r = tokio::time::timeout(bound, client.call("test.internal", vec![]))
+        .await
+        .expect("an internal call answers")
+        .unwrap();
+    assert_eq!(r, Value::from("test.internal"));
+    assert!(
+        !waiting.is_finished(),
+        "an ordinary call got past a full budget"
+    );
+    assert!(
+        parks.iter().all(|p| !p.is_finished()),
+        "a parked call ended"
+    );
+
+    // Released, everything finishes, and the long-poll budget is whole again.
+    handler.release.send_replace(true);
+    for h in parks.into_iter().chain(blocks) {
+        let r = tokio::time::timeout(bound, h).await.expect("released");
+        assert_eq!(r.unwrap().unwrap(), Value::from("released"));
+    }
+    let r = tokio::time::timeout(bound, waiting)
+        .await
+        .expect("answered");
+    assert_eq!(r.unwrap().unwrap(), Value::from("test.echo"));
+    let again: Vec<_> = (0..3).map(|_| spawn("test.park")).collect();
+    for h in again {
+        let r = tokio::time::timeout(bound, h).await.expect("parks again");
+        assert_eq!(r.unwrap().unwrap(), Value::from("released"));
     }
     srv.stop().await;
 }
