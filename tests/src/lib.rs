@@ -269,3 +269,32 @@ pub mod wire {
         }
     }
 }
+
+/// Adds a user with a role to a daemon's pool (stopping and restarting the daemon, as
+/// `xenpoold add-user` needs) and returns the user's password.
+pub fn add_user(d: &mut Daemon, name: &str, role: &str) -> String {
+    d.kill9();
+    let out = Command::new(binary("xenpoold"))
+        .arg("--data-dir")
+        .arg(&d.data_dir)
+        .args(["add-user", name, role])
+        .output()
+        .expect("run xenpoold add-user");
+    assert!(out.status.success(), "{out:?}");
+    d.spawn();
+    std::fs::read_to_string(d.data_dir.join(format!("{name}-password")))
+        .expect("password file")
+        .trim()
+        .to_string()
+}
+
+/// Raises this process's open-file limit to the hard limit (daemons started afterwards
+/// inherit it), for tests that hold many connections open; returns the limit now in force.
+pub fn raise_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}

@@ -6,6 +6,11 @@
 //!     separates the server's own cost from building, encoding and freeing the record.
 //!
 //! `cargo run --release -p xenpool-rpc --example rpc_bench [seconds] [connections] [rounds]`
+//!
+//! With `--daemon URL PASSWORD_FILE [seconds] [connections] [rounds]` it measures a running
+//! xenpoold instead, twice: with load from a multi-threaded runtime, and wrk-style (one
+//! load thread, as `wrk -t1 -c<connections>` with a fixed POST body), whose figures are
+//! comparable to wrk's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -221,6 +226,21 @@ async fn measure(addr: SocketAddr, request: Vec<u8>, conns: usize, secs: f64) ->
     n as f64 / elapsed
 }
 
+/// wrk's way of loading a server: one thread driving every connection, each sending the
+/// same request again as soon as the last answer is in. The load then takes one core, as
+/// `wrk -t1` does, and leaves the rest to the server.
+async fn measure_wrk(addr: SocketAddr, request: Vec<u8>, conns: usize, secs: f64) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(measure(addr, request, conns, secs))
+    })
+    .await
+    .unwrap()
+}
+
 async fn bare_server(listener: TcpListener, body: Bytes) {
     loop {
         let (stream, _) = listener.accept().await.unwrap();
@@ -314,23 +334,30 @@ async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, roun
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("xenpoold at {url}: VM.get_record answer {size} bytes; {conns} keep-alive connections, {secs} s each");
-    let mut rows: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut rows: [Vec<f64>; 5] = Default::default();
     for round in 1..=rounds {
         let a = measure(addr, xml_req.clone(), conns, secs).await;
         let b = measure(addr, json_req.clone(), conns, secs).await;
         let c = measure(bare_addr, xml_req.clone(), conns, secs).await;
-        println!("round {round}: XML-RPC {a:.0}/s  JSON-RPC {b:.0}/s  bare {c:.0}/s  a/c {:.2}  b/c {:.2}", a / c, b / c);
-        rows[0].push(a);
-        rows[1].push(b);
-        rows[2].push(c);
+        let wa = measure_wrk(addr, xml_req.clone(), conns, secs).await;
+        let wc = measure_wrk(bare_addr, xml_req.clone(), conns, secs).await;
+        println!("round {round}: XML-RPC {a:.0}/s  JSON-RPC {b:.0}/s  bare {c:.0}/s  a/c {:.2}  b/c {:.2}; wrk-style: XML-RPC {wa:.0}/s  bare {wc:.0}/s  ratio {:.2}", a / c, b / c, wa / wc);
+        for (row, v) in rows.iter_mut().zip([a, b, c, wa, wc]) {
+            row.push(v);
+        }
     }
-    let [a, b, c] = rows.map(median);
+    let [a, b, c, wa, wc] = rows.map(median);
     println!();
     println!("| xenpoold `VM.get_record` | calls/s (median of {rounds}) | vs bare hyper |");
     println!("|---|---:|---:|");
     println!("| XML-RPC | {a:.0} | {:.2} |", a / c);
     println!("| JSON-RPC | {b:.0} | {:.2} |", b / c);
     println!("| bare hyper (own process), fixed {size} B body | {c:.0} | 1.00 |");
+    println!(
+        "| wrk-style (1 load thread, {conns} connections): XML-RPC | {wa:.0} | {:.2} |",
+        wa / wc
+    );
+    println!("| wrk-style (1 load thread, {conns} connections): bare hyper | {wc:.0} | 1.00 |");
     let _ = bare_child.kill();
     let _ = bare_child.wait();
 }

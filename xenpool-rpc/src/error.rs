@@ -17,6 +17,11 @@ pub struct XenApiError {
 /// The code of the redirect a member answers control calls with.
 pub const HOST_IS_SLAVE: &str = "HOST_IS_SLAVE";
 
+/// The code xapi answers when it refuses to let one more call wait on the server
+/// (`message_forwarding.ml` raises it once too many calls queue for a lock); the server
+/// answers it when the long-poll budget is spent, and handlers may for their own caps.
+pub const TOO_MANY_PENDING_TASKS: &str = "TOO_MANY_PENDING_TASKS";
+
 impl XenApiError {
     /// A failure with this code and parameters.
     pub fn new<P: Into<String>>(
@@ -64,6 +69,12 @@ impl XenApiError {
     /// `FIELD_TYPE_ERROR [field]`: a parameter had the wrong wire type.
     pub fn field_type_error(field: &str) -> Self {
         Self::new("FIELD_TYPE_ERROR", [field])
+    }
+
+    /// `TOO_MANY_PENDING_TASKS []`: no more calls may wait on the server (xapi's shape
+    /// carries no parameters).
+    pub fn too_many_pending_tasks() -> Self {
+        Self::new(TOO_MANY_PENDING_TASKS, Vec::<String>::new())
     }
 
     /// `HOST_IS_SLAVE [coordinator address]`: the redirect a member answers control calls with.

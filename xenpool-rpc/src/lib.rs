@@ -22,7 +22,8 @@
 //! - [`json`]: JSON-RPC 1.0/2.0 requests and responses in xapi's shapes.
 //! - [`request`]: [`Call`], [`Request`] (`Async.`/class/message) and [`ParamReader`].
 //! - [`error`]: [`RpcError`], the crate's error, and [`XenApiError`], a wire failure.
-//! - [`server`]: [`serve`], the [`Handler`] trait, [`CallContext`] and [`ServerLimits`].
+//! - [`server`]: [`serve`], the [`Handler`] trait, [`CallContext`], [`CallClass`] and
+//!   [`ServerLimits`].
 //! - [`tls`]: the self-signed server certificate kept in the data directory.
 //! - [`client`]: [`Client`], which follows `HOST_IS_SLAVE` redirects by itself.
 
@@ -39,11 +40,11 @@ pub mod writer;
 pub mod xml;
 
 pub use client::{Client, ClientBuilder};
-pub use error::{RpcError, XenApiError, HOST_IS_SLAVE};
+pub use error::{RpcError, XenApiError, HOST_IS_SLAVE, TOO_MANY_PENDING_TASKS};
 pub use json::JsonVersion;
 pub use json::JsonWriter;
 pub use request::{Call, ParamReader, Request};
-pub use server::{serve, CallContext, Handler, Protocol, ServerLimits};
+pub use server::{serve, CallClass, CallContext, Handler, Protocol, ServerLimits};
 pub use tls::load_or_create_certificate;
 pub use value::{EncodedValue, Encoding, Value};
 pub use writer::ValueWriter;

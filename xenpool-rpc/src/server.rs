@@ -14,11 +14,21 @@
 //! calls in flight, request size, and the time to send headers, body and TLS handshake. A
 //! handler call runs in its own task, so a client that hangs up does not cancel an
 //! operation halfway, and a handler that panics costs that one call an `INTERNAL_ERROR`.
+//!
+//! Calls are budgeted by their [`CallClass`], which the handler decides: ordinary calls
+//! share `max_in_flight`; long-polls, which sit waiting for something to happen, have a
+//! budget of their own so that however many are parked, ordinary calls still get slots;
+//! and calls the handler has authenticated as coming from a trusted peer have a reserve
+//! no client call can take. The server only counts; which calls are which is the
+//! handler's business.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,8 +39,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -105,15 +116,51 @@ pub trait Handler: Send + Sync + 'static {
         let _ = call;
         false
     }
+
+    /// Which budget `call` runs in (see [`CallClass`]); by default every call is
+    /// [`CallClass::Ordinary`]. Called on the connection's task for every call, so it
+    /// must be cheap.
+    fn classify(&self, call: &Call) -> CallClass {
+        let _ = call;
+        CallClass::Ordinary
+    }
+}
+
+/// The budget a call runs in, as [`Handler::classify`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallClass {
+    /// Runs within [`ServerLimits::max_in_flight`], waiting for a slot when all are taken.
+    Ordinary,
+    /// Waits for something to happen before it answers (a long-poll such as
+    /// `event.from`): runs within [`ServerLimits::max_long_polls`] and never takes an
+    /// ordinary slot. When that budget is spent the call is refused at once with
+    /// `TOO_MANY_PENDING_TASKS` rather than queued, as queued long-polls would only wait
+    /// to wait.
+    LongPoll,
+    /// A call from a trusted peer (another host of the pool) that the handler has already
+    /// authenticated: runs within [`ServerLimits::max_internal_in_flight`], a reserve no
+    /// client call can take. Only classify a call this way after checking its
+    /// credentials, or any client can spend the reserve.
+    Internal,
 }
 
 /// Bounds on what peers can make the server spend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
-    /// Largest accepted request body; larger ones get 413 and a protocol error.
+    /// Largest accepted request body; larger ones get 413 and a protocol error, from the
+    /// `Content-Length` header alone when it declares more, before any body is read.
     pub max_body_bytes: usize,
-    /// Calls executing at once across all connections; further calls wait.
+    /// Ordinary calls executing at once across all connections; further calls wait.
     pub max_in_flight: usize,
+    /// Long-polls ([`CallClass::LongPoll`]) parked at once; further ones are refused
+    /// with `TOO_MANY_PENDING_TASKS`. Each holds a connection, so the server keeps this
+    /// to at most half of `max_connections`: the other half stays free for clients
+    /// making ordinary calls, however many long-polls are parked.
+    pub max_long_polls: usize,
+    /// Authenticated calls from trusted peers ([`CallClass::Internal`]) executing at
+    /// once; further ones wait. Separate from `max_in_flight`, so clients cannot starve
+    /// them.
+    pub max_internal_in_flight: usize,
     /// Open connections; the listener stops accepting while at the bound.
     pub max_connections: usize,
     /// Time a connection may take to send a request's headers (also closes idle
@@ -125,6 +172,10 @@ pub struct ServerLimits {
     pub tls_handshake_timeout: Duration,
     /// After shutdown is signalled, how long open connections get to finish.
     pub shutdown_grace: Duration,
+    /// When the server closes a connection, how long it keeps reading and dropping what
+    /// the peer still sends, so the peer gets to read the last response (see
+    /// [`Lingering`]).
+    pub lingering_close: Duration,
 }
 
 impl Default for ServerLimits {
@@ -132,11 +183,14 @@ impl Default for ServerLimits {
         ServerLimits {
             max_body_bytes: 16 * 1024 * 1024,
             max_in_flight: 256,
+            max_long_polls: 2048,
+            max_internal_in_flight: 256,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            lingering_close: Duration::from_secs(5),
         }
     }
 }
@@ -145,6 +199,8 @@ struct Shared<H> {
     handler: Arc<H>,
     limits: ServerLimits,
     in_flight: Semaphore,
+    long_polls: Semaphore,
+    internal: Semaphore,
 }
 
 /// Serves XenAPI on `listener` until `shutdown` completes, then stops accepting, lets
@@ -160,10 +216,21 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = limits.max_connections.max(2);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let long_polls = limits.max_long_polls.min(max_connections / 2);
+    if long_polls < limits.max_long_polls {
+        tracing::warn!(
+            max_long_polls = limits.max_long_polls,
+            max_connections,
+            "long-polls limited to half the connections, so ordinary calls can still connect"
+        );
+    }
     let shared = Arc::new(Shared {
         handler,
         in_flight: Semaphore::new(limits.max_in_flight.max(1)),
+        long_polls: Semaphore::new(long_polls),
+        internal: Semaphore::new(limits.max_internal_in_flight.max(1)),
         limits,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -220,12 +287,20 @@ async fn connection<H: Handler>(
 ) {
     // Responses are written whole; waiting for more data to coalesce only adds latency.
     let _ = stream.set_nodelay(true);
+    let linger = shared.limits.lingering_close;
+    let unread = Arc::new(AtomicBool::new(false));
     match acceptor {
-        None => serve_http(TokioIo::new(stream), peer, false, shared, stop).await,
+        None => {
+            let io = TokioIo::new(Lingering::new(stream, linger, unread.clone()));
+            serve_http(io, peer, false, unread, shared, stop).await
+        }
         Some(acceptor) => {
             let timeout = shared.limits.tls_handshake_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, true, shared, stop).await,
+                Ok(Ok(tls)) => {
+                    let io = TokioIo::new(Lingering::new(tls, linger, unread.clone()));
+                    serve_http(io, peer, true, unread, shared, stop).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -237,6 +312,7 @@ async fn serve_http<I, H>(
     io: I,
     peer: SocketAddr,
     tls: bool,
+    unread: Arc<AtomicBool>,
     shared: Arc<Shared<H>>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -246,7 +322,8 @@ async fn serve_http<I, H>(
     let header_timeout = shared.limits.header_read_timeout;
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(&shared, req, peer, tls).await) }
+        let unread = unread.clone();
+        async move { Ok::<_, Infallible>(route(&shared, req, peer, tls, &unread).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -263,6 +340,117 @@ async fn serve_http<I, H>(
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+    }
+}
+
+/// A connection's stream that closes the way HTTP servers must when a request was answered
+/// without being read whole: on shutdown the write side is closed first, then whatever the
+/// peer still sends is read and dropped until it closes too or the time is up. Closing a
+/// socket with unread input makes the kernel answer with a reset, and a peer still sending
+/// its request (an oversized body answered 413 from its headers) then loses the response
+/// it has not read yet. Other closes (idle keep-alive, shutdown) do not wait on the peer.
+struct Lingering<S> {
+    inner: S,
+    linger: Duration,
+    /// Set by the router when it answers a request whose body it left unread.
+    unread: Arc<AtomicBool>,
+    state: LingerState,
+}
+
+enum LingerState {
+    Open,
+    Draining(Pin<Box<tokio::time::Sleep>>),
+    Closed,
+}
+
+impl<S> Lingering<S> {
+    fn new(inner: S, linger: Duration, unread: Arc<AtomicBool>) -> Self {
+        Lingering {
+            inner,
+            linger,
+            unread,
+            state: LingerState::Open,
+        }
+    }
+}
+
+/// Reads per wake-up while draining, so a fast sender cannot hold a runtime thread.
+const DRAIN_READS_PER_POLL: usize = 32;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Lingering<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                LingerState::Open => {
+                    if let Err(e) = ready!(Pin::new(&mut this.inner).poll_shutdown(cx)) {
+                        this.state = LingerState::Closed;
+                        return Poll::Ready(Err(e));
+                    }
+                    if !this.unread.load(Ordering::Relaxed) {
+                        this.state = LingerState::Closed;
+                        continue;
+                    }
+                    this.state = LingerState::Draining(Box::pin(tokio::time::sleep(this.linger)));
+                }
+                LingerState::Draining(deadline) => {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        this.state = LingerState::Closed;
+                        continue;
+                    }
+                    let mut scratch = [0u8; 8192];
+                    for _ in 0..DRAIN_READS_PER_POLL {
+                        let mut buf = ReadBuf::new(&mut scratch);
+                        match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                            // End of input or an error: the peer is gone either way.
+                            Poll::Ready(_) => {
+                                this.state = LingerState::Closed;
+                                return Poll::Ready(Ok(()));
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                LingerState::Closed => return Poll::Ready(Ok(())),
+            }
         }
     }
 }
@@ -296,6 +484,7 @@ async fn route<H: Handler>(
     req: HttpRequest<Incoming>,
     peer: SocketAddr,
     tls: bool,
+    unread: &AtomicBool,
 ) -> Response<Body> {
     let route = match (req.method(), req.uri().path()) {
         (&Method::POST, "/" | "/RPC2" | "/xmlrpc") => Route::Xml,
@@ -332,7 +521,9 @@ async fn route<H: Handler>(
                     json::encode_response(JsonVersion::V2, &Value::Nil, &err),
                 ),
             };
-            // The unread remainder of the body would be taken as the next request.
+            // The unread remainder of the body would be taken as the next request; it is
+            // drained after the response instead (see `Lingering`).
+            unread.store(true, Ordering::Relaxed);
             r.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
             return r;
@@ -426,7 +617,18 @@ async fn dispatch<H: Handler>(
     ctx: CallContext,
     call: Call,
 ) -> Result<Value, XenApiError> {
-    let Ok(_permit) = shared.in_flight.acquire().await else {
+    let permit = match shared.handler.classify(&call) {
+        CallClass::Ordinary => shared.in_flight.acquire().await.ok(),
+        CallClass::Internal => shared.internal.acquire().await.ok(),
+        CallClass::LongPoll => match shared.long_polls.try_acquire() {
+            Ok(p) => Some(p),
+            Err(TryAcquireError::NoPermits) => {
+                return Err(XenApiError::too_many_pending_tasks());
+            }
+            Err(TryAcquireError::Closed) => None,
+        },
+    };
+    let Some(_permit) = permit else {
         return Err(XenApiError::internal_error("server is shutting down"));
     };
     if shared.handler.run_inline(&call) {

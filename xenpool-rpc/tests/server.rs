@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use xenpool_rpc::{
-    serve, xml, Call, CallContext, Client, Handler, Protocol, RpcError, ServerLimits, Value,
-    XenApiError,
+    serve, xml, Call, CallClass, CallContext, Client, Handler, Protocol, RpcError, ServerLimits,
+    Value, XenApiError,
 };
 
 /// Echoes calls back, with a few methods that misbehave on purpose.
@@ -619,4 +620,210 @@ async fn inline_calls_answer_and_a_panic_costs_only_its_connection() {
     let v = again.call("test.echo", vec![]).await.unwrap();
     assert_eq!(v.get("method"), Some(&Value::from("test.echo")));
     server.stop().await;
+}
+
+/// Reads one response head and its `Content-Length` body from `sock`.
+async fn read_response(sock: &mut (impl AsyncReadExt + Unpin)) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = sock.read(&mut byte).await.expect("response head");
+        assert_eq!(n, 1, "connection closed inside the head: {buf:?}");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).expect("ascii head");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("content-length")
+        .trim()
+        .parse()
+        .expect("a length");
+    let mut body = vec![0u8; len];
+    sock.read_exact(&mut body).await.expect("response body");
+    (head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_oversized_body_is_answered_413_from_its_headers() {
+    let srv = start(ServerLimits::default()).await;
+    let declared: usize = 64 * 1024 * 1024;
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    let chunk = vec![b' '; 64 * 1024];
+
+    // The answer comes from the headers: the client has sent a sliver of its body and
+    // waits for nothing more than the response.
+    let mut sock = TcpStream::connect(srv.addr).await.unwrap();
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&chunk).await.unwrap();
+    let (head_in, body) = tokio::time::timeout(Duration::from_secs(30), read_response(&mut sock))
+        .await
+        .expect("a response before the body is sent");
+    assert!(head_in.starts_with("HTTP/1.1 413"), "{head_in}");
+    assert!(head_in.contains("content-type: text/xml\r\n"), "{head_in}");
+    assert!(head_in.contains("connection: close\r\n"), "{head_in}");
+    let e = xml::decode_response(&body).unwrap().unwrap_err();
+    assert_eq!(e.code, "INTERNAL_ERROR");
+    // The rest of the body is taken and dropped, then the server closes cleanly: an end
+    // of stream, not a reset.
+    let (mut rd, mut wr) = sock.into_split();
+    let rest = tokio::spawn(async move {
+        let mut sent = chunk.len();
+        while sent < declared {
+            wr.write_all(&chunk).await?;
+            sent += chunk.len();
+        }
+        wr.shutdown().await
+    });
+    let mut tail = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut tail))
+        .await
+        .expect("the server closes")
+        .expect("a clean close");
+    assert!(tail.is_empty(), "{tail:?}");
+    rest.await.unwrap().expect("the whole body was accepted");
+
+    // A client that sends its whole request before reading anything still reads the 413.
+    let mut sock = TcpStream::connect(srv.addr).await.unwrap();
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent < declared {
+        sock.write_all(&chunk)
+            .await
+            .expect("the server takes the body");
+        sent += chunk.len();
+    }
+    let (head_in, _) = tokio::time::timeout(Duration::from_secs(30), read_response(&mut sock))
+        .await
+        .expect("a response");
+    assert!(head_in.starts_with("HTTP/1.1 413"), "{head_in}");
+    drop(sock);
+
+    // hyper's client (under reqwest and our Client) fails the request if writing the body
+    // breaks before it reads the response, which is what an abrupt close made happen.
+    let body = Bytes::from(vec![b' '; declared]);
+    for _ in 0..3 {
+        let r = http().post(srv.url()).body(body.clone()).send().await;
+        assert_eq!(r.expect("a response").status(), 413);
+    }
+    srv.stop().await;
+}
+
+/// Parks `test.park` calls and blocks `test.block` calls until released, counting each as
+/// it starts, so a test knows what holds which budget.
+struct Budgeted {
+    parked: tokio::sync::watch::Sender<usize>,
+    blocked: tokio::sync::watch::Sender<usize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Handler for Budgeted {
+    async fn call(&self, _ctx: CallContext, call: Call) -> Result<Value, XenApiError> {
+        let counter = match call.method.as_str() {
+            "test.park" => &self.parked,
+            "test.block" => &self.blocked,
+            other => return Ok(Value::from(other)),
+        };
+        counter.send_modify(|n| *n += 1);
+        let mut release = self.release.subscribe();
+        let _ = release.wait_for(|r| *r).await;
+        Ok(Value::from("released"))
+    }
+
+    fn classify(&self, call: &Call) -> CallClass {
+        match call.method.as_str() {
+            "test.park" => CallClass::LongPoll,
+            "test.internal" => CallClass::Internal,
+            _ => CallClass::Ordinary,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_and_internal_calls_have_budgets_of_their_own() {
+    let handler = Arc::new(Budgeted {
+        parked: tokio::sync::watch::channel(0).0,
+        blocked: tokio::sync::watch::channel(0).0,
+        release: tokio::sync::watch::channel(false).0,
+    });
+    let limits = ServerLimits {
+        max_in_flight: 2,
+        max_long_polls: 3,
+        max_internal_in_flight: 1,
+        max_connections: 64,
+        ..ServerLimits::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let srv = start_on(listener, handler.clone(), limits, None).await;
+    let client = Arc::new(Client::new(&srv.url()).unwrap());
+    let spawn = |method: &'static str| {
+        let c = client.clone();
+        tokio::spawn(async move { c.call(method, vec![]).await })
+    };
+    let bound = Duration::from_secs(30);
+
+    // Three long-polls park and the fourth is refused, with xapi's code for it.
+    let parks: Vec<_> = (0..3).map(|_| spawn("test.park")).collect();
+    let mut parked = handler.parked.subscribe();
+    tokio::time::timeout(bound, parked.wait_for(|n| *n == 3))
+        .await
+        .expect("three parked")
+        .unwrap();
+    let refused = tokio::time::timeout(bound, client.call("test.park", vec![]))
+        .await
+        .expect("refused at once")
+        .unwrap_err();
+    assert_eq!(
+        refused.api().expect("a XenAPI error").description(),
+        vec![xenpool_rpc::TOO_MANY_PENDING_TASKS.to_string()]
+    );
+
+    // Parked calls hold none of the ordinary slots.
+    let r = tokio::time::timeout(bound, client.call("test.echo", vec![]))
+        .await
+        .expect("an ordinary call answers")
+        .unwrap();
+    assert_eq!(r, Value::from("test.echo"));
+
+    // With every ordinary slot taken, an ordinary call waits but an internal one runs.
+    let blocks: Vec<_> = (0..2).map(|_| spawn("test.block")).collect();
+    let mut blocked = handler.blocked.subscribe();
+    tokio::time::timeout(bound, blocked.wait_for(|n| *n == 2))
+        .await
+        .expect("two blocked")
+        .unwrap();
+    let waiting = spawn("test.echo");
+    let r = tokio::time::timeout(bound, client.call("test.internal", vec![]))
+        .await
+        .expect("an internal call answers")
+        .unwrap();
+    assert_eq!(r, Value::from("test.internal"));
+    assert!(
+        !waiting.is_finished(),
+        "an ordinary call got past a full budget"
+    );
+    assert!(
+        parks.iter().all(|p| !p.is_finished()),
+        "a parked call ended"
+    );
+
+    // Released, everything finishes, and the long-poll budget is whole again.
+    handler.release.send_replace(true);
+    for h in parks.into_iter().chain(blocks) {
+        let r = tokio::time::timeout(bound, h).await.expect("released");
+        assert_eq!(r.unwrap().unwrap(), Value::from("released"));
+    }
+    let r = tokio::time::timeout(bound, waiting)
+        .await
+        .expect("answered");
+    assert_eq!(r.unwrap().unwrap(), Value::from("test.echo"));
+    let again: Vec<_> = (0..3).map(|_| spawn("test.park")).collect();
+    for h in again {
+        let r = tokio::time::timeout(bound, h).await.expect("parks again");
+        assert_eq!(r.unwrap().unwrap(), Value::from("released"));
+    }
+    srv.stop().await;
 }

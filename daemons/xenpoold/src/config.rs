@@ -33,6 +33,20 @@ pub struct Config {
     pub heartbeat_interval_secs: f64,
     /// Create demonstration templates and a halted VM on first start.
     pub demo_objects: bool,
+    /// Open connections per listener.
+    pub max_connections: usize,
+    /// Ordinary calls running at once per listener.
+    pub max_in_flight: usize,
+    /// Long-polls (`event.from`) parked at once per listener; at most half of
+    /// `max_connections` is used, so parked calls cannot lock ordinary clients out.
+    pub max_long_polls: usize,
+    /// Calls between the pool's hosts (replication polls, forwarded operations) running at
+    /// once per listener, apart from the clients' budgets.
+    pub max_internal_in_flight: usize,
+    /// Long-polls one session may have parked at once.
+    pub max_parked_per_session: usize,
+    /// Long-polls one user may have parked at once, over all their sessions.
+    pub max_parked_per_user: usize,
 }
 
 impl Default for Config {
@@ -50,6 +64,15 @@ impl Default for Config {
             liveness_timeout_secs: 6.0,
             heartbeat_interval_secs: 1.0,
             demo_objects: true,
+            max_connections: 4096,
+            max_in_flight: 256,
+            max_long_polls: 2048,
+            max_internal_in_flight: 256,
+            // A client watches with one or a few long-polls per session; these leave room
+            // for many tools sharing one account while keeping one account from taking
+            // the whole long-poll budget.
+            max_parked_per_session: 64,
+            max_parked_per_user: 512,
         }
     }
 }
@@ -60,6 +83,17 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("bad config {}: {e}", path.display()))
+    }
+
+    /// The server limits of each listener.
+    pub fn server_limits(&self) -> xenpool_rpc::ServerLimits {
+        xenpool_rpc::ServerLimits {
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            max_long_polls: self.max_long_polls,
+            max_internal_in_flight: self.max_internal_in_flight,
+            ..xenpool_rpc::ServerLimits::default()
+        }
     }
 
     /// The host's name label.

@@ -200,7 +200,7 @@ pub async fn run(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let limits = xenpool_rpc::ServerLimits::default();
+    let limits = config.server_limits();
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(xenpool_rpc::serve(
         http,

@@ -53,6 +53,12 @@ struct Args {
     /// Do not create demonstration objects on first start.
     #[arg(long)]
     no_demo: bool,
+    /// Long-polls one session may have parked at once.
+    #[arg(long)]
+    max_parked_per_session: Option<usize>,
+    /// Long-polls one user may have parked at once.
+    #[arg(long)]
+    max_parked_per_user: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -104,7 +110,35 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
     if args.no_demo {
         c.demo_objects = false;
     }
+    if let Some(v) = args.max_parked_per_session {
+        c.max_parked_per_session = v;
+    }
+    if let Some(v) = args.max_parked_per_user {
+        c.max_parked_per_user = v;
+    }
     Ok(c)
+}
+
+/// Raises the open-file limit to what the system allows: every connection and every parked
+/// long-poll is a descriptor, and the usual soft limit (1024) is below the server's
+/// connection limit.
+fn raise_file_limit(wanted: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+    if hard < wanted {
+        tracing::warn!(
+            limit = hard,
+            wanted,
+            "the open-file limit is below what the connection limits need"
+        );
+    }
 }
 
 async fn shutdown_signal() {
@@ -136,6 +170,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::AddUser { name, role }) = &args.command {
         return xenpoold::api::add_user(&config, name, role);
     }
+    // Both listeners' connections, plus room for the database, peers and logs.
+    let listeners = if config.https_port != 0 { 2 } else { 1 };
+    raise_file_limit((config.max_connections * listeners + 256) as u64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

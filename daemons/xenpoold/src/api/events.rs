@@ -1,15 +1,88 @@
 //! `event.from`: every change since a token, long-polled up to a timeout, with xapi's token
 //! form and result shape; `event.inject` to make an object show up as changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use xenpool_core::{ChangeKind, Class, CoreError, Ref};
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
-use super::{api_error, Api, ApiResult, Ctx};
+use super::{api_error, Api, ApiResult, Caller, Ctx};
 use crate::conv::into_wire;
 use crate::state::now;
+
+/// Who has long-polls parked, so that one session or one user cannot take the whole
+/// long-poll budget of the server (which only counts them all together).
+#[derive(Debug)]
+pub struct ParkingLot {
+    per_session: usize,
+    per_user: usize,
+    counts: Mutex<ParkedCounts>,
+}
+
+#[derive(Debug, Default)]
+struct ParkedCounts {
+    sessions: HashMap<Ref, usize>,
+    users: HashMap<String, usize>,
+}
+
+impl ParkingLot {
+    /// Caps long-polls parked at once per session and per user.
+    pub fn new(per_session: usize, per_user: usize) -> Self {
+        ParkingLot {
+            per_session,
+            per_user,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Counts one more parked call of `caller` until the ticket is dropped.
+    ///
+    /// Over a cap the call is refused with `TOO_MANY_PENDING_TASKS`: xapi has no error
+    /// for too many long-polls, and this is the one it answers when it refuses to let
+    /// yet another call wait on the server (it raises it once too many calls queue for a
+    /// lock). `TOO_BUSY` would tell the client the whole server is overloaded, which it is
+    /// not; `SESSION_...` errors would make clients log in again, which does not help.
+    fn park(self: &Arc<Self>, caller: &Caller) -> Result<ParkTicket, XenApiError> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let session = c.sessions.get(&caller.session).copied().unwrap_or(0);
+        let user = c.users.get(&caller.user).copied().unwrap_or(0);
+        if session >= self.per_session || user >= self.per_user {
+            return Err(XenApiError::too_many_pending_tasks());
+        }
+        *c.sessions.entry(caller.session.clone()).or_default() += 1;
+        *c.users.entry(caller.user.clone()).or_default() += 1;
+        Ok(ParkTicket {
+            lot: self.clone(),
+            session: caller.session.clone(),
+            user: caller.user.clone(),
+        })
+    }
+}
+
+/// One parked call; leaving (by answer, error or the client hanging up) frees its place.
+struct ParkTicket {
+    lot: Arc<ParkingLot>,
+    session: Ref,
+    user: String,
+}
+
+impl Drop for ParkTicket {
+    fn drop(&mut self) {
+        let mut c = self.lot.counts.lock().unwrap_or_else(|e| e.into_inner());
+        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(n) = map.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        release(&mut c.sessions, &self.session);
+        release(&mut c.users, &self.user);
+    }
+}
 
 /// Which objects a subscription covers.
 #[derive(Debug, Default)]
@@ -147,10 +220,15 @@ impl Api {
         let state = &self.node().state;
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
         let mut rx = state.generation.subscribe();
+        let mut ticket = None;
         loop {
             rx.borrow_and_update();
             if let Some(result) = self.collect_events(cx, &sub, since, false)? {
                 return Ok(result);
+            }
+            // Only a call that is about to wait counts as parked.
+            if ticket.is_none() {
+                ticket = Some(self.parking().park(&cx.caller)?);
             }
             // Nothing yet: wait for the next commit or the deadline.
             match tokio::time::timeout_at(deadline, rx.changed()).await {

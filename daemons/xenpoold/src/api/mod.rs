@@ -13,7 +13,9 @@ mod vm;
 use std::sync::Arc;
 
 use xenpool_core::{Class, Ref};
-use xenpool_rpc::{CallContext, Encoding, Protocol, Request, Value as Wire, XenApiError};
+use xenpool_rpc::{
+    CallClass, CallContext, Encoding, Protocol, Request, Value as Wire, XenApiError,
+};
 
 use crate::conv::IntStyle;
 use crate::node::Node;
@@ -27,6 +29,7 @@ pub use xenpool_core::rbac::Role;
 #[derive(Debug, Clone)]
 pub struct Api {
     node: Arc<Node>,
+    parking: Arc<events::ParkingLot>,
 }
 
 /// Everything one call needs besides its parameters.
@@ -49,12 +52,21 @@ pub type ApiResult = Result<Wire, XenApiError>;
 impl Api {
     /// A handler serving `node`.
     pub fn new(node: Arc<Node>) -> Api {
-        Api { node }
+        let parking = Arc::new(events::ParkingLot::new(
+            node.config.max_parked_per_session,
+            node.config.max_parked_per_user,
+        ));
+        Api { node, parking }
     }
 
     /// The node served.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// Long-polls parked, per session and per user.
+    fn parking(&self) -> &Arc<events::ParkingLot> {
+        &self.parking
     }
 
     async fn dispatch(&self, ctx: CallContext, call: xenpool_rpc::Call) -> ApiResult {
@@ -209,14 +221,46 @@ impl xenpool_rpc::Handler for Api {
         self.dispatch(ctx, call).await
     }
 
-    /// Plain reads change nothing, so abandoning one halfway is harmless.
+    /// Plain reads change nothing, so abandoning one halfway is harmless; a long-poll
+    /// abandoned by its client also gives its place back at once.
     fn run_inline(&self, call: &xenpool_rpc::Call) -> bool {
-        !call.method.starts_with("Async.")
-            && call
-                .method
-                .rsplit_once('.')
-                .is_some_and(|(_, m)| m.starts_with("get_"))
+        is_long_poll(&call.method)
+            || !call.method.starts_with("Async.")
+                && call
+                    .method
+                    .rsplit_once('.')
+                    .is_some_and(|(_, m)| m.starts_with("get_"))
     }
+
+    /// Long-polls park apart from ordinary calls. Calls between the pool's hosts (a
+    /// member's replication poll above all: it is also its heartbeat) carry the pool
+    /// secret, checked here so that only they reach the reserve kept for hosts; with a
+    /// wrong secret they are ordinary calls, refused by `internal_call`.
+    fn classify(&self, call: &xenpool_rpc::Call) -> CallClass {
+        let method = call.method.as_str();
+        if is_long_poll(method) {
+            return CallClass::LongPoll;
+        }
+        let internal = !method.starts_with("Async.")
+            && method
+                .rsplit_once('.')
+                .is_some_and(|(_, m)| m.starts_with("xenpool_") && m != "xenpool_add_host");
+        match call.params.first() {
+            Some(Wire::String(secret))
+                if internal
+                    && crate::host_files::secret_matches(&self.node.config.data_dir, secret) =>
+            {
+                CallClass::Internal
+            }
+            _ => CallClass::Ordinary,
+        }
+    }
+}
+
+/// Calls that wait for changes before answering (`event.next` is not served, but a client
+/// calling it must not take an ordinary slot either).
+fn is_long_poll(method: &str) -> bool {
+    matches!(method, "event.from" | "event.next")
 }
 
 /// Reads a reference parameter.
