@@ -231,6 +231,15 @@ cli_checks() {
     grep -q SESSION_AUTHENTICATION_FAILED <<<"$out" ||
         fail "a wrong password did not report SESSION_AUTHENTICATION_FAILED ('$out')"
     ok "a wrong password is refused with SESSION_AUTHENTICATION_FAILED"
+    # help needs no server and no password, as xe help.
+    out=$("$XENPOOL" help) || fail "help"
+    grep -q 'vm-start' <<<"$out" || fail "help does not list vm-start ('$out')"
+    out=$("$XENPOOL" help pool-join) || fail "help pool-join"
+    grep -q 'master-address' <<<"$out" || fail "help pool-join does not name master-address ('$out')"
+    if "$XENPOOL" help no-such-command >/dev/null 2>&1; then
+        fail "help of an unknown command succeeded"
+    fi
+    ok "help, help COMMAND, and an unknown command refused"
 }
 stage "xenpool CLI (vm-list, vm-start, vm-shutdown, --minimal, HTTPS)" cli_checks
 
