@@ -248,18 +248,21 @@ impl State {
                 return Err(CoreError::api("HOST_IS_SLAVE", [coordinator]));
             }
             self.refuse_if_failed()?;
+            let before = db.generation();
             let (value, commit) = db.write(f)?;
-            let ticket = if commit.batch.puts.is_empty() && commit.batch.deletes.is_empty() {
+            let ticket = if commit.generation == before {
                 // Nothing written, but the answer may rest on writes not yet durable.
                 self.last_ticket()
             } else {
                 let batch = Arc::new(commit.batch);
-                let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-                recent.push_back(batch.clone());
-                while recent.len() > RECENT_BATCHES {
-                    recent.pop_front();
+                // Empty only for a database neither persisted nor replicated.
+                if !batch.puts.is_empty() || !batch.deletes.is_empty() {
+                    let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+                    recent.push_back(batch.clone());
+                    while recent.len() > RECENT_BATCHES {
+                        recent.pop_front();
+                    }
                 }
-                drop(recent);
                 self.submit(batch)
             };
             (value, ticket)
@@ -568,6 +571,14 @@ mod tests {
         }
         assert_eq!(entered.recv().unwrap(), 5);
         assert_eq!(state.durable_generation(), 6);
+    }
+
+    #[test]
+    fn without_persistence_every_commit_is_published_at_once() {
+        let state = State::new(Database::new(), Ref::null());
+        create_host(&state, 1).unwrap();
+        assert_eq!(*state.generation.borrow(), 1);
+        assert_eq!(state.durable_generation(), 1);
     }
 
     #[test]
