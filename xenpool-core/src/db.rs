@@ -469,6 +469,25 @@ impl Database {
             .map(|m| m.get_mut().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Takes the persistence out: from now on commits change memory only and their batches
+    /// (built for every commit) are the caller's to make durable, in generation order. A
+    /// writer that shares one sync among many transactions needs the commit and the sync
+    /// apart; keeping the sync in here would hold the database for every one of them.
+    pub fn detach_persistence(&mut self) -> Option<Box<dyn Persistence>> {
+        let p = self
+            .persistence
+            .take()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))?;
+        self.capture_batches = true;
+        Some(p)
+    }
+
+    /// Gives back a persistence whose saved state matches this database (one taken by
+    /// [`Database::detach_persistence`]); commits write through it again.
+    pub fn attach_persistence(&mut self, persistence: Box<dyn Persistence>) {
+        self.persistence = Some(std::sync::Mutex::new(persistence));
+    }
+
     /// Keeps building write batches for every commit even without persistence.
     pub fn set_capture_batches(&mut self, on: bool) {
         self.capture_batches = on;
@@ -653,8 +672,8 @@ impl Database {
         let mut out = Vec::new();
         for (g, class, r) in self
             .change_index
-            // FIX (db tests): `token + 1` overflowed (a panic in debug builds) on a client's
-            // token of u64::MAX.
+            // Saturating: a client may send any token, u64::MAX included, and `token + 1`
+            // would overflow on it.
             .range((token.saturating_add(1), Class::Pool, Ref::from_string(""))..)
         {
             let kind = match self.entry(*class, r) {
@@ -701,9 +720,8 @@ impl Database {
         };
         let need_batch = txn.db.persistence.is_some() || txn.db.capture_batches;
         let mut batch = WriteBatch {
-            // FIX (db tests): an empty transaction keeps the current generation; it used to
-            // carry `generation + 1`, which persistence and replicas then adopted although
-            // the database itself stayed put.
+            // An empty transaction keeps the current generation: the database does not move,
+            // so neither may the persistence or a replica that adopts the batch's generation.
             generation: if touched.is_empty() {
                 txn.db.generation
             } else {
@@ -726,7 +744,8 @@ impl Database {
                 }
             }
         }
-        // FIX (db tests): nothing to persist for an empty transaction (see above).
+        // An empty transaction has nothing to make durable, and must not fail on a sync it
+        // does not need.
         if let Some(p) = txn.db.persistence_mut().filter(|_| !touched.is_empty()) {
             if let Err(e) = p.commit(&batch) {
                 txn.rollback();
@@ -771,9 +790,9 @@ impl Database {
         }
         for (class, r) in deletes {
             if self.unplace(class, &r, batch.generation).is_none() {
-                // FIX (db tests): an object the coordinator created and destroyed in one
-                // transaction still gets a tombstone here, so a member reports the same `del`
-                // from `changes_since` as the coordinator.
+                // An object the coordinator created and destroyed in one transaction was never
+                // here, but it still gets a tombstone, so a member reports the same `del` from
+                // `changes_since` as the coordinator.
                 if let Some(g) = self.tombstones.insert((class, r.clone()), batch.generation) {
                     self.change_index.remove(&(g, class, r.clone()));
                 }
@@ -1022,9 +1041,8 @@ impl Txn<'_> {
         let table = self.db.table_mut(class);
         table.forget_sets(&r);
         if let Some(cur) = table.by_ref.remove(&r) {
-            // FIX (db tests): only forget the UUID if it indexes this object. An `update`
-            // that set the UUID to another object's (and so failed) used to remove that
-            // other object's index entry here.
+            // Only forget the UUID if it indexes this object: an `update` that failed because
+            // it set the UUID to another object's leaves that UUID pointing at the other one.
             if table.by_uuid.get(cur.object.uuid()) == Some(&r) {
                 table.by_uuid.remove(cur.object.uuid());
             }
@@ -1035,8 +1053,8 @@ impl Txn<'_> {
         if let Some(g) = self.db.tombstones.remove(&(class, r.clone())) {
             self.db.change_index.remove(&(g, class, r.clone()));
         }
-        // FIX (db tests): a transaction that re-created a deleted reference and then
-        // failed used to drop the deletion's tombstone, losing its `del` event.
+        // A failed transaction that re-created a deleted reference must give the deletion's
+        // tombstone back, or its `del` event would vanish.
         if let Some(g) = tombstone {
             self.db.tombstones.insert((class, r.clone()), g);
             self.db.change_index.insert((g, class, r.clone()));

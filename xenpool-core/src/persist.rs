@@ -1,5 +1,6 @@
 //! The persistence boundary. The database writes every committed transaction through this
-//! trait before it reports success; implementations (SQLite in `xenpool-storage`, memory in
+//! trait before it reports success, unless its owner detached the persistence to make
+//! commits durable itself ([`crate::Database::detach_persistence`]); implementations (SQLite in `xenpool-storage`, memory in
 //! tests) live outside the pure core. The same batch format carries writes to members.
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,15 @@ pub struct PersistenceError(pub String);
 pub trait Persistence: Send {
     /// Durably applies one transaction.
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), PersistenceError>;
+    /// Durably applies consecutive transactions, in order (a writer sharing one sync among
+    /// them). This default commits them one by one, so a failure may leave a prefix applied;
+    /// stores that can should override it with one atomic, once-synced write.
+    fn commit_group(&mut self, batches: &[&WriteBatch]) -> Result<(), PersistenceError> {
+        for batch in batches {
+            self.commit(batch)?;
+        }
+        Ok(())
+    }
     /// Reads the whole saved state (empty when nothing was ever saved).
     fn load(&mut self) -> Result<StoredState, PersistenceError>;
     /// Replaces the whole saved state at once (a full snapshot from the coordinator).

@@ -789,6 +789,27 @@ fn a_failed_commit_rolls_back_and_the_next_one_succeeds() {
     failing.check_consistency().unwrap();
 }
 
+/// A writer that makes commits durable itself takes the persistence out; the database then
+/// only builds batches, and writes through the persistence again once it is given back.
+#[test]
+fn a_detached_persistence_sees_nothing_until_attached_again() {
+    let mut db = Database::open(Box::new(MemoryPersistence::default())).unwrap();
+    db.write(|t| t.create(r("h1"), host("h1"))).unwrap();
+    let mut p = db.detach_persistence().unwrap();
+    assert!(db.detach_persistence().is_none());
+    let ((), c) = db.write(|t| t.create(r("h2"), host("h2"))).unwrap();
+    assert_eq!(c.batch.generation, 2);
+    assert_eq!(c.batch.puts.len(), 1);
+    assert_eq!(p.load().unwrap().generation, 1);
+    p.commit_group(&[&c.batch]).unwrap();
+    db.attach_persistence(p);
+    db.write(|t| t.destroy(Class::Host, &r("h2"))).unwrap();
+    let mut p = db.detach_persistence().unwrap();
+    let saved = p.load().unwrap();
+    assert_eq!(saved.generation, 3);
+    assert_eq!(sorted(saved), sorted(db.to_stored()));
+}
+
 #[test]
 fn batches_and_snapshots_rebuild_the_same_database() {
     let mut db = Database::new();

@@ -60,6 +60,12 @@ pub enum StorageError {
         /// The pool that holds the claim.
         holder: String,
     },
+    /// The database writer thread could not be started.
+    #[error("cannot start the database writer: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The database writer stopped after a failed commit; nothing after it is durable.
+    #[error("the database writer stopped: {0}")]
+    WriterStopped(String),
     /// A file the driver wrote is not in the expected format.
     #[error("corrupt SR metadata at {}: {reason}", path.display())]
     CorruptMetadata {

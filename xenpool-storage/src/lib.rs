@@ -10,6 +10,8 @@
 //! - [`sqlite`] holds [`SqlitePersistence`], the durable implementation of
 //!   [`xenpool_core::persist::Persistence`] (SQLite in WAL mode, one transaction per batch,
 //!   `synchronous=FULL`).
+//! - [`group`] holds [`GroupCommit`], the writer thread that shares one sync among the
+//!   transactions queued while the previous one ran.
 //! - [`sr`] holds the [`SrDriver`] trait every SR backend implements, and the types it speaks in.
 //! - [`dir`] holds [`LocalDirSr`] (one sparse file per VDI in a directory of one host) and
 //!   [`SharedDirSr`] (the same layout on a directory several hosts mount, such as NFS, with
@@ -28,6 +30,7 @@ pub mod conformance;
 pub mod copy;
 pub mod dir;
 pub mod error;
+pub mod group;
 mod reflink;
 pub mod sqlite;
 pub mod sr;
@@ -35,5 +38,6 @@ pub mod sr;
 pub use copy::copy_vdi;
 pub use dir::{LocalDirSr, SharedDirSr};
 pub use error::StorageError;
+pub use group::GroupCommit;
 pub use sqlite::SqlitePersistence;
 pub use sr::{SrDriver, SrUsage, VdiInfo};

@@ -11,7 +11,9 @@
 //! Durability: the journal is a write-ahead log and `synchronous=FULL`, so SQLite syncs the
 //! log before a commit returns. A [`Persistence::commit`] that returned `Ok` survives the
 //! process being killed and, as far as the disk honours `fsync`, a power cut. Each batch is one
-//! SQLite transaction: after a crash either all of it is there or none.
+//! SQLite transaction: after a crash either all of it is there or none. A group of batches
+//! ([`Persistence::commit_group`]) is one transaction too, so it costs one sync and lands
+//! whole or not at all.
 
 use std::path::{Path, PathBuf};
 
@@ -171,15 +173,18 @@ impl SqlitePersistence {
         Ok(())
     }
 
-    fn commit_batch(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+    fn commit_batches(&mut self, batches: &[&WriteBatch]) -> Result<(), StorageError> {
         let tx = self
             .conn
             .transaction()
             .map_err(|e| StorageError::sqlite("begin", e))?;
-        apply_batch(&tx, batch)?;
-        // Dropping `tx` on any error above rolls back, so a failed batch leaves nothing.
+        for batch in batches {
+            apply_batch(&tx, batch)?;
+        }
+        // Dropping `tx` on any error above rolls back, so a failed group leaves nothing.
+        let last = batches.last().map_or(0, |b| b.generation);
         tx.commit()
-            .map_err(|e| StorageError::sqlite(format!("commit generation {}", batch.generation), e))
+            .map_err(|e| StorageError::sqlite(format!("commit generation {last}"), e))
     }
 
     fn load_state(&mut self) -> Result<StoredState, StorageError> {
@@ -321,7 +326,11 @@ fn to_persistence(e: StorageError) -> PersistenceError {
 
 impl Persistence for SqlitePersistence {
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), PersistenceError> {
-        self.commit_batch(batch).map_err(to_persistence)
+        self.commit_batches(&[batch]).map_err(to_persistence)
+    }
+
+    fn commit_group(&mut self, batches: &[&WriteBatch]) -> Result<(), PersistenceError> {
+        self.commit_batches(batches).map_err(to_persistence)
     }
 
     fn load(&mut self) -> Result<StoredState, PersistenceError> {
@@ -445,6 +454,26 @@ mod tests {
         })
         .unwrap();
         assert_eq!(db.load().unwrap().objects.len(), 2);
+    }
+
+    #[test]
+    fn a_group_lands_whole_or_not_at_all() {
+        let (dir, mut db) = open_temp();
+        let b = |g: u64, r: &str| WriteBatch {
+            generation: g,
+            puts: vec![obj("VM", r, g, "{}")],
+            deletes: vec![],
+        };
+        let (b1, b2) = (b(1, "OpaqueRef:a"), b(2, "OpaqueRef:b"));
+        db.commit_group(&[&b1, &b2]).unwrap();
+        let bad = b(u64::MAX, "OpaqueRef:c");
+        let b3 = b(3, "OpaqueRef:d");
+        db.commit_group(&[&b3, &bad]).unwrap_err();
+        drop(db);
+        let mut db = SqlitePersistence::open(dir.path().join("pool.db")).unwrap();
+        let state = db.load().unwrap();
+        assert_eq!(state.generation, 2);
+        assert_eq!(state.objects, [b1.puts, b2.puts].concat());
     }
 
     #[test]

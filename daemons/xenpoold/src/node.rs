@@ -196,7 +196,9 @@ impl Node {
     }
 
     /// Fails with `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` if the pool has a plan for its
-    /// configured number of host failures now but would not after `change`.
+    /// configured number of host failures now but would not after `change`. Inside
+    /// [`State::write_checked`] the planner runs outside the database lock; inside a plain
+    /// [`State::write`] it runs here.
     pub fn ha_check_change(
         &self,
         db: &Database,
@@ -209,76 +211,105 @@ impl Node {
         if k <= 0 || pool.ha_allow_overcommit {
             return Ok(());
         }
-        let k = k as u32;
-        let mut input = crate::ha::planner_input(db);
-        if crate::ha::overcommitted(&input, k)? {
-            // Already overcommitted: this change does not break a plan that exists.
-            return Ok(());
-        }
-        change(db, &mut input);
-        if crate::ha::overcommitted(&input, k)? {
-            return Err(CoreError::api(
-                "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN",
-                Vec::<String>::new(),
-            ));
-        }
-        Ok(())
+        let before = crate::ha::planner_input(db);
+        let mut after = before.clone();
+        change(db, &mut after);
+        crate::ha::check(crate::ha::PlanQuestion {
+            k: k as u32,
+            before,
+            after,
+        })
     }
 
     /// Recomputes `pool.ha_plan_exists_for` and `pool.ha_overcommitted`, raising the
-    /// messages xapi raises when they change.
+    /// messages xapi raises when they change. The planner runs on a snapshot, outside the
+    /// database lock; the result is recorded only if the planner's inputs are still those
+    /// of the snapshot, else it is computed again (under the lock on the last attempt).
     pub fn ha_refresh(&self) {
         if !self.is_coordinator() {
             return;
         }
-        let (pool_ref, pool, input) = {
-            let db = self.state.db();
-            let Some((r, p)) = db.all::<PoolRecord>().next() else {
-                return;
+        for attempt in 0..=crate::ha::DEFERRED_ATTEMPTS {
+            let (pool, input) = {
+                let db = self.state.db();
+                let Some((_, p)) = db.all::<PoolRecord>().next() else {
+                    return;
+                };
+                (p.clone(), crate::ha::planner_input(&db))
             };
-            (r.clone(), p.clone(), crate::ha::planner_input(&db))
-        };
-        let tolerance = match crate::ha::tolerance(&input) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not compute the failover plan");
+            let tolerance = match crate::ha::tolerance(&input) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not compute the failover plan");
+                    return;
+                }
+            };
+            let (plan_exists_for, overcommitted) = ha_plan_state(&pool, &tolerance);
+            if plan_exists_for == pool.ha_plan_exists_for && overcommitted == pool.ha_overcommitted
+            {
+                // Any later change refreshes after it commits, so nothing is missed here.
                 return;
             }
-        };
-        let n = i64::from(tolerance.max_failures);
-        let ftt = pool.ha_host_failures_to_tolerate;
-        let plan_exists_for = n.min(ftt.max(0));
-        let overcommitted = ftt > n;
-        if plan_exists_for == pool.ha_plan_exists_for && overcommitted == pool.ha_overcommitted {
+            let last = attempt == crate::ha::DEFERRED_ATTEMPTS;
+            let result = self.state.write(|txn| {
+                let db = txn.db();
+                let Some((pool_ref, now)) = db.all::<PoolRecord>().next() else {
+                    return Ok(None);
+                };
+                let (pool_ref, now) = (pool_ref.clone(), now.clone());
+                let current = crate::ha::planner_input(db);
+                let tolerance = if current == input {
+                    tolerance
+                } else if last {
+                    crate::ha::tolerance(&current)?
+                } else {
+                    return Ok(Some(None));
+                };
+                let (plan_exists_for, overcommitted) = ha_plan_state(&now, &tolerance);
+                if plan_exists_for == now.ha_plan_exists_for
+                    && overcommitted == now.ha_overcommitted
+                {
+                    return Ok(None);
+                }
+                txn.update::<PoolRecord>(&pool_ref, |p| {
+                    p.ha_plan_exists_for = plan_exists_for;
+                    p.ha_overcommitted = overcommitted;
+                })?;
+                Ok(Some(Some((now, plan_exists_for, overcommitted, tolerance))))
+            });
+            let (before, plan_exists_for, overcommitted, tolerance) = match result {
+                Ok(Some(Some(changed))) => changed,
+                // The inputs moved since the snapshot: plan again on the new one.
+                Ok(Some(None)) => continue,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the HA plan state");
+                    return;
+                }
+            };
+            let n = i64::from(tolerance.max_failures);
+            let ftt = before.ha_host_failures_to_tolerate;
+            if plan_exists_for < before.ha_plan_exists_for {
+                let _ = self.raise_message(
+                    "HA_POOL_DROP_IN_PLAN_EXISTS_FOR",
+                    3,
+                    MessageClass::Pool,
+                    &before.uuid,
+                    &plan_exists_for.to_string(),
+                );
+            }
+            if overcommitted && !before.ha_overcommitted {
+                let _ = self.raise_message(
+                    "HA_POOL_OVERCOMMITTED",
+                    3,
+                    MessageClass::Pool,
+                    &before.uuid,
+                    &format!(
+                        "The pool can tolerate {n} host failures but is configured for {ftt}."
+                    ),
+                );
+            }
             return;
-        }
-        let result = self.state.write(|txn| {
-            txn.update::<PoolRecord>(&pool_ref, |p| {
-                p.ha_plan_exists_for = plan_exists_for;
-                p.ha_overcommitted = overcommitted;
-            })
-        });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not record the HA plan state");
-            return;
-        }
-        if plan_exists_for < pool.ha_plan_exists_for {
-            let _ = self.raise_message(
-                "HA_POOL_DROP_IN_PLAN_EXISTS_FOR",
-                3,
-                MessageClass::Pool,
-                &pool.uuid,
-                &plan_exists_for.to_string(),
-            );
-        }
-        if overcommitted && !pool.ha_overcommitted {
-            let _ = self.raise_message(
-                "HA_POOL_OVERCOMMITTED",
-                3,
-                MessageClass::Pool,
-                &pool.uuid,
-                &format!("The pool can tolerate {n} host failures but is configured for {ftt}."),
-            );
         }
     }
 
@@ -309,4 +340,11 @@ impl Node {
         self.state.write(|txn| txn.create(r.clone(), rec))?;
         Ok(r)
     }
+}
+
+/// `(ha_plan_exists_for, ha_overcommitted)` for the pool given what it tolerates.
+fn ha_plan_state(pool: &PoolRecord, tolerance: &xenpool_ha::Tolerance) -> (i64, bool) {
+    let n = i64::from(tolerance.max_failures);
+    let ftt = pool.ha_host_failures_to_tolerate;
+    (n.min(ftt.max(0)), ftt > n)
 }

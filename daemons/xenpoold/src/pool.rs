@@ -394,7 +394,7 @@ pub async fn serve_replication(
         // A first poll, or a copy ahead of ours (it holds writes this coordinator never
         // had): the member gets the whole database.
         node.liveness.contact(host, 0);
-        let state = node.state.db().to_stored();
+        let state = node.state.db_durable().to_stored();
         let text = serde_json::to_string(&state)
             .map_err(|e| XenApiError::internal_error(e.to_string()))?;
         return Ok(Wire::Struct(vec![
@@ -407,7 +407,7 @@ pub async fn serve_replication(
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 30.0));
     loop {
         rx.borrow_and_update();
-        let current = node.state.db().generation();
+        let current = node.state.durable_generation();
         if current > from {
             break;
         }
@@ -425,7 +425,7 @@ pub async fn serve_replication(
     let (batches, snapshot) = match node.state.batches_since(from) {
         Some(b) => (b, String::new()),
         None => {
-            let state = node.state.db().to_stored();
+            let state = node.state.db_durable().to_stored();
             let text = serde_json::to_string(&state)
                 .map_err(|e| XenApiError::internal_error(e.to_string()))?;
             (Vec::new(), text)

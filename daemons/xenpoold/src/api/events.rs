@@ -190,12 +190,12 @@ impl Api {
                 state
                     .write(|txn| txn.touch_object(class, &r))
                     .map_err(api_error)?;
-                let generation = state.db().generation();
+                let generation = state.durable_generation();
                 Ok(Wire::String(format_token(generation)))
             }
             "get_current_id" => {
                 req.reader(1)?;
-                let g = self.node().state.db().generation();
+                let g = self.node().state.durable_generation();
                 Ok(Wire::String(g.to_string()))
             }
             _ => Err(XenApiError::method_unknown(&req.method)),
@@ -255,8 +255,13 @@ impl Api {
         even_if_empty: bool,
     ) -> Result<Option<Wire>, XenApiError> {
         let state = &self.node().state;
-        let db = state.db();
-        let generation = db.generation();
+        // Nothing above the durable generation leaves: a restart would reuse those numbers.
+        let db = if since.is_none() {
+            state.db_durable()
+        } else {
+            state.db()
+        };
+        let generation = state.durable_generation().min(db.generation());
         let mut events = Vec::new();
         let timestamp = now();
         match since {
@@ -286,7 +291,7 @@ impl Api {
                     other => api_error(other),
                 })?;
                 for c in changes {
-                    if !sub.covers(c.class, &c.reference) {
+                    if c.generation > generation || !sub.covers(c.class, &c.reference) {
                         continue;
                     }
                     let snapshot = match c.kind {

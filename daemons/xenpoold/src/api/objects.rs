@@ -144,7 +144,7 @@ impl Api {
                 let uuid = state.new_uuid();
                 let random = state.random();
                 state
-                    .write(|txn| {
+                    .write_checked(|txn| {
                         let vm = match &obj {
                             Object::VBD(b) => b.VM.clone(),
                             Object::VIF(f) => f.VM.clone(),
@@ -289,7 +289,7 @@ impl Api {
                 let enable = m == "enable";
                 let inputs = state.inputs();
                 state
-                    .write(|txn| {
+                    .write_checked(|txn| {
                         let op = if enable {
                             HostOperation::Enable
                         } else {
@@ -315,7 +315,7 @@ impl Api {
                 let plug = m == "plug";
                 let inputs = state.inputs();
                 state
-                    .write(|txn| {
+                    .write_checked(|txn| {
                         let b = txn.get::<PbdRecord>(&pbd)?.clone();
                         if !plug {
                             // A running VM with a disk on this SR and host keeps it plugged.

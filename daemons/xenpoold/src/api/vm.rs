@@ -399,7 +399,7 @@ impl Api {
     ) -> Result<(), XenApiError> {
         let node = self.node();
         node.state
-            .write(|txn| {
+            .write_checked(|txn| {
                 let db = txn.db();
                 if !force {
                     node.ha_check_change(db, |_, input| {
@@ -440,7 +440,7 @@ impl Api {
         let key = cx.task.clone().unwrap_or_else(|| state.new_ref());
         let inputs = state.inputs();
         let (host, before) = state
-            .write(|txn| {
+            .write_checked(|txn| {
                 check_vm_operation(txn.db(), vm, op)?;
                 let v = txn.get::<VmRecord>(vm)?.clone();
                 let host = match op {
