@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 
 use crate::error::{codes, CoreError};
-use crate::persist::{Persistence, StoredObject, StoredState, WriteBatch};
+use crate::persist::{Persistence, PersistenceError, StoredObject, StoredState, WriteBatch};
 use crate::record::Record;
 use crate::value::{Ref, Value};
 use crate::{Class, Object};
@@ -412,9 +412,7 @@ impl Database {
     /// Opens a database from its persistence: loads what was saved and writes every later
     /// commit through it.
     pub fn open(mut persistence: Box<dyn Persistence>) -> Result<Database, CoreError> {
-        let state = persistence
-            .load()
-            .map_err(|e| CoreError::Persistence(e.0))?;
+        let state = persistence.load().map_err(CoreError::Persistence)?;
         let mut db = Database::from_stored(&state)?;
         db.persistence = Some(std::sync::Mutex::new(persistence));
         Ok(db)
@@ -424,8 +422,9 @@ impl Database {
     pub fn from_stored(state: &StoredState) -> Result<Database, CoreError> {
         let mut db = Database::new();
         for o in &state.objects {
-            let class = Class::parse(&o.class)
-                .ok_or_else(|| CoreError::Persistence(format!("unknown class {}", o.class)))?;
+            let class = Class::parse(&o.class).ok_or_else(|| {
+                CoreError::Persistence(PersistenceError::new(format!("unknown class {}", o.class)))
+            })?;
             let object = Object::from_json(class, &o.body)?;
             db.place(
                 class,
@@ -452,8 +451,7 @@ impl Database {
     pub fn replace_with(&mut self, state: &StoredState) -> Result<(), CoreError> {
         let mut fresh = Database::from_stored(state)?;
         if let Some(p) = self.persistence_mut() {
-            p.replace_all(state)
-                .map_err(|e| CoreError::Persistence(e.0))?;
+            p.replace_all(state).map_err(CoreError::Persistence)?;
         }
         fresh.persistence = self.persistence.take();
         fresh.capture_batches = self.capture_batches;
@@ -749,7 +747,7 @@ impl Database {
         if let Some(p) = txn.db.persistence_mut().filter(|_| !touched.is_empty()) {
             if let Err(e) = p.commit(&batch) {
                 txn.rollback();
-                return Err(CoreError::Persistence(e.0));
+                return Err(CoreError::Persistence(e));
             }
         }
         let db = txn.db;
@@ -771,8 +769,12 @@ impl Database {
     pub fn apply_batch(&mut self, batch: &WriteBatch) -> Result<(), CoreError> {
         let mut decoded = Vec::with_capacity(batch.puts.len());
         for put in &batch.puts {
-            let class = Class::parse(&put.class)
-                .ok_or_else(|| CoreError::Persistence(format!("unknown class {}", put.class)))?;
+            let class = Class::parse(&put.class).ok_or_else(|| {
+                CoreError::Persistence(PersistenceError::new(format!(
+                    "unknown class {}",
+                    put.class
+                )))
+            })?;
             decoded.push((
                 class,
                 Ref::from_string(put.reference.clone()),
@@ -781,12 +783,13 @@ impl Database {
         }
         let mut deletes = Vec::with_capacity(batch.deletes.len());
         for (c, r) in &batch.deletes {
-            let class = Class::parse(c)
-                .ok_or_else(|| CoreError::Persistence(format!("unknown class {c}")))?;
+            let class = Class::parse(c).ok_or_else(|| {
+                CoreError::Persistence(PersistenceError::new(format!("unknown class {c}")))
+            })?;
             deletes.push((class, Ref::from_string(r.clone())));
         }
         if let Some(p) = self.persistence_mut() {
-            p.commit(batch).map_err(|e| CoreError::Persistence(e.0))?;
+            p.commit(batch).map_err(CoreError::Persistence)?;
         }
         for (class, r) in deletes {
             if self.unplace(class, &r, batch.generation).is_none() {

@@ -44,7 +44,7 @@ pub enum CoreError {
     UnknownField(String),
     /// A persistence backend failed; the transaction was rolled back.
     #[error("database persistence failed: {0}")]
-    Persistence(String),
+    Persistence(#[source] crate::persist::PersistenceError),
     /// `RBAC_PERMISSION_DENIED [permission, message]`: the caller's role may not make the call.
     #[error("RBAC_PERMISSION_DENIED: {permission}: {message}")]
     RbacPermissionDenied {
@@ -280,7 +280,9 @@ impl CoreError {
                 out.push(value.clone());
             }
             CoreError::UnknownField(m) => out.push(m.clone()),
-            CoreError::Persistence(m) => out.push(format!("database persistence failed: {m}")),
+            CoreError::Persistence(e) => {
+                out.push(format!("database persistence failed: {}", chain(e)))
+            }
             CoreError::RbacPermissionDenied {
                 permission,
                 message,
@@ -369,6 +371,18 @@ impl CoreError {
             reference: reference.to_string(),
         }
     }
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// A power state as xapi spells it in error parameters.

@@ -126,7 +126,7 @@ macro_rules! define_object {
                 match class {
                     $(Class::$variant => serde_json::from_str::<$rec>(json)
                         .map(|r| Object::$variant(Box::new(r)))
-                        .map_err(|e| CoreError::Persistence(format!("bad {} record: {e}", class.name())))),+
+                        .map_err(|e| CoreError::Persistence(crate::persist::PersistenceError::with_source(format!("bad {} record", class.name()), e)))),+
                 }
             }
         }

@@ -39,10 +39,50 @@ pub struct StoredState {
     pub objects: Vec<StoredObject>,
 }
 
-/// Why a persistence call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PersistenceError(pub String);
+/// Why a persistence call failed: what was being done, and the backend's own error as the
+/// source, so a log shows the whole chain (SQLite's code, the I/O error beneath it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PersistenceError {
+    message: String,
+    #[source]
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PersistenceError {
+    /// A failure with no underlying error.
+    pub fn new(message: impl Into<String>) -> Self {
+        PersistenceError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure caused by a backend error.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        PersistenceError {
+            message: message.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// What was being done.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Two failures are the same when they say the same; sources are compared by their text.
+impl PartialEq for PersistenceError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+            && self.source.as_ref().map(|e| e.to_string())
+                == other.source.as_ref().map(|e| e.to_string())
+    }
+}
 
 /// Where the database keeps its state. `commit` must be durable when it returns `Ok`.
 pub trait Persistence: Send {
@@ -75,7 +115,7 @@ pub struct MemoryPersistence {
 impl Persistence for MemoryPersistence {
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), PersistenceError> {
         if std::mem::take(&mut self.fail_next) {
-            return Err(PersistenceError("injected failure".into()));
+            return Err(PersistenceError::new("injected failure"));
         }
         for (class, reference) in &batch.deletes {
             self.state

@@ -39,3 +39,10 @@ pub enum HaError {
         protected: usize,
     },
 }
+
+/// The planner failing is a fault of the toolstack, not of the call that asked.
+impl From<HaError> for xenpool_core::CoreError {
+    fn from(e: HaError) -> Self {
+        xenpool_core::CoreError::Internal(format!("failover planner: {e}"))
+    }
+}

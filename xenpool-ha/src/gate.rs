@@ -10,24 +10,33 @@ use xenpool_core::{CoreError, PoolRecord};
 
 use crate::{HaError, Planner, PlannerInput};
 
-/// How a call asks to bypass the failover-plan guard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Force {
-    /// The call has its own `force` parameter (VM.start, VM.resume, ...): it alone decides.
-    Param(bool),
-    /// The call has none: the pool's `ha_allow_overcommit` decides, as in xapi.
-    PoolSetting,
+/// For how many host failures a change must keep a plan, or `None` when it is not checked:
+/// no failures to tolerate are configured, or the change is forced, by the call's own
+/// `force` parameter (false for calls without one) or by the pool's `ha_allow_overcommit`,
+/// as in xapi.
+pub fn guarded_failures(pool: &PoolRecord, force: bool) -> Option<u32> {
+    if force || pool.ha_allow_overcommit {
+        return None;
+    }
+    let k = u32::try_from(pool.ha_host_failures_to_tolerate).ok()?;
+    (k > 0).then_some(k)
 }
 
-/// For how many host failures a change must keep a plan, or `None` when it is not checked:
-/// no failures to tolerate are configured, or the change is forced.
-pub fn guarded_failures(pool: &PoolRecord, force: Force) -> Option<u32> {
-    let forced = match force {
-        Force::Param(f) => f,
-        Force::PoolSetting => pool.ha_allow_overcommit,
-    };
-    let k = u32::try_from(pool.ha_host_failures_to_tolerate).ok()?;
-    (k > 0 && !forced).then_some(k)
+/// `pool.set_ha_host_failures_to_tolerate(value)`: a value the pool has no plan for is
+/// refused with `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` unless the pool allows
+/// overcommitment.
+pub fn check_failures_to_tolerate(
+    pool: &PoolRecord,
+    input: &PlannerInput,
+    value: u32,
+) -> Result<(), GateError> {
+    if pool.ha_allow_overcommit || value == 0 {
+        return Ok(());
+    }
+    if Planner::new(input)?.is_overcommitted(value) {
+        return Err(GateError::WouldBreakFailoverPlan);
+    }
+    Ok(())
 }
 
 /// The verdict on a change guarded for `k` failures: refused with
@@ -58,7 +67,7 @@ impl From<GateError> for CoreError {
     fn from(e: GateError) -> CoreError {
         match e {
             GateError::WouldBreakFailoverPlan => CoreError::HaOperationWouldBreakFailoverPlan,
-            GateError::Planner(e) => CoreError::Internal(format!("failover planner: {e}")),
+            GateError::Planner(e) => e.into(),
         }
     }
 }
@@ -169,19 +178,31 @@ mod tests {
 
     #[test]
     fn the_guard_applies_only_with_failures_to_tolerate_and_no_force() {
-        assert_eq!(guarded_failures(&pool(0, false), Force::PoolSetting), None);
-        assert_eq!(guarded_failures(&pool(-1, false), Force::PoolSetting), None);
+        assert_eq!(guarded_failures(&pool(0, false), false), None);
+        assert_eq!(guarded_failures(&pool(-1, false), false), None);
+        assert_eq!(guarded_failures(&pool(2, false), false), Some(2));
+        assert_eq!(guarded_failures(&pool(2, true), false), None);
+        assert_eq!(guarded_failures(&pool(2, false), true), None);
+    }
+
+    #[test]
+    fn a_tolerance_without_a_plan_is_refused_unless_overcommit_is_allowed() {
+        let input = PlannerInput {
+            hosts: vec![host("a"), host("b")],
+            vms: vec![vm("v", 12, "a"), vm("w", 12, "b")],
+        };
         assert_eq!(
-            guarded_failures(&pool(2, false), Force::PoolSetting),
-            Some(2)
+            check_failures_to_tolerate(&pool(0, false), &input, 0),
+            Ok(())
         );
-        assert_eq!(guarded_failures(&pool(2, true), Force::PoolSetting), None);
-        // A call's own force parameter decides alone, whatever the pool allows.
         assert_eq!(
-            guarded_failures(&pool(2, true), Force::Param(false)),
-            Some(2)
+            check_failures_to_tolerate(&pool(0, false), &input, 1),
+            Err(GateError::WouldBreakFailoverPlan)
         );
-        assert_eq!(guarded_failures(&pool(2, false), Force::Param(true)), None);
+        assert_eq!(
+            check_failures_to_tolerate(&pool(0, true), &input, 1),
+            Ok(())
+        );
     }
 
     fn host(id: &str) -> PlannerHost {

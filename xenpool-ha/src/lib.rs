@@ -96,7 +96,8 @@ mod tool;
 pub use contact::ContactLiveness;
 pub use error::HaError;
 pub use gate::{
-    check_change, guarded_failures, plan_messages, Force, GateError, PlanMessage, PlanStatus,
+    check_change, check_failures_to_tolerate, guarded_failures, plan_messages, GateError,
+    PlanMessage, PlanStatus,
 };
 pub use model::{PlannerHost, PlannerInput, PlannerVm, RestartPriority};
 pub use plan::{plan_for_failure, FailoverPlan, FailureSet, Restart};

@@ -141,6 +141,43 @@ pub fn add_device(db: &Database, input: &mut PlannerInput, device: &Object) {
     }
 }
 
+/// The VM's footprint in the failover plan would follow a new `memory_static_max`. A
+/// protected VM that is not running is judged as if it were started where the most memory
+/// is free, as xapi judges changes to protected VMs, since HA exists to keep it running:
+/// otherwise it could grow while halted to a size no plan has room for.
+pub fn resize_vm(db: &Database, input: &mut PlannerInput, vm: &Ref, static_max: i64) {
+    let overhead = db
+        .get::<VmRecord>(vm)
+        .map_or(0, |v| v.memory_overhead.max(0));
+    let memory = (static_max.max(0) + overhead) as u64;
+    let Some(i) = input.vms.iter().position(|v| v.id == vm.as_str()) else {
+        return;
+    };
+    input.vms[i].memory = memory;
+    let v = &input.vms[i];
+    if v.resident_on.is_some() || v.priority != RestartPriority::Restart {
+        return;
+    }
+    let free = |h: &PlannerHost| {
+        let used: u64 = input
+            .vms
+            .iter()
+            .filter(|x| x.resident_on.as_deref() == Some(h.id.as_str()))
+            .map(|x| x.memory)
+            .sum();
+        h.memory_total
+            .saturating_sub(h.memory_overhead)
+            .saturating_sub(used)
+    };
+    let best = input
+        .hosts
+        .iter()
+        .filter(|h| h.live && h.enabled)
+        .max_by_key(|h| (free(h), std::cmp::Reverse(h.id.clone())))
+        .map(|h| h.id.clone());
+    input.vms[i].resident_on = best;
+}
+
 /// The host would be disabled.
 pub fn disable_host(input: &mut PlannerInput, host: &Ref) {
     if let Some(h) = input.hosts.iter_mut().find(|h| h.id == host.as_str()) {

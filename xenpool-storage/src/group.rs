@@ -225,13 +225,13 @@ struct NoPersistence;
 
 impl Persistence for NoPersistence {
     fn commit(&mut self, _: &WriteBatch) -> Result<(), PersistenceError> {
-        Err(PersistenceError("no persistence".into()))
+        Err(PersistenceError::new("no persistence"))
     }
     fn load(&mut self) -> Result<StoredState, PersistenceError> {
-        Err(PersistenceError("no persistence".into()))
+        Err(PersistenceError::new("no persistence"))
     }
     fn replace_all(&mut self, _: &StoredState) -> Result<(), PersistenceError> {
-        Err(PersistenceError("no persistence".into()))
+        Err(PersistenceError::new("no persistence"))
     }
 }
 
@@ -300,7 +300,13 @@ fn run(
                 shared.changed.notify_all();
             }
             Err(e) => {
-                let reason = format!("commit failed: {}", e.0);
+                // The whole chain: the SQLite error and what lies beneath it.
+                let mut reason = format!("commit failed: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    reason.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
                 // The owner hears first, so a caller told of the failure finds the owner
                 // already acting on it.
                 on_failure(&reason);
@@ -347,7 +353,7 @@ mod tests {
             drop(self.gate.lock().unwrap());
             self.groups.lock().unwrap().push(batches.len());
             if batches.iter().any(|b| Some(b.generation) == self.fail_at) {
-                return Err(PersistenceError("disk full".into()));
+                return Err(PersistenceError::new("disk full"));
             }
             for b in batches {
                 self.inner.commit(b)?;

@@ -321,7 +321,7 @@ fn from_sql_u64(what: &'static str, value: i64) -> Result<u64, StorageError> {
 }
 
 fn to_persistence(e: StorageError) -> PersistenceError {
-    PersistenceError(format!("sqlite persistence: {e}"))
+    PersistenceError::with_source("sqlite persistence", e)
 }
 
 impl Persistence for SqlitePersistence {
@@ -435,7 +435,15 @@ mod tests {
             deletes: vec![("VM".into(), "OpaqueRef:keep".into())],
         };
         let err = db.commit(&bad).unwrap_err();
-        assert!(err.0.contains("does not fit"), "{err}");
+        // The detail travels as the source, not flattened into the message.
+        let chain: Vec<String> =
+            std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+                .map(|e| e.to_string())
+                .collect();
+        assert!(
+            chain.iter().any(|m| m.contains("does not fit")),
+            "{chain:?}"
+        );
         // Same, but the failure comes at the very end, at the generation update.
         let bad_generation = WriteBatch {
             generation: u64::MAX,

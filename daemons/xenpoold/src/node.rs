@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use xenpool_core::{
     CoreError, Database, MessageClass, MessageRecord, PoolRecord, Ref, SrRecord, VmRecord,
 };
-use xenpool_ha::PlannerInput;
+use xenpool_ha::{plan_messages, PlanStatus, PlannerInput};
 use xenpool_rpc::{Request, XenApiError};
 use xenpool_storage::SrDriver;
 
@@ -202,23 +202,19 @@ impl Node {
     pub fn ha_check_change(
         &self,
         db: &Database,
+        force: bool,
         change: impl FnOnce(&Database, &mut PlannerInput),
     ) -> Result<(), CoreError> {
         let Some((_, pool)) = db.all::<PoolRecord>().next() else {
             return Ok(());
         };
-        let k = pool.ha_host_failures_to_tolerate;
-        if k <= 0 || pool.ha_allow_overcommit {
+        let Some(k) = xenpool_ha::guarded_failures(pool, force) else {
             return Ok(());
-        }
-        let before = crate::ha::planner_input(db);
+        };
+        let before = xenpool_ha::pool_input::planner_input(db);
         let mut after = before.clone();
         change(db, &mut after);
-        crate::ha::check(crate::ha::PlanQuestion {
-            k: k as u32,
-            before,
-            after,
-        })
+        crate::ha::check(crate::ha::PlanQuestion { k, before, after })
     }
 
     /// Recomputes `pool.ha_plan_exists_for` and `pool.ha_overcommitted`, raising the
@@ -235,18 +231,18 @@ impl Node {
                 let Some((_, p)) = db.all::<PoolRecord>().next() else {
                     return;
                 };
-                (p.clone(), crate::ha::planner_input(&db))
+                (p.clone(), xenpool_ha::pool_input::planner_input(&db))
             };
-            let tolerance = match crate::ha::tolerance(&input) {
+            let tolerance = match xenpool_ha::max_host_failures_to_tolerate(&input) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not compute the failover plan");
                     return;
                 }
             };
-            let (plan_exists_for, overcommitted) = ha_plan_state(&pool, &tolerance);
-            if plan_exists_for == pool.ha_plan_exists_for && overcommitted == pool.ha_overcommitted
-            {
+            let status =
+                PlanStatus::computed(tolerance.max_failures, pool.ha_host_failures_to_tolerate);
+            if status == PlanStatus::of(&pool) {
                 // Any later change refreshes after it commits, so nothing is missed here.
                 return;
             }
@@ -257,27 +253,26 @@ impl Node {
                     return Ok(None);
                 };
                 let (pool_ref, now) = (pool_ref.clone(), now.clone());
-                let current = crate::ha::planner_input(db);
+                let current = xenpool_ha::pool_input::planner_input(db);
                 let tolerance = if current == input {
                     tolerance
                 } else if last {
-                    crate::ha::tolerance(&current)?
+                    xenpool_ha::max_host_failures_to_tolerate(&current)?
                 } else {
                     return Ok(Some(None));
                 };
-                let (plan_exists_for, overcommitted) = ha_plan_state(&now, &tolerance);
-                if plan_exists_for == now.ha_plan_exists_for
-                    && overcommitted == now.ha_overcommitted
-                {
+                let status =
+                    PlanStatus::computed(tolerance.max_failures, now.ha_host_failures_to_tolerate);
+                if status == PlanStatus::of(&now) {
                     return Ok(None);
                 }
                 txn.update::<PoolRecord>(&pool_ref, |p| {
-                    p.ha_plan_exists_for = plan_exists_for;
-                    p.ha_overcommitted = overcommitted;
+                    p.ha_plan_exists_for = status.plan_exists_for;
+                    p.ha_overcommitted = status.overcommitted;
                 })?;
-                Ok(Some(Some((now, plan_exists_for, overcommitted, tolerance))))
+                Ok(Some(Some((now, status, tolerance))))
             });
-            let (before, plan_exists_for, overcommitted, tolerance) = match result {
+            let (before, status, tolerance) = match result {
                 Ok(Some(Some(changed))) => changed,
                 // The inputs moved since the snapshot: plan again on the new one.
                 Ok(Some(None)) => continue,
@@ -287,26 +282,19 @@ impl Node {
                     return;
                 }
             };
-            let n = i64::from(tolerance.max_failures);
-            let ftt = before.ha_host_failures_to_tolerate;
-            if plan_exists_for < before.ha_plan_exists_for {
+            let messages = plan_messages(
+                PlanStatus::of(&before),
+                status,
+                tolerance.max_failures,
+                before.ha_host_failures_to_tolerate,
+            );
+            for m in messages {
                 let _ = self.raise_message(
-                    "HA_POOL_DROP_IN_PLAN_EXISTS_FOR",
-                    3,
+                    m.name(),
+                    m.priority(),
                     MessageClass::Pool,
                     &before.uuid,
-                    &plan_exists_for.to_string(),
-                );
-            }
-            if overcommitted && !before.ha_overcommitted {
-                let _ = self.raise_message(
-                    "HA_POOL_OVERCOMMITTED",
-                    3,
-                    MessageClass::Pool,
-                    &before.uuid,
-                    &format!(
-                        "The pool can tolerate {n} host failures but is configured for {ftt}."
-                    ),
+                    &m.body(),
                 );
             }
             return;
@@ -340,11 +328,4 @@ impl Node {
         self.state.write(|txn| txn.create(r.clone(), rec))?;
         Ok(r)
     }
-}
-
-/// `(ha_plan_exists_for, ha_overcommitted)` for the pool given what it tolerates.
-fn ha_plan_state(pool: &PoolRecord, tolerance: &xenpool_ha::Tolerance) -> (i64, bool) {
-    let n = i64::from(tolerance.max_failures);
-    let ftt = pool.ha_host_failures_to_tolerate;
-    (n.min(ftt.max(0)), ftt > n)
 }

@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use xenpool_core::ops::HostOpsInputs;
-use xenpool_core::persist::{StoredState, WriteBatch};
+use xenpool_core::persist::{PersistenceError, StoredState, WriteBatch};
 use xenpool_core::{CoreError, Database, DateTime, Ref, Txn};
 use xenpool_storage::GroupCommit;
 
@@ -198,7 +198,7 @@ impl State {
 
     fn refuse_if_failed(&self) -> Result<(), CoreError> {
         match self.writer.as_ref().and_then(|w| w.failure()) {
-            Some(reason) => Err(CoreError::Persistence(reason)),
+            Some(reason) => Err(CoreError::Persistence(PersistenceError::new(reason))),
             None => Ok(()),
         }
     }
@@ -211,7 +211,9 @@ impl State {
         if w.is_durable(ticket) {
             return Ok(());
         }
-        blocking(|| w.wait(ticket)).map_err(|e| CoreError::Persistence(e.to_string()))
+        blocking(|| w.wait(ticket)).map_err(|e| {
+            CoreError::Persistence(PersistenceError::with_source("waiting for the commit", e))
+        })
     }
 
     /// Queues a batch for the writer, or (without one) publishes its generation now.
@@ -482,7 +484,7 @@ mod tests {
             let _ = self.entered.send(batches.len());
             drop(self.gate.lock().unwrap_or_else(|e| e.into_inner()));
             if self.fail {
-                return Err(PersistenceError("disk on fire".into()));
+                return Err(PersistenceError::new("disk on fire"));
             }
             for b in batches {
                 self.inner.commit(b)?;

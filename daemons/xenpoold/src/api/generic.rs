@@ -167,8 +167,8 @@ impl Api {
                 let new = edit_value(kind, ty, current, &args)?;
                 let effect = check_field_write(txn.db(), class, &r, field, &new)?;
                 if let Some(static_max) = effect.static_max {
-                    node.ha_check_change(txn.db(), |db, input| {
-                        crate::api::vm::resize_in_plan(db, input, &r, static_max);
+                    node.ha_check_change(txn.db(), false, |db, input| {
+                        xenpool_ha::pool_input::resize_vm(db, input, &r, static_max);
                     })?;
                 }
                 refresh = effect.refresh_operations;

@@ -182,11 +182,9 @@ impl Api {
                             }
                             other => other,
                         };
-                        if !cx_force_overcommit(txn.db()) {
-                            node.ha_check_change(txn.db(), |db, input| {
-                                crate::ha::add_device(db, input, &obj);
-                            })?;
-                        }
+                        node.ha_check_change(txn.db(), false, |db, input| {
+                            xenpool_ha::pool_input::add_device(db, input, &obj);
+                        })?;
                         txn.create_object(r.clone(), obj)?;
                         refresh_vm_allowed_operations(txn, &vm)
                     })
@@ -296,9 +294,9 @@ impl Api {
                             HostOperation::Disable
                         };
                         check_host_operation(txn.db(), &host, op, &inputs)?;
-                        if !enable && !cx_force_overcommit(txn.db()) {
-                            node.ha_check_change(txn.db(), |_, input| {
-                                crate::ha::disable_host(input, &host);
+                        if !enable {
+                            node.ha_check_change(txn.db(), false, |_, input| {
+                                xenpool_ha::pool_input::disable_host(input, &host);
                             })?;
                         }
                         txn.update::<HostRecord>(&host, |h| h.enabled = enable)?;
@@ -339,11 +337,9 @@ impl Api {
                                     }
                                 }
                             }
-                            if !cx_force_overcommit(db) {
-                                node.ha_check_change(db, |_, input| {
-                                    crate::ha::unplug_pbd(input, &b.host, &b.SR);
-                                })?;
-                            }
+                            node.ha_check_change(db, false, |_, input| {
+                                xenpool_ha::pool_input::unplug_pbd(input, &b.host, &b.SR);
+                            })?;
                         }
                         txn.update::<PbdRecord>(&pbd, |x| x.currently_attached = plug)?;
                         xenpool_core::ops::refresh_allowed_operations(txn, &inputs)
@@ -355,11 +351,4 @@ impl Api {
             _ => None,
         })
     }
-}
-
-/// Calls without a `force` parameter are forced by the pool's `ha_allow_overcommit`.
-fn cx_force_overcommit(db: &xenpool_core::Database) -> bool {
-    db.all::<xenpool_core::PoolRecord>()
-        .next()
-        .is_some_and(|(_, p)| p.ha_allow_overcommit)
 }

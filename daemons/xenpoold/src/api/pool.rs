@@ -45,8 +45,9 @@ impl Api {
         Ok(Some(match m {
             "ha_compute_max_host_failures_to_tolerate" => {
                 req.reader(1)?;
-                let input = crate::ha::planner_input(&node.state.db());
-                let t = crate::ha::tolerance(&input).map_err(api_error)?;
+                let input = xenpool_ha::pool_input::planner_input(&node.state.db());
+                let t = xenpool_ha::max_host_failures_to_tolerate(&input)
+                    .map_err(|e| api_error(e.into()))?;
                 node.ha_refresh();
                 int(i64::from(t.max_failures), cx.ints)
             }
@@ -54,17 +55,22 @@ impl Api {
                 let mut p = req.reader(2)?;
                 p.value()?;
                 let config = p.string_map("configuration")?;
-                let mut input = crate::ha::planner_input(&node.state.db());
+                let mut input = xenpool_ha::pool_input::planner_input(&node.state.db());
                 // The configuration replaces the protected set: VMs it does not name are
                 // not protected in the hypothesis.
                 for v in &mut input.vms {
                     v.priority = xenpool_ha::RestartPriority::None;
                 }
                 for (vm, priority) in config {
-                    xenpool_core::ops::check_ha_restart_priority(priority).map_err(api_error)?;
-                    crate::ha::set_priority(&mut input, &Ref::from_string(vm), priority);
+                    let priority = priority.parse().map_err(api_error)?;
+                    xenpool_ha::pool_input::set_priority(
+                        &mut input,
+                        &Ref::from_string(vm),
+                        priority,
+                    );
                 }
-                let t = crate::ha::tolerance(&input).map_err(api_error)?;
+                let t = xenpool_ha::max_host_failures_to_tolerate(&input)
+                    .map_err(|e| api_error(e.into()))?;
                 int(i64::from(t.max_failures), cx.ints)
             }
             "ha_compute_vm_failover_plan" => {
@@ -80,7 +86,7 @@ impl Api {
                     .iter()
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect();
-                let mut input = crate::ha::planner_input(&node.state.db());
+                let mut input = xenpool_ha::pool_input::planner_input(&node.state.db());
                 for h in &failed_hosts {
                     if !input.hosts.iter().any(|x| &x.id == h) {
                         return Err(XenApiError::handle_invalid("host", h));
@@ -135,15 +141,9 @@ impl Api {
                             .next()
                             .map(|(r, p)| (r.clone(), p.clone()))
                             .ok_or_else(|| CoreError::handle_invalid("pool", Ref::null()))?;
-                        if !pool.ha_allow_overcommit {
-                            let input = crate::ha::planner_input(db);
-                            if crate::ha::overcommitted(&input, value as u32)? {
-                                return Err(CoreError::api(
-                                    "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN",
-                                    Vec::<String>::new(),
-                                ));
-                            }
-                        }
+                        let input = xenpool_ha::pool_input::planner_input(db);
+                        let k = u32::try_from(value).unwrap_or(u32::MAX);
+                        xenpool_ha::check_failures_to_tolerate(&pool, &input, k)?;
                         txn.update::<PoolRecord>(&pool_ref, |p| {
                             p.ha_host_failures_to_tolerate = value;
                         })

@@ -210,8 +210,8 @@ impl Api {
             .write(|txn| {
                 let effect = check_vm_memory_limits(txn.db(), vm, limits)?;
                 if let Some(static_max) = effect.static_max {
-                    node.ha_check_change(txn.db(), |db, input| {
-                        resize_in_plan(db, input, vm, static_max);
+                    node.ha_check_change(txn.db(), false, |db, input| {
+                        xenpool_ha::pool_input::resize_vm(db, input, vm, static_max);
                     })?;
                 }
                 txn.update::<VmRecord>(vm, |v| {
@@ -398,14 +398,13 @@ impl Api {
         force: bool,
     ) -> Result<(), XenApiError> {
         let node = self.node();
+        let priority: xenpool_ha::RestartPriority = value.parse().map_err(api_error)?;
         node.state
             .write_checked(|txn| {
                 let db = txn.db();
-                if !force {
-                    node.ha_check_change(db, |_, input| {
-                        crate::ha::set_priority(input, vm, &value);
-                    })?;
-                }
+                node.ha_check_change(db, force, |_, input| {
+                    xenpool_ha::pool_input::set_priority(input, vm, priority);
+                })?;
                 txn.update::<VmRecord>(vm, |v| {
                     v.ha_always_run = value == "restart";
                     v.ha_restart_priority = value;
@@ -459,9 +458,9 @@ impl Api {
                         | VmOperation::Resume
                         | VmOperation::ResumeOn
                 );
-                if starting && !force {
-                    node.ha_check_change(txn.db(), |_, input| {
-                        crate::ha::place_vm(input, vm, &host);
+                if starting {
+                    node.ha_check_change(txn.db(), force, |_, input| {
+                        xenpool_ha::pool_input::place_vm(input, vm, &host);
                     })?;
                 }
                 txn.update::<VmRecord>(vm, |r| {
@@ -585,46 +584,4 @@ impl Api {
         node.after_vm_change();
         outcome.map(|_| Wire::String(String::new()))
     }
-}
-
-/// The VM's footprint in the failover plan would follow a new `memory_static_max`. A
-/// protected VM that is not running is judged as if it were started where the most memory
-/// is free, as xapi judges changes to protected VMs, since HA exists to keep it running:
-/// otherwise it could grow while halted to a size no plan has room for.
-pub(crate) fn resize_in_plan(
-    db: &xenpool_core::Database,
-    input: &mut xenpool_ha::PlannerInput,
-    vm: &Ref,
-    static_max: i64,
-) {
-    let overhead = db
-        .get::<VmRecord>(vm)
-        .map_or(0, |v| v.memory_overhead.max(0));
-    let memory = (static_max.max(0) + overhead) as u64;
-    let Some(i) = input.vms.iter().position(|v| v.id == vm.as_str()) else {
-        return;
-    };
-    input.vms[i].memory = memory;
-    let v = &input.vms[i];
-    if v.resident_on.is_some() || v.priority != xenpool_ha::RestartPriority::Restart {
-        return;
-    }
-    let free = |h: &xenpool_ha::PlannerHost| {
-        let used: u64 = input
-            .vms
-            .iter()
-            .filter(|x| x.resident_on.as_deref() == Some(h.id.as_str()))
-            .map(|x| x.memory)
-            .sum();
-        h.memory_total
-            .saturating_sub(h.memory_overhead)
-            .saturating_sub(used)
-    };
-    let best = input
-        .hosts
-        .iter()
-        .filter(|h| h.live && h.enabled)
-        .max_by_key(|h| (free(h), std::cmp::Reverse(h.id.clone())))
-        .map(|h| h.id.clone());
-    input.vms[i].resident_on = best;
 }
