@@ -665,7 +665,7 @@ impl Database {
     /// A token older than the retained deletions gets `EVENTS_LOST`.
     pub fn changes_since(&self, token: u64) -> Result<Vec<Change>, CoreError> {
         if token < self.oldest_token {
-            return Err(CoreError::api(codes::EVENTS_LOST, Vec::<String>::new()));
+            return Err(CoreError::EventsLost);
         }
         let mut out = Vec::new();
         for (g, class, r) in self
@@ -1092,13 +1092,16 @@ impl Txn<'_> {
             return Err(CoreError::handle_invalid(class.name(), &r));
         }
         if self.db.exists(class, &r) {
-            return Err(CoreError::api("DUPLICATE_REF", [class.name(), r.as_str()]));
+            return Err(CoreError::DuplicateRef {
+                class,
+                reference: r.clone(),
+            });
         }
         if !object.uuid().is_empty() && self.db.table(class).by_uuid.contains_key(object.uuid()) {
-            return Err(CoreError::api(
-                "UUID_ALREADY_EXISTS",
-                [class.name(), object.uuid()],
-            ));
+            return Err(CoreError::UuidAlreadyExists {
+                class,
+                uuid: object.uuid().to_string(),
+            });
         }
         let links: Vec<(Relation, Ref)> = RELATIONS
             .iter()
@@ -1214,10 +1217,7 @@ impl Txn<'_> {
         };
         f(rec);
         if rec.uuid() != old_uuid {
-            return Err(CoreError::api(
-                codes::OPERATION_NOT_ALLOWED,
-                ["uuid is read-only"],
-            ));
+            return Err(CoreError::OperationNotAllowed("uuid is read-only".into()));
         }
         let mut moves: [Option<(Ref, Ref)>; RELATIONS.len()] = Default::default();
         for (i, old) in old_links.into_iter().enumerate() {
@@ -1255,10 +1255,7 @@ impl Txn<'_> {
         value: Value,
     ) -> Result<(), CoreError> {
         if field == "uuid" {
-            return Err(CoreError::api(
-                codes::OPERATION_NOT_ALLOWED,
-                ["uuid is read-only"],
-            ));
+            return Err(CoreError::OperationNotAllowed("uuid is read-only".into()));
         }
         let before = self.db.object(class, r)?;
         // Validate on a copy first so a type error leaves nothing touched.
@@ -1345,9 +1342,11 @@ impl Txn<'_> {
             }
             match rel.on_delete {
                 OnDelete::Refuse(code) => {
-                    let mut params = vec![r.as_str().to_string()];
-                    params.extend(children.iter().map(|c| c.as_str().to_string()));
-                    return Err(CoreError::api(code, params));
+                    return Err(CoreError::ObjectInUse {
+                        code,
+                        object: r.clone(),
+                        users: children,
+                    });
                 }
                 OnDelete::Cascade => {
                     for child in children {
@@ -1540,7 +1539,7 @@ mod tests {
                         step(t, &mut next, fresh)?;
                     }
                     if fail {
-                        return Err(CoreError::api("FAILED", ["on purpose"]));
+                        return Err(CoreError::Internal("on purpose".into()));
                     }
                     Ok(())
                 });

@@ -196,25 +196,46 @@ pub enum CoreError {
         /// the key
         key: String,
     },
-    /// Any other XenAPI failure, with its code and parameters as xapi sends them.
-    #[error("{code} {params:?}")]
-    Api {
-        /// XenAPI error code, e.g. `VM_BAD_POWER_STATE`
-        code: String,
-        /// its parameters
-        params: Vec<String>,
+    /// `EVENTS_LOST []`: the token is older than the changes still kept.
+    #[error("EVENTS_LOST")]
+    EventsLost,
+    /// `DUPLICATE_REF [class, ref]`: a create reused a reference.
+    #[error("DUPLICATE_REF: {class:?} {reference}")]
+    DuplicateRef {
+        /// the class
+        class: crate::Class,
+        /// the reference
+        reference: Ref,
     },
+    /// `UUID_ALREADY_EXISTS [class, uuid]`
+    #[error("UUID_ALREADY_EXISTS: {class:?} {uuid}")]
+    UuidAlreadyExists {
+        /// the class
+        class: crate::Class,
+        /// the UUID
+        uuid: String,
+    },
+    /// A destroy refused because other objects still refer to this one, with the code the
+    /// relation names (`HOST_HAS_RESIDENT_VMS`, `SR_HAS_PBD`, `NETWORK_CONTAINS_VIF`, ...):
+    /// `[code, object, users...]`.
+    #[error("{code}: {object} is in use")]
+    ObjectInUse {
+        /// the XenAPI code of the relation
+        code: &'static str,
+        /// the object to destroy
+        object: Ref,
+        /// the objects still referring to it
+        users: Vec<Ref>,
+    },
+    /// `HOST_IS_SLAVE [coordinator address]`: this host does not take writes.
+    #[error("HOST_IS_SLAVE: {0}")]
+    HostIsSlave(String),
+    /// `POOL_JOINING_HOST_ALREADY_IN_POOL [host]`
+    #[error("POOL_JOINING_HOST_ALREADY_IN_POOL: {0}")]
+    HostAlreadyInPool(Ref),
 }
 
 impl CoreError {
-    /// A failure with a XenAPI code and parameters.
-    pub fn api(code: &str, params: impl IntoIterator<Item = impl Into<String>>) -> CoreError {
-        CoreError::Api {
-            code: code.to_string(),
-            params: params.into_iter().map(Into::into).collect(),
-        }
-    }
-
     /// The XenAPI code of this error.
     pub fn code(&self) -> &str {
         match self {
@@ -255,7 +276,12 @@ impl CoreError {
             CoreError::ClusteredSrDegraded(_) => "CLUSTERED_SR_DEGRADED",
             CoreError::MemoryConstraintViolationOrder => "MEMORY_CONSTRAINT_VIOLATION_ORDER",
             CoreError::MapDuplicateKey { .. } => "MAP_DUPLICATE_KEY",
-            CoreError::Api { code, .. } => code,
+            CoreError::EventsLost => "EVENTS_LOST",
+            CoreError::DuplicateRef { .. } => "DUPLICATE_REF",
+            CoreError::UuidAlreadyExists { .. } => "UUID_ALREADY_EXISTS",
+            CoreError::ObjectInUse { code, .. } => code,
+            CoreError::HostIsSlave(_) => "HOST_IS_SLAVE",
+            CoreError::HostAlreadyInPool(_) => "POOL_JOINING_HOST_ALREADY_IN_POOL",
         }
     }
 
@@ -359,7 +385,21 @@ impl CoreError {
                 out.push(free.to_string());
             }
             CoreError::HostHasResidentVms(host) => out.push(host.as_str().to_string()),
-            CoreError::Api { params, .. } => out.extend(params.iter().cloned()),
+            CoreError::EventsLost => {}
+            CoreError::DuplicateRef { class, reference } => {
+                out.push(class.name().to_string());
+                out.push(reference.as_str().to_string());
+            }
+            CoreError::UuidAlreadyExists { class, uuid } => {
+                out.push(class.name().to_string());
+                out.push(uuid.clone());
+            }
+            CoreError::ObjectInUse { object, users, .. } => {
+                out.push(object.as_str().to_string());
+                out.extend(users.iter().map(|u| u.as_str().to_string()));
+            }
+            CoreError::HostIsSlave(address) => out.push(address.clone()),
+            CoreError::HostAlreadyInPool(host) => out.push(host.as_str().to_string()),
         }
         out
     }

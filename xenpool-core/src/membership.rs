@@ -89,8 +89,6 @@ pub enum JoinRefusal {
     CannotHaveVmsWithCurrentOperations,
     /// `POOL_JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS`
     CannotContainSharedSrs,
-    /// `POOL_JOINING_HOST_ALREADY_IN_POOL`
-    AlreadyInPool,
 }
 
 impl JoinRefusal {
@@ -105,7 +103,6 @@ impl JoinRefusal {
                 "POOL_JOINING_HOST_CANNOT_HAVE_VMS_WITH_CURRENT_OPERATIONS"
             }
             JoinRefusal::CannotContainSharedSrs => "POOL_JOINING_HOST_CANNOT_CONTAIN_SHARED_SRS",
-            JoinRefusal::AlreadyInPool => "POOL_JOINING_HOST_ALREADY_IN_POOL",
         }
     }
 }

@@ -1056,7 +1056,7 @@ impl Harness {
     ) -> Result<(), TestCaseError> {
         let empty = resolved.is_empty();
         if expected.is_ok() && abort && !empty {
-            expected = Err("TEST_ABORT");
+            expected = Err("INTERNAL_ERROR");
         }
         if expected.is_ok() && persist_fail && !empty {
             expected = Err("INTERNAL_ERROR");
@@ -1071,7 +1071,7 @@ impl Harness {
                 apply_db(t, rop)?;
             }
             if abort_now {
-                return Err(CoreError::api("TEST_ABORT", Vec::<String>::new()));
+                return Err(CoreError::Internal("test abort".into()));
             }
             Ok(())
         });

@@ -388,10 +388,10 @@ fn a_transaction_failing_midway_changes_nothing() {
             t.set_field(Class::VM, &r("vm"), "resident_on", Value::Ref(r("h3")))?;
             t.destroy(Class::SR, &r("sr"))?;
             t.destroy(Class::Host, &r("h2"))?;
-            Err::<(), _>(CoreError::api("SOMETHING_FAILED", ["late"]))
+            Err::<(), _>(CoreError::Internal("late".into()))
         })
         .unwrap_err();
-    assert_eq!(e.code(), "SOMETHING_FAILED");
+    assert_eq!(e.code(), "INTERNAL_ERROR");
     assert_eq!(sorted(db.to_stored()), before);
     assert_eq!(db.generation(), generation);
     assert_eq!(changes(&db, 0), events_before);
@@ -456,10 +456,10 @@ fn rollback_restores_a_parent_changed_by_relations_and_whole_writes() {
                     t.db().get::<HostRecord>(&r("h1")).unwrap().resident_VMs,
                     vec![r("vm2"), r("vm4"), r("vm3"), r("vm6")]
                 );
-                Err::<(), _>(CoreError::api("SOMETHING_FAILED", ["late"]))
+                Err::<(), _>(CoreError::Internal("late".into()))
             })
             .unwrap_err();
-        assert_eq!(e.code(), "SOMETHING_FAILED");
+        assert_eq!(e.code(), "INTERNAL_ERROR");
         assert_eq!(resident(&db), set_before);
         assert_eq!(sorted(db.to_stored()), before);
         assert_eq!(db.generation(), generation);
@@ -691,7 +691,7 @@ fn rollback_keeps_earlier_deletions() {
     assert_eq!(want, vec![(token + 1, Class::Host, "h2".into(), "del")]);
     db.write(|t| {
         t.create(r("h2"), host("h2-new"))?;
-        Err::<(), _>(CoreError::api("SOMETHING_FAILED", ["late"]))
+        Err::<(), _>(CoreError::Internal("late".into()))
     })
     .unwrap_err();
     assert_eq!(changes(&db, token), want);

@@ -519,10 +519,7 @@ pub fn import_joining_host(
             value: "missing".into(),
         })?;
     if txn.db().exists(Class::Host, &host_ref) {
-        return Err(CoreError::api(
-            "POOL_JOINING_HOST_ALREADY_IN_POOL",
-            [host_ref.as_str()],
-        ));
+        return Err(CoreError::HostAlreadyInPool(host_ref.clone()));
     }
     // Networks: the pool's network with the same bridge, else the joiner's is added.
     let mut network_map: HashMap<Ref, Ref> = HashMap::new();

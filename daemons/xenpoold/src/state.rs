@@ -247,7 +247,7 @@ impl State {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
             {
-                return Err(CoreError::api("HOST_IS_SLAVE", [coordinator]));
+                return Err(CoreError::HostIsSlave(coordinator));
             }
             self.refuse_if_failed()?;
             let before = db.generation();
@@ -325,9 +325,8 @@ impl State {
             .unwrap_or_else(|e| e.into_inner())
             .is_none()
         {
-            return Err(CoreError::api(
-                "OPERATION_NOT_ALLOWED",
-                ["this host coordinates the pool; it takes no replicated writes"],
+            return Err(CoreError::OperationNotAllowed(
+                "this host coordinates the pool; it takes no replicated writes".into(),
             ));
         }
         Ok(())

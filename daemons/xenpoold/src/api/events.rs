@@ -285,7 +285,7 @@ impl Api {
             }
             Some(token) => {
                 let changes = db.changes_since(token).map_err(|e| match e {
-                    CoreError::Api { ref code, .. } if code == "EVENTS_LOST" => {
+                    CoreError::EventsLost => {
                         XenApiError::new("EVENTS_LOST", Vec::<String>::new())
                     }
                     other => api_error(other),

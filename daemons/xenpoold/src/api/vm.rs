@@ -374,7 +374,7 @@ impl Api {
                     VifRecord {
                         uuid: state.new_uuid(),
                         VM: new.clone(),
-                        MAC: crate::bootstrap::mac_from(state.random()),
+                        MAC: xenpool_core::devices::mac_from(state.random()),
                         currently_attached: false,
                         ..f
                     },
