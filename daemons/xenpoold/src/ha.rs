@@ -16,8 +16,8 @@
 
 use std::cell::RefCell;
 
-use xenpool_core::{CoreError, Txn};
-use xenpool_ha::{GateError, PlannerInput};
+use xenpool_core::{CoreError, Database, MessageClass, PoolRecord, Txn};
+use xenpool_ha::{plan_messages, GateError, PlanStatus, PlannerInput};
 
 /// How many times a write's plan checks may send it out of the lock to run the planner
 /// before its last attempt runs the planner under the lock.
@@ -155,6 +155,119 @@ impl crate::state::State {
             let verdict = question.answer();
             with_planning(|p| p.known.push((question, verdict)));
         }
+    }
+}
+
+impl crate::node::Node {
+    /// Fails with `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` if the pool has a plan for its
+    /// configured number of host failures now but would not after `change`. Inside
+    /// [`State::write_checked`] the planner runs outside the database lock; inside a plain
+    /// [`State::write`] it runs here.
+    pub fn ha_check_change(
+        &self,
+        db: &Database,
+        force: bool,
+        change: impl FnOnce(&Database, &mut PlannerInput),
+    ) -> Result<(), CoreError> {
+        let Some((_, pool)) = db.all::<PoolRecord>().next() else {
+            return Ok(());
+        };
+        let Some(k) = xenpool_ha::guarded_failures(pool, force) else {
+            return Ok(());
+        };
+        let before = xenpool_ha::pool_input::planner_input(db);
+        let mut after = before.clone();
+        change(db, &mut after);
+        crate::ha::check(crate::ha::PlanQuestion { k, before, after })
+    }
+
+    /// Recomputes `pool.ha_plan_exists_for` and `pool.ha_overcommitted`, raising the
+    /// messages xapi raises when they change. The planner runs on a snapshot, outside the
+    /// database lock; the result is recorded only if the planner's inputs are still those
+    /// of the snapshot, else it is computed again (under the lock on the last attempt).
+    pub fn ha_refresh(&self) {
+        if !self.is_coordinator() {
+            return;
+        }
+        for attempt in 0..=crate::ha::DEFERRED_ATTEMPTS {
+            let (pool, input) = {
+                let db = self.state.db();
+                let Some((_, p)) = db.all::<PoolRecord>().next() else {
+                    return;
+                };
+                (p.clone(), xenpool_ha::pool_input::planner_input(&db))
+            };
+            let tolerance = match xenpool_ha::max_host_failures_to_tolerate(&input) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not compute the failover plan");
+                    return;
+                }
+            };
+            let status =
+                PlanStatus::computed(tolerance.max_failures, pool.ha_host_failures_to_tolerate);
+            if status == PlanStatus::of(&pool) {
+                // Any later change refreshes after it commits, so nothing is missed here.
+                return;
+            }
+            let last = attempt == crate::ha::DEFERRED_ATTEMPTS;
+            let result = self.state.write(|txn| {
+                let db = txn.db();
+                let Some((pool_ref, now)) = db.all::<PoolRecord>().next() else {
+                    return Ok(None);
+                };
+                let (pool_ref, now) = (pool_ref.clone(), now.clone());
+                let current = xenpool_ha::pool_input::planner_input(db);
+                let tolerance = if current == input {
+                    tolerance
+                } else if last {
+                    xenpool_ha::max_host_failures_to_tolerate(&current)?
+                } else {
+                    return Ok(Some(None));
+                };
+                let status =
+                    PlanStatus::computed(tolerance.max_failures, now.ha_host_failures_to_tolerate);
+                if status == PlanStatus::of(&now) {
+                    return Ok(None);
+                }
+                txn.update::<PoolRecord>(&pool_ref, |p| {
+                    p.ha_plan_exists_for = status.plan_exists_for;
+                    p.ha_overcommitted = status.overcommitted;
+                })?;
+                Ok(Some(Some((now, status, tolerance))))
+            });
+            let (before, status, tolerance) = match result {
+                Ok(Some(Some(changed))) => changed,
+                // The inputs moved since the snapshot: plan again on the new one.
+                Ok(Some(None)) => continue,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the HA plan state");
+                    return;
+                }
+            };
+            let messages = plan_messages(
+                PlanStatus::of(&before),
+                status,
+                tolerance.max_failures,
+                before.ha_host_failures_to_tolerate,
+            );
+            for m in messages {
+                let _ = self.raise_message(
+                    m.name(),
+                    m.priority(),
+                    MessageClass::Pool,
+                    &before.uuid,
+                    &m.body(),
+                );
+            }
+            return;
+        }
+    }
+
+    /// What to recompute after a VM, device, host or SR change.
+    pub fn after_vm_change(&self) {
+        self.ha_refresh();
     }
 }
 

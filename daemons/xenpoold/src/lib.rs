@@ -20,6 +20,8 @@ pub mod conv;
 pub mod domains;
 pub mod ha;
 pub mod host_files;
+pub mod host_work;
+pub mod liveness;
 pub mod node;
 pub mod passwords;
 pub mod pool;
@@ -89,14 +91,15 @@ pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path:
         std::fs::write(&uuid_path, &host_uuid)?;
         new_password = Some(path);
     }
+    let transport = Arc::new(crate::transport::RpcTransport::new(config.http_port));
     let node = Arc::new(Node {
         state,
         config,
         hypervisor,
         role: RwLock::new(role.clone()),
-        liveness: crate::pool::Liveness::default(),
+        liveness: crate::liveness::Liveness::default(),
         needs_snapshot: std::sync::atomic::AtomicBool::new(true),
-        replication_client: std::sync::Mutex::new(None),
+        transport,
         transferring: tokio::sync::watch::channel(false).0,
         local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
     });

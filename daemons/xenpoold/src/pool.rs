@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xenpool_core::persist::{StoredObject, StoredState, WriteBatch};
@@ -17,177 +17,19 @@ use xenpool_core::{
     Class, CoreError, Database, HostMetricsRecord, HostRecord, MessageClass, NetworkRecord, Object,
     PbdRecord, PifRecord, PoolRecord, Ref, SrRecord, VmRecord,
 };
-use xenpool_ha::ContactLiveness;
-use xenpool_rpc::{Client, RpcError, Value as Wire, XenApiError};
+use xenpool_rpc::{Value as Wire, XenApiError};
 
 use crate::node::{Node, Role};
-use xenpool_core::lifecycle::DomainAction;
 
-/// The URL of another host: its address with this host's port (every host of a pool serves
-/// the same port, as `HOST_IS_SLAVE` names only an address).
-pub fn host_url(node: &Node, address: &str) -> String {
-    if address.contains(':') && !address.starts_with('[') && address.matches(':').count() == 1 {
-        format!("http://{address}/")
-    } else {
-        format!("http://{address}:{}/", node.config.http_port)
-    }
-}
-
-/// A client for host-to-host calls: no redirect following (the caller wants to see them).
-pub fn peer_client(node: &Node, address: &str, timeout: Duration) -> Result<Client, XenApiError> {
-    Client::builder(&host_url(node, address))
-        .max_redirects(0)
-        .timeout(timeout)
-        .build()
-        .map_err(|e| XenApiError::internal_error(e.to_string()))
-}
-
-fn rpc_error(e: RpcError) -> XenApiError {
-    match e.api() {
-        Some(api) => api.clone(),
-        None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
-    }
-}
-
-fn host_address(db: &Database, host: &Ref) -> Result<String, XenApiError> {
+pub(crate) fn host_address(db: &Database, host: &Ref) -> Result<String, XenApiError> {
     db.get::<HostRecord>(host)
         .map(|h| h.address.clone())
         .map_err(crate::conv::api_error)
 }
 
-fn secret_or_error(node: &Node) -> Result<String, XenApiError> {
+pub(crate) fn secret_or_error(node: &Node) -> Result<String, XenApiError> {
     crate::host_files::read_secret(&node.config.data_dir)
         .ok_or_else(|| XenApiError::internal_error("this host has no pool secret"))
-}
-
-/// Runs a domain operation on another host of the pool.
-pub async fn forward_domain_op(
-    node: &Node,
-    host: &Ref,
-    vm: &VmRecord,
-    op: DomainAction,
-) -> Result<i64, XenApiError> {
-    let address = host_address(&node.state.db(), host)?;
-    let secret = secret_or_error(node)?;
-    let client = peer_client(node, &address, Duration::from_secs(120))?;
-    let vm_json =
-        serde_json::to_string(vm).map_err(|e| XenApiError::internal_error(e.to_string()))?;
-    let result = client
-        .call(
-            "host.xenpool_domain_op",
-            vec![
-                Wire::String(secret),
-                Wire::String(vm_json),
-                Wire::String(op_name(op).to_string()),
-            ],
-        )
-        .await
-        .map_err(rpc_error)?;
-    match result {
-        Wire::Int(i) => Ok(i),
-        Wire::String(s) => s
-            .parse()
-            .map_err(|_| XenApiError::internal_error("bad domain id from member")),
-        _ => Err(XenApiError::internal_error("bad domain id from member")),
-    }
-}
-
-/// The wire name of a domain operation between hosts.
-pub fn op_name(op: DomainAction) -> &'static str {
-    match op {
-        DomainAction::Start { paused: false } => "start",
-        DomainAction::Start { paused: true } => "start_paused",
-        DomainAction::Resume { paused: false } => "resume",
-        DomainAction::Resume { paused: true } => "resume_paused",
-        DomainAction::Shutdown { clean: true } => "clean_shutdown",
-        DomainAction::Shutdown { clean: false } => "hard_shutdown",
-        DomainAction::Reboot { clean: true } => "clean_reboot",
-        DomainAction::Reboot { clean: false } => "hard_reboot",
-        DomainAction::Suspend => "suspend",
-        DomainAction::Pause => "pause",
-        DomainAction::Unpause => "unpause",
-    }
-}
-
-/// A domain operation from its wire name.
-pub fn parse_op(s: &str) -> Option<DomainAction> {
-    Some(match s {
-        "start" => DomainAction::Start { paused: false },
-        "start_paused" => DomainAction::Start { paused: true },
-        "resume" => DomainAction::Resume { paused: false },
-        "resume_paused" => DomainAction::Resume { paused: true },
-        "clean_shutdown" => DomainAction::Shutdown { clean: true },
-        "hard_shutdown" => DomainAction::Shutdown { clean: false },
-        "clean_reboot" => DomainAction::Reboot { clean: true },
-        "hard_reboot" => DomainAction::Reboot { clean: false },
-        "suspend" => DomainAction::Suspend,
-        "pause" => DomainAction::Pause,
-        "unpause" => DomainAction::Unpause,
-        _ => return None,
-    })
-}
-
-/// When the coordinator last heard from each member (the judgement is xenpool-ha's
-/// [`ContactLiveness`]; this holds its clock origin and the members' reported generations).
-#[derive(Debug)]
-pub struct Liveness {
-    origin: Instant,
-    contacts: Mutex<ContactLiveness<Ref>>,
-    /// Generation each member reported it holds.
-    member_generation: Mutex<HashMap<Ref, u64>>,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Liveness {
-            origin: Instant::now(),
-            contacts: Mutex::new(ContactLiveness::new(Duration::ZERO, Duration::from_secs(5))),
-            member_generation: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl Liveness {
-    fn now(&self) -> Duration {
-        self.origin.elapsed()
-    }
-
-    fn contacts(&self) -> std::sync::MutexGuard<'_, ContactLiveness<Ref>> {
-        self.contacts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records a contact from a member.
-    pub fn contact(&self, host: &Ref, generation: u64) {
-        let now = self.now();
-        self.contacts().contact(host.clone(), now);
-        self.member_generation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.clone(), generation);
-    }
-
-    /// The generation a member last reported.
-    pub fn generation_of(&self, host: &Ref) -> Option<u64> {
-        self.member_generation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-            .copied()
-    }
-
-    /// Forgets every contact, giving every member a fresh grace period.
-    pub fn reset(&self) {
-        let now = self.now();
-        self.contacts().reset(now);
-    }
-
-    /// The members whose recorded liveness is no longer what their contacts say.
-    fn changes(&self, timeout: Duration, recorded: Vec<(Ref, bool)>) -> Vec<(Ref, bool)> {
-        let now = self.now();
-        let mut contacts = self.contacts();
-        contacts.set_timeout(timeout);
-        contacts.changes(now, recorded)
-    }
 }
 
 /// Starts the background work of this host: a coordinator watches its members' liveness, a
@@ -288,24 +130,6 @@ fn liveness_tick(node: &Node) {
 async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiError> {
     let secret = secret_or_error(node)?;
     let timeout = node.config.heartbeat_interval_secs.clamp(0.1, 10.0);
-    let client = {
-        let mut cached = node
-            .replication_client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match cached.as_ref() {
-            Some((addr, c)) if addr == coordinator => c.clone(),
-            _ => {
-                let c = Arc::new(peer_client(
-                    node,
-                    coordinator,
-                    Duration::from_secs_f64(timeout + 10.0),
-                )?);
-                *cached = Some((coordinator.to_string(), c.clone()));
-                c
-            }
-        }
-    };
     let full = node.needs_snapshot.load(Ordering::SeqCst);
     // -1 asks for a whole snapshot.
     let generation = if full {
@@ -313,8 +137,10 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
     } else {
         node.state.db().generation() as i64
     };
-    let result = client
+    let result = node
+        .transport
         .call(
+            coordinator,
             "pool.xenpool_replicate",
             vec![
                 Wire::String(secret),
@@ -322,29 +148,27 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
                 Wire::String(generation.to_string()),
                 Wire::Double(timeout),
             ],
+            Duration::from_secs_f64(timeout + 10.0),
         )
         .await;
     let value = match result {
         Ok(v) => v,
         Err(e) => {
-            if let Some(api) = e.api() {
-                if api.code == xenpool_rpc::HOST_IS_SLAVE {
-                    let still_following = node.role()
-                        == Role::Member {
-                            coordinator: coordinator.to_string(),
-                        };
-                    let me = node.config.address.to_string();
-                    if let Some(addr) = api.params.first().filter(|a| **a != me && still_following)
-                    {
-                        tracing::info!(coordinator = %addr, "following the new coordinator");
-                        let _ = node.set_role(Role::Member {
-                            coordinator: addr.clone(),
-                        });
-                        return Ok(());
-                    }
+            if e.code == xenpool_rpc::HOST_IS_SLAVE {
+                let still_following = node.role()
+                    == Role::Member {
+                        coordinator: coordinator.to_string(),
+                    };
+                let me = node.config.address.to_string();
+                if let Some(addr) = e.params.first().filter(|a| **a != me && still_following) {
+                    tracing::info!(coordinator = %addr, "following the new coordinator");
+                    let _ = node.set_role(Role::Member {
+                        coordinator: addr.clone(),
+                    });
+                    return Ok(());
                 }
             }
-            return Err(rpc_error(e));
+            return Err(e);
         }
     };
     let Wire::Struct(fields) = value else {
@@ -742,19 +566,21 @@ pub async fn designate_new_master(node: &Node, target: &Ref) -> Result<(), XenAp
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Phase 2: commit.
-    let client = peer_client(node, &address, Duration::from_secs(30))?;
-    let result = client
+    let result = node
+        .transport
         .call(
+            &address,
             "pool.xenpool_become_coordinator",
             vec![
                 Wire::String(secret),
                 Wire::String(final_generation.to_string()),
             ],
+            Duration::from_secs(30),
         )
         .await;
     if let Err(e) = result {
         node.state.set_write_gate(None);
-        return Err(rpc_error(e));
+        return Err(e);
     }
     become_member(node, &address)?;
     // An orderly handover: this copy is exactly the new coordinator's up to the handover,
@@ -776,11 +602,14 @@ async fn find_other_coordinator(node: &Node) -> Option<String> {
         .map(|(_, h)| h.address.clone())
         .collect();
     for address in others {
-        let Ok(client) = peer_client(node, &address, Duration::from_secs(2)) else {
-            continue;
-        };
-        let answer = client
-            .call("pool.xenpool_whois", vec![Wire::String(secret.clone())])
+        let answer = node
+            .transport
+            .call(
+                &address,
+                "pool.xenpool_whois",
+                vec![Wire::String(secret.clone())],
+                Duration::from_secs(2),
+            )
             .await;
         match answer
             .ok()

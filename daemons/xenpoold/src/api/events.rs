@@ -285,9 +285,7 @@ impl Api {
             }
             Some(token) => {
                 let changes = db.changes_since(token).map_err(|e| match e {
-                    CoreError::EventsLost => {
-                        XenApiError::new("EVENTS_LOST", Vec::<String>::new())
-                    }
+                    CoreError::EventsLost => XenApiError::new("EVENTS_LOST", Vec::<String>::new()),
                     other => api_error(other),
                 })?;
                 for c in changes {

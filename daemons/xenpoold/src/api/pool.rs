@@ -273,25 +273,33 @@ impl Api {
         };
         let objects = serde_json::to_string(&objects)
             .map_err(|e| XenApiError::internal_error(e.to_string()))?;
-        let client = crate::pool::peer_client(node, address, Duration::from_secs(60))?;
-        let session = client
-            .login_with_password(user, password)
-            .await
-            .map_err(|e| match e.api() {
-                Some(api) => api.clone(),
-                None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
-            })?;
-        let answer = client
+        let timeout = Duration::from_secs(60);
+        let transport = &node.transport;
+        let session = transport
             .call(
+                address,
+                "session.login_with_password",
+                vec![
+                    Wire::String(user.to_string()),
+                    Wire::String(password.to_string()),
+                    Wire::String("1.1".into()),
+                    Wire::String("xenpool".into()),
+                ],
+                timeout,
+            )
+            .await?;
+        let answer = transport
+            .call(
+                address,
                 "pool.xenpool_add_host",
-                vec![Wire::String(session), Wire::String(objects)],
+                vec![session.clone(), Wire::String(objects)],
+                timeout,
             )
             .await;
-        let _ = client.logout().await;
-        let answer = answer.map_err(|e| match e.api() {
-            Some(api) => api.clone(),
-            None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
-        })?;
+        let _ = transport
+            .call(address, "session.logout", vec![session], timeout)
+            .await;
+        let answer = answer?;
         let Wire::Struct(fields) = answer else {
             return Err(XenApiError::internal_error("bad answer to a join"));
         };
@@ -333,14 +341,14 @@ impl Api {
         };
         let secret = crate::host_files::read_secret(&node.config.data_dir)
             .ok_or_else(|| XenApiError::internal_error("no pool secret"))?;
-        let client = crate::pool::peer_client(node, &address, Duration::from_secs(60))?;
-        client
-            .call("pool.xenpool_ejected", vec![Wire::String(secret)])
-            .await
-            .map_err(|e| match e.api() {
-                Some(api) => api.clone(),
-                None => XenApiError::new("HOST_OFFLINE", [e.to_string()]),
-            })?;
+        node.transport
+            .call(
+                &address,
+                "pool.xenpool_ejected",
+                vec![Wire::String(secret)],
+                Duration::from_secs(60),
+            )
+            .await?;
         node.state
             .write(|txn| xenpool_core::membership::forget_host(txn, host))
             .map_err(api_error)?;
@@ -365,14 +373,13 @@ impl Api {
             .collect();
         let mut recovered = Vec::new();
         for (host, address) in hosts {
-            let Ok(client) = crate::pool::peer_client(node, &address, Duration::from_secs(10))
-            else {
-                continue;
-            };
-            let r = client
+            let r = node
+                .transport
                 .call(
+                    &address,
                     "pool.xenpool_reset_master",
                     vec![Wire::String(secret.clone()), Wire::String(me.clone())],
+                    Duration::from_secs(10),
                 )
                 .await;
             match r {
@@ -413,7 +420,7 @@ impl Api {
                 let vm: xenpool_core::VmRecord = serde_json::from_str(p.string("vm")?)
                     .map_err(|e| XenApiError::new("INVALID_VALUE", ["vm", &e.to_string()]))?;
                 let op = p.string("op")?;
-                let op = crate::pool::parse_op(op)
+                let op = crate::host_work::parse_op(op)
                     .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["op", op]))?;
                 let domid = node.local_domain_op(vm, op).await?;
                 Ok(Wire::Int(domid))
