@@ -269,3 +269,120 @@ impl<H: Handler> HostTransport for MemoryTransport<H> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers every call with its method name and counts what it served.
+    #[derive(Debug, Default)]
+    struct Echo {
+        served: AtomicUsize,
+    }
+
+    impl Handler for Echo {
+        async fn call(&self, ctx: CallContext, call: Call) -> Result<Value, XenApiError> {
+            self.served.fetch_add(1, Ordering::SeqCst);
+            Ok(Value::String(format!("{} from {}", call.method, ctx.peer.ip())))
+        }
+    }
+
+    fn pool() -> (MemoryNetwork<Echo>, Arc<Echo>, Arc<Echo>) {
+        let net = MemoryNetwork::new();
+        let (a, b) = (Arc::new(Echo::default()), Arc::new(Echo::default()));
+        net.add_host("127.0.0.1", a.clone());
+        net.add_host("127.0.0.2", b.clone());
+        (net, a, b)
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_reach_their_host_and_say_who_calls() {
+        let (net, a, b) = pool();
+        let from_a = net.transport("127.0.0.1");
+        let answer = from_a.call("127.0.0.2", "pool.xenpool_whois", vec![], T).await;
+        assert_eq!(
+            answer,
+            Ok(Value::String("pool.xenpool_whois from 127.0.0.1".into()))
+        );
+        assert_eq!(b.served.load(Ordering::SeqCst), 1);
+        assert_eq!(a.served.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_host_refuses_at_once() {
+        let (net, _, _) = pool();
+        let start = tokio::time::Instant::now();
+        let e = net
+            .transport("127.0.0.1")
+            .call("127.0.0.9", "m", vec![], T)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "HOST_OFFLINE");
+        assert!(start.elapsed() < T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_link_loses_calls_and_answers_until_healed() {
+        let (net, a, b) = pool();
+        net.cut("127.0.0.1", "127.0.0.2");
+        let start = tokio::time::Instant::now();
+        let e = net
+            .transport("127.0.0.1")
+            .call("127.0.0.2", "m", vec![], T)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "HOST_OFFLINE");
+        // Lost, not refused: the caller waited its whole timeout.
+        assert!(start.elapsed() >= T);
+        assert_eq!(b.served.load(Ordering::SeqCst), 0);
+        // The other way, the call arrives and runs but its answer travels the cut link.
+        assert!(net
+            .transport("127.0.0.2")
+            .call("127.0.0.1", "m", vec![], T)
+            .await
+            .is_err());
+        assert_eq!(a.served.load(Ordering::SeqCst), 1);
+        net.heal();
+        assert!(net
+            .transport("127.0.0.1")
+            .call("127.0.0.2", "m", vec![], T)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_lost_when_the_way_back_is_cut() {
+        let (net, _, b) = pool();
+        net.cut("127.0.0.2", "127.0.0.1");
+        let e = net
+            .transport("127.0.0.1")
+            .call("127.0.0.2", "m", vec![], T)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "HOST_OFFLINE");
+        // The call itself arrived and ran: the caller cannot tell it apart from a lost one.
+        assert_eq!(b.served.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_separates_groups_both_ways() {
+        let net = MemoryNetwork::new();
+        for h in ["h1", "h2", "h3"] {
+            net.add_host(h, Arc::new(Echo::default()));
+        }
+        net.partition(&["h1"], &["h2", "h3"]);
+        assert!(net.transport("h1").call("h2", "m", vec![], T).await.is_err());
+        assert!(net.transport("h3").call("h1", "m", vec![], T).await.is_err());
+        assert!(net.transport("h2").call("h3", "m", vec![], T).await.is_ok());
+    }
+
+    #[test]
+    fn peers_without_a_port_share_this_hosts_port() {
+        let t = RpcTransport::new(8080);
+        assert_eq!(t.url("127.0.0.2"), "http://127.0.0.2:8080/");
+        assert_eq!(t.url("127.0.0.2:9000"), "http://127.0.0.2:9000/");
+    }
+}
