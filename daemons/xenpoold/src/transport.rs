@@ -284,7 +284,11 @@ mod tests {
     impl Handler for Echo {
         async fn call(&self, ctx: CallContext, call: Call) -> Result<Value, XenApiError> {
             self.served.fetch_add(1, Ordering::SeqCst);
-            Ok(Value::String(format!("{} from {}", call.method, ctx.peer.ip())))
+            Ok(Value::String(format!(
+                "{} from {}",
+                call.method,
+                ctx.peer.ip()
+            )))
         }
     }
 
@@ -302,7 +306,9 @@ mod tests {
     async fn calls_reach_their_host_and_say_who_calls() {
         let (net, a, b) = pool();
         let from_a = net.transport("127.0.0.1");
-        let answer = from_a.call("127.0.0.2", "pool.xenpool_whois", vec![], T).await;
+        let answer = from_a
+            .call("127.0.0.2", "pool.xenpool_whois", vec![], T)
+            .await;
         assert_eq!(
             answer,
             Ok(Value::String("pool.xenpool_whois from 127.0.0.1".into()))
@@ -374,8 +380,16 @@ mod tests {
             net.add_host(h, Arc::new(Echo::default()));
         }
         net.partition(&["h1"], &["h2", "h3"]);
-        assert!(net.transport("h1").call("h2", "m", vec![], T).await.is_err());
-        assert!(net.transport("h3").call("h1", "m", vec![], T).await.is_err());
+        assert!(net
+            .transport("h1")
+            .call("h2", "m", vec![], T)
+            .await
+            .is_err());
+        assert!(net
+            .transport("h3")
+            .call("h1", "m", vec![], T)
+            .await
+            .is_err());
         assert!(net.transport("h2").call("h3", "m", vec![], T).await.is_ok());
     }
 

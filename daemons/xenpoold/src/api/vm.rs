@@ -14,7 +14,7 @@ use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, ref_param, Api, ApiResult, Ctx};
 use crate::state::now;
-use xenpool_core::lifecycle::DomainAction;
+use xenpool_core::lifecycle;
 
 /// The VM messages handled here, beyond the generic ones.
 pub const MESSAGES: &[&str] = &[
@@ -451,13 +451,7 @@ impl Api {
                     }
                     _ => v.resident_on.clone(),
                 };
-                let starting = matches!(
-                    op,
-                    VmOperation::Start
-                        | VmOperation::StartOn
-                        | VmOperation::Resume
-                        | VmOperation::ResumeOn
-                );
+                let starting = lifecycle::is_starting(op);
                 if starting {
                     node.ha_check_change(txn.db(), force, |_, input| {
                         xenpool_ha::pool_input::place_vm(input, vm, &host);
@@ -476,45 +470,18 @@ impl Api {
         self.progress(cx, 0.1);
         let work = async {
             self.check_cancelled(cx)?;
-            let dop = match op {
-                VmOperation::Start | VmOperation::StartOn => DomainAction::Start {
-                    paused: start_paused,
-                },
-                VmOperation::Resume | VmOperation::ResumeOn => DomainAction::Resume {
-                    paused: start_paused,
-                },
-                VmOperation::CleanShutdown | VmOperation::Shutdown => {
-                    DomainAction::Shutdown { clean: true }
-                }
-                VmOperation::HardShutdown => DomainAction::Shutdown { clean: false },
-                VmOperation::CleanReboot => DomainAction::Reboot { clean: true },
-                VmOperation::HardReboot => DomainAction::Reboot { clean: false },
-                VmOperation::Suspend => DomainAction::Suspend,
-                VmOperation::Pause => DomainAction::Pause,
-                _ => DomainAction::Unpause,
-            };
-            if before.power_state == VmPowerState::Suspended
-                && dop == (DomainAction::Shutdown { clean: false })
-            {
+            let Some(action) = lifecycle::domain_action(op, before.power_state, start_paused)
+            else {
                 // A suspended VM has no running domain: stopping it discards its image.
                 return Ok(-1);
-            }
-            node.domain_op(&host, &before, dop).await
+            };
+            node.domain_op(&host, &before, action).await
         };
         let mut outcome = work.await;
         // Cancelled while the domain was being built: undo it, so a cancelled start leaves
         // the VM as it found it.
-        let starting = matches!(
-            op,
-            VmOperation::Start | VmOperation::StartOn | VmOperation::Resume | VmOperation::ResumeOn
-        );
-        if starting && outcome.is_ok() {
+        if let (Some(undo), true) = (lifecycle::undo_of_cancelled(op), outcome.is_ok()) {
             if let Err(cancelled) = self.check_cancelled(cx) {
-                let undo = if matches!(op, VmOperation::Resume | VmOperation::ResumeOn) {
-                    DomainAction::Suspend
-                } else {
-                    DomainAction::Shutdown { clean: false }
-                };
                 match node.domain_op(&host, &before, undo).await {
                     Ok(_) => outcome = Err(cancelled),
                     Err(e) => {
@@ -532,26 +499,16 @@ impl Api {
                 r.current_operations.remove(key.as_str());
                 r.scheduled_to_be_resident_on = Ref::null();
             })?;
-            if let Ok(domid) = &outcome {
-                let (power, resident, domid) = match op {
-                    VmOperation::Start
-                    | VmOperation::StartOn
-                    | VmOperation::Resume
-                    | VmOperation::ResumeOn => (
-                        if start_paused {
-                            VmPowerState::Paused
-                        } else {
-                            VmPowerState::Running
-                        },
-                        host.clone(),
-                        *domid,
-                    ),
-                    VmOperation::CleanShutdown
-                    | VmOperation::HardShutdown
-                    | VmOperation::Shutdown => (VmPowerState::Halted, Ref::null(), -1),
-                    VmOperation::Suspend => (VmPowerState::Suspended, Ref::null(), -1),
-                    VmOperation::Pause => (VmPowerState::Paused, host.clone(), *domid),
-                    _ => (VmPowerState::Running, host.clone(), *domid),
+            let done = outcome
+                .as_ref()
+                .ok()
+                .zip(lifecycle::power_outcome(op, start_paused));
+            if let Some((domid, after)) = done {
+                let power = after.power_state;
+                let (resident, domid) = if after.resident {
+                    (host.clone(), *domid)
+                } else {
+                    (Ref::null(), -1)
                 };
                 let metrics = before.metrics.clone();
                 txn.update::<VmRecord>(vm, |r| {
