@@ -161,8 +161,8 @@ impl crate::state::State {
 impl crate::node::Node {
     /// Fails with `HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN` if the pool has a plan for its
     /// configured number of host failures now but would not after `change`. Inside
-    /// [`State::write_checked`] the planner runs outside the database lock; inside a plain
-    /// [`State::write`] it runs here.
+    /// [`crate::state::State::write_checked`] the planner runs outside the database lock; inside a plain
+    /// [`crate::state::State::write`] it runs here.
     pub fn ha_check_change(
         &self,
         db: &Database,

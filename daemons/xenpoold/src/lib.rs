@@ -3,15 +3,32 @@
 //! rules themselves live in `xenpool-core` and `xenpool-ha`.
 //!
 //! # Layout
+//! Modules are layered one way: the API calls services, services use the host's state,
+//! and nothing below imports anything above it.
+//!
+//! The host's state (imports nothing above it):
 //! - [`config`]: the TOML configuration and its defaults.
-//! - [`state`]: the database behind a lock, references, event notifications.
-//! - [`node`]: this host: role, backends, work that must happen on a given host.
+//! - [`state`]: the database behind a lock, the group-commit writer, event notifications.
+//! - [`node`]: this host: database, configuration, hypervisor, transport, role.
+//! - [`transport`]: host-to-host calls behind [`transport::HostTransport`] (RPC, or in process).
+//! - [`host_files`]: the role file, the pool secret and other secrets on local disk.
+//! - [`liveness`]: when the coordinator last heard from each member.
+//! - [`domains`]: domain actions applied to the hypervisor.
+//! - [`session`], [`passwords`]: who calls, and local users' password hashes.
+//! - [`conv`]: typed values to wire values and back; core errors in wire form.
+//!
+//! Services (use the state, never the API):
 //! - [`bootstrap`]: the first start of a host (a pool of one).
-//! - [`api`]: XenAPI dispatch, sessions and roles, tasks, events, VM lifecycle.
-//! - [`ha`]: the database as input to the failover planner.
-//! - [`domains`]: VM records to hypervisor calls.
+//! - [`host_work`]: domain actions and VDI files, here or forwarded to their host.
+//! - [`ha`]: when the failover planner runs relative to the database lock.
 //! - [`pool`]: joining, members, replication, coordinator transfer.
-//! - [`conv`]: typed values to wire values and back.
+//!
+//! The XenAPI:
+//! - [`api`]: dispatch, sessions and roles, tasks, events, VM lifecycle.
+//!
+//! Every decision (allowed operations, placement, roles, join and eject, device rules, the
+//! failover plan and its guard, liveness) is a function of `xenpool-core` or `xenpool-ha`
+//! that these modules call.
 
 pub mod api;
 pub mod bootstrap;

@@ -1,6 +1,5 @@
-//! Pool membership: the role file and pool secret, joining and ejecting, the member's
-//! replication loop, the coordinator's liveness monitor, work forwarded between hosts, and
-//! coordinator transfer.
+//! Pool membership: joining and ejecting, the member's replication loop, the coordinator's
+//! liveness monitor, and coordinator transfer.
 //!
 //! Replication is pulled: each member long-polls its coordinator for the batches committed
 //! after its own generation, applies them in order and persists them. The poll is also the
