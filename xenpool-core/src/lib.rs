@@ -15,6 +15,7 @@
 //! - [`ops`]: allowed operations of VMs and hosts, and the check run before each operation.
 //! - [`placement`]: where a VM may start.
 //! - [`lifecycle`]: what each VM power operation does to its domain and leaves behind.
+//! - [`genesis`]: the records of a new host and of a pool of one.
 //! - [`devices`]: when VBDs and VIFs may come and go, and when a disk or SR plug is in use.
 //! - [`rbac`]: the XenAPI roles and the role each call needs.
 //! - [`membership`]: join and eject preconditions, forgetting a host, what a member serves.
@@ -24,6 +25,7 @@
 pub mod db;
 pub mod devices;
 pub mod error;
+pub mod genesis;
 pub mod lifecycle;
 pub mod membership;
 pub mod model;
