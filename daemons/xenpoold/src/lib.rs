@@ -67,8 +67,19 @@ pub struct Started {
     pub https: Option<SocketAddr>,
 }
 
-/// Opens (or creates) the host's state in the data directory.
+/// Opens (or creates) the host's state in the data directory; it calls other hosts over
+/// XenAPI on their HTTP port.
 pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path::PathBuf>)> {
+    let transport = Arc::new(crate::transport::RpcTransport::new(config.http_port));
+    open_node_with(config, transport)
+}
+
+/// Opens (or creates) the host's state, calling other hosts through `transport` (an
+/// in-process network in tests).
+pub fn open_node_with(
+    config: Config,
+    transport: Arc<dyn crate::transport::HostTransport>,
+) -> anyhow::Result<(Arc<Node>, Option<std::path::PathBuf>)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     std::fs::create_dir_all(config.data_dir.join("sr-local"))?;
@@ -108,7 +119,6 @@ pub fn open_node(config: Config) -> anyhow::Result<(Arc<Node>, Option<std::path:
         std::fs::write(&uuid_path, &host_uuid)?;
         new_password = Some(path);
     }
-    let transport = Arc::new(crate::transport::RpcTransport::new(config.http_port));
     let node = Arc::new(Node {
         state,
         config,
