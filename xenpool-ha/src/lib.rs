@@ -85,16 +85,26 @@ mod bounds;
 mod contact;
 mod error;
 mod gate;
+mod hostset;
+pub mod machine;
 mod model;
 mod pack;
 mod plan;
 pub mod pool_input;
 mod problem;
+mod restart;
+pub mod sim;
+pub mod survival;
+mod timeouts;
 mod tolerance;
 mod tool;
 
 pub use contact::ContactLiveness;
 pub use error::HaError;
+pub use hostset::HostSet;
+pub use machine::{Action, HaConfig, Heartbeat, HostMachine, HostSpec, Input, Slot};
+pub use restart::VmSpec;
+pub use timeouts::HaTimeouts;
 pub use gate::{
     check_change, guarded_failures, plan_messages, Force, GateError, PlanMessage, PlanStatus,
 };
