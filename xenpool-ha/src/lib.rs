@@ -101,14 +101,14 @@ mod tool;
 
 pub use contact::ContactLiveness;
 pub use error::HaError;
-pub use hostset::HostSet;
-pub use machine::{Action, HaConfig, Heartbeat, HostMachine, HostSpec, Input, Slot};
-pub use restart::VmSpec;
-pub use timeouts::HaTimeouts;
 pub use gate::{
     check_change, guarded_failures, plan_messages, Force, GateError, PlanMessage, PlanStatus,
 };
+pub use hostset::HostSet;
+pub use machine::{Action, HaConfig, Heartbeat, HostMachine, HostSpec, Input, Slot};
 pub use model::{PlannerHost, PlannerInput, PlannerVm, RestartPriority};
 pub use plan::{plan_for_failure, FailoverPlan, FailureSet, Restart};
+pub use restart::VmSpec;
+pub use timeouts::HaTimeouts;
 pub use tolerance::{is_overcommitted, max_host_failures_to_tolerate, Planner, Tolerance};
 pub use tool::{run_plan_tool, ToolOutput};

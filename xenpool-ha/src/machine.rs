@@ -242,6 +242,8 @@ pub struct HostMachine {
     next_tick: Duration,
     next_health: Duration,
     watchdog: Duration,
+    /// The `now` of the last input.
+    last_now: Duration,
     book: RestartBook,
     actions: VecDeque<Action>,
 }
@@ -252,7 +254,9 @@ impl HostMachine {
     pub fn new(config: &HaConfig, me: usize, now: Duration) -> Result<HostMachine, HaError> {
         config.validate()?;
         if me >= config.hosts.len() {
-            return Err(HaError::InvalidInput(format!("host index {me} out of range")));
+            return Err(HaError::InvalidInput(format!(
+                "host index {me} out of range"
+            )));
         }
         let n = config.hosts.len();
         let t = config.timeouts;
@@ -283,10 +287,12 @@ impl HostMachine {
             next_tick: now,
             next_health: now + t.health_interval,
             watchdog,
+            last_now: now,
             book: RestartBook::new(config),
             actions: VecDeque::new(),
         };
-        m.actions.push_back(Action::ArmWatchdog { deadline: watchdog });
+        m.actions
+            .push_back(Action::ArmWatchdog { deadline: watchdog });
         if config.coordinator == me {
             m.actions.push_back(Action::BecomeCoordinator);
             m.announced_coordinator = true;
@@ -302,6 +308,7 @@ impl HostMachine {
         if self.phase == Phase::Fenced {
             return;
         }
+        self.last_now = self.last_now.max(now);
         // First thing on every input, so a host resuming from a freeze acts on nothing
         // before it has checked it may still live.
         if now >= self.watchdog {
@@ -328,6 +335,10 @@ impl HostMachine {
         if now >= self.next_tick {
             self.periodic(now);
         }
+        if now >= self.next_health {
+            self.next_health = now + self.t.health_interval;
+            self.actions.push_back(Action::CheckToolstack);
+        }
         self.evaluate(now);
     }
 
@@ -343,7 +354,9 @@ impl HostMachine {
             return None;
         }
         let mut t = self.next_tick.min(self.next_health);
-        if self.coordinator == self.me && self.announced_coordinator {
+        // Only an acting coordinator works the book, and it has just done everything due
+        // up to `last_now`, so this is never in the past.
+        if self.is_coordinator(self.last_now) {
             if let Some(r) = self.book.next_due() {
                 t = t.min(r);
             }
@@ -435,12 +448,12 @@ impl HostMachine {
         }));
         self.write_slot();
         self.actions.push_back(Action::ReadStatefile);
-        if now >= self.next_health {
-            self.next_health = now + self.t.health_interval;
-            self.actions.push_back(Action::CheckToolstack);
-        }
-        // Feed only while no member may give us up yet; a winner of the last rendezvous
-        // has a fresh lease over its new liveset.
+        self.feed(now);
+    }
+
+    /// Feeds the watchdog if no member may give us up yet. Each feed sets the deadline no
+    /// later than `lease + G`, which is what the safety margin rests on.
+    fn feed(&mut self, now: Duration) {
         let lease = self.lease_end();
         if self.phase == Phase::Normal && now < lease {
             let deadline = lease.min(now + self.t.feed_horizon) + self.t.grace;
@@ -550,7 +563,9 @@ impl HostMachine {
             if slot.epoch > self.epoch && newer.is_none_or(|(e, _)| slot.epoch > e) {
                 newer = Some((slot.epoch, slot.liveset));
             }
-            if let (Some(mine), Some(theirs), true) = (my_claim, slot.claim, slot.epoch == self.epoch) {
+            if let (Some(mine), Some(theirs), true) =
+                (my_claim, slot.claim, slot.epoch == self.epoch)
+            {
                 if beats(theirs, mine) {
                     if theirs.contains(self.me) {
                         better_with_me = true;
@@ -648,6 +663,9 @@ impl HostMachine {
                 self.book.given_up(g, safe.max(now));
             }
         }
+        // A host that just left a rendezvous has not fed since its lease ran out; its
+        // deadline may be closer than the next tick.
+        self.feed(now);
     }
 
     fn evaluate(&mut self, now: Duration) {

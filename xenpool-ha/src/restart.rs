@@ -103,7 +103,10 @@ impl RestartBook {
     }
 
     pub(crate) fn host_name(&self, h: usize) -> String {
-        self.hosts.get(h).map(|s| s.name.clone()).unwrap_or_default()
+        self.hosts
+            .get(h)
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn given_up(&mut self, host: usize, safe_at: Duration) {
@@ -249,7 +252,9 @@ impl RestartBook {
                 }
                 None => continue,
             };
-            self.queue.push_back((at, vm, h));
+            // Kept sorted by time: a later plan may schedule before an earlier one's tail.
+            let pos = self.queue.partition_point(|q| q.0 <= at);
+            self.queue.insert(pos, (at, vm, h));
             at += Duration::from_secs(delay);
         }
     }
@@ -263,8 +268,11 @@ impl RestartBook {
                 id: h.name.clone(),
                 memory_total: h.memory,
                 memory_overhead: 0,
-                live: self.target_ok(i, liveset),
-                enabled: true,
+                // A given-up host not yet surely fenced still runs its VMs: the planner
+                // must see it live (so they are not orphans) but never as a target.
+                live: liveset.contains(i)
+                    || self.given_up.get(&i).is_some_and(|(_, handled)| !handled),
+                enabled: self.target_ok(i, liveset),
                 srs: BTreeSet::new(),
                 networks: BTreeSet::new(),
             })
@@ -317,12 +325,18 @@ impl RestartBook {
             .map(|r| (r.spec.name.clone(), r.spec.clone()))
             .collect();
         stranded.sort_by(|a, b| {
-            (order_key(a.1.order), a.1.priority, std::cmp::Reverse(a.1.memory), &a.0).cmp(&(
-                order_key(b.1.order),
-                b.1.priority,
-                std::cmp::Reverse(b.1.memory),
-                &b.0,
-            ))
+            (
+                order_key(a.1.order),
+                a.1.priority,
+                std::cmp::Reverse(a.1.memory),
+                &a.0,
+            )
+                .cmp(&(
+                    order_key(b.1.order),
+                    b.1.priority,
+                    std::cmp::Reverse(b.1.memory),
+                    &b.0,
+                ))
         });
         let mut starts = Vec::new();
         for (name, spec) in stranded {
