@@ -706,3 +706,173 @@ pub fn host_index(hosts: &[HostSpec]) -> BTreeMap<String, usize> {
         .map(|(i, h)| (h.name.clone(), i))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RestartPriority;
+    use proptest::prelude::*;
+
+    fn config(n: usize, t: u64) -> HaConfig {
+        HaConfig {
+            timeouts: HaTimeouts::new(Duration::from_secs(t)).unwrap_or_else(|e| panic!("{e}")),
+            hosts: (0..n)
+                .map(|i| HostSpec {
+                    name: format!("h{}", i + 1),
+                    memory: 1 << 36,
+                })
+                .collect(),
+            vms: vec![VmSpec {
+                name: "vm1".into(),
+                memory: 1 << 30,
+                on: Some(1),
+                priority: RestartPriority::Restart,
+                order: 0,
+                start_delay: 0,
+            }],
+            coordinator: 0,
+            external_manager: false,
+        }
+    }
+
+    fn machine(c: &HaConfig, me: usize) -> HostMachine {
+        HostMachine::new(c, me, Duration::ZERO).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn drain(m: &mut HostMachine) -> Vec<Action> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn s(x: f64) -> Duration {
+        Duration::from_secs_f64(x)
+    }
+
+    #[test]
+    fn arms_the_watchdog_and_heartbeats_every_interval() {
+        let c = config(3, 10);
+        let mut m = machine(&c, 1);
+        m.handle(Duration::ZERO, Input::Tick);
+        let a = drain(&mut m);
+        assert!(matches!(a[0], Action::ArmWatchdog { .. }));
+        assert!(a.contains(&Action::FollowCoordinator(0)));
+        assert!(a.iter().any(|x| matches!(x, Action::SendHeartbeat(_))));
+        assert!(a.contains(&Action::ReadStatefile));
+        assert_eq!(m.poll_timeout(), Some(c.timeouts.interval));
+    }
+
+    #[test]
+    fn a_host_waking_past_its_deadline_fences_before_anything_else() {
+        let c = config(3, 10);
+        let mut m = machine(&c, 1);
+        m.handle(Duration::ZERO, Input::Tick);
+        drain(&mut m);
+        let late = m.watchdog_deadline() + s(0.001);
+        // Even a heartbeat showing everything fine must not be acted on first.
+        m.handle(
+            late,
+            Input::Heartbeat {
+                path: 0,
+                heartbeat: Heartbeat {
+                    from: 0,
+                    seq: 99,
+                    epoch: 0,
+                    liveset: HostSet::first(3),
+                    acks: vec![0, 1, 0],
+                },
+            },
+        );
+        let a = drain(&mut m);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(matches!(a[0], Action::Fence { .. }));
+        assert!(m.is_fenced());
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_newer_liveset_without_this_host_fences_it() {
+        let c = config(3, 10);
+        let mut m = machine(&c, 2);
+        drain(&mut m);
+        let mut live = HostSet::first(2);
+        live.insert(0);
+        m.handle(
+            s(1.0),
+            Input::StatefileRead(vec![
+                Some(Slot {
+                    seq: 5,
+                    epoch: 1,
+                    liveset: live,
+                    claim: None,
+                }),
+                None,
+                None,
+            ]),
+        );
+        assert!(m.is_fenced());
+    }
+
+    #[test]
+    fn a_hung_toolstack_fences_after_t() {
+        let c = config(2, 5);
+        let mut m = machine(&c, 0);
+        let mut now = Duration::ZERO;
+        while now < s(6.0) && !m.is_fenced() {
+            m.handle(now, Input::Tick);
+            drain(&mut m);
+            now += c.timeouts.interval;
+        }
+        assert!(m.is_fenced());
+        assert!(now <= s(5.0) + c.timeouts.interval * 2);
+    }
+
+    proptest! {
+        /// The safety margin: whatever acknowledgements a host receives and whenever it is
+        /// ticked, its watchdog deadline never passes the moment a peer may restart its VMs
+        /// (the peer's lease bound for it plus `G + ε`).
+        #[test]
+        fn watchdog_fires_before_peers_may_restart(
+            steps in proptest::collection::vec((1u64..600, any::<bool>(), 0u64..4), 1..80),
+            t in prop_oneof![Just(5u64), Just(10), Just(30)],
+        ) {
+            let c = config(2, t);
+            let mut a = machine(&c, 0);
+            let mut b = machine(&c, 1);
+            let mut now = Duration::ZERO;
+            let mut to_a: Vec<Heartbeat> = Vec::new();
+            let mut to_b: Vec<Heartbeat> = Vec::new();
+            for (dt, deliver, lag) in steps {
+                now += Duration::from_millis(dt);
+                for (m, out) in [(&mut a, &mut to_b), (&mut b, &mut to_a)] {
+                    m.handle(now, Input::Tick);
+                    while let Some(x) = m.poll_action() {
+                        if let Action::SendHeartbeat(h) = x {
+                            out.push(h);
+                        }
+                    }
+                }
+                if deliver {
+                    // Deliver all but the last `lag` heartbeats (delay and loss).
+                    let keep = to_a.len().saturating_sub(lag as usize);
+                    for h in to_a.drain(..keep) {
+                        a.handle(now, Input::Heartbeat { path: 0, heartbeat: h });
+                    }
+                    let keep = to_b.len().saturating_sub(lag as usize);
+                    for h in to_b.drain(..keep) {
+                        b.handle(now, Input::Heartbeat { path: 0, heartbeat: h });
+                    }
+                    to_a.clear();
+                    to_b.clear();
+                    while a.poll_action().is_some() {}
+                    while b.poll_action().is_some() {}
+                }
+                // b may restart a's VMs from b.lease_bound[0] + G + ε on; a must be fenced
+                // by its watchdog (or its own fence) before then.
+                let restart_at = b.lease_bound[0] + c.timeouts.restart_delay();
+                prop_assert!(a.is_fenced() || a.watchdog_deadline() <= restart_at,
+                    "watchdog {:?} after peer restart time {:?}", a.watchdog_deadline(), restart_at);
+                let restart_at = a.lease_bound[1] + c.timeouts.restart_delay();
+                prop_assert!(b.is_fenced() || b.watchdog_deadline() <= restart_at);
+            }
+        }
+    }
+}
