@@ -51,6 +51,15 @@ impl HostSet {
     }
     /// The indices, ascending.
     pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..64).filter(move |&h| self.contains(h))
+        // Walk the set bits only: this runs on every heartbeat.
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(i)
+        })
     }
 }

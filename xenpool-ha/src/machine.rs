@@ -534,7 +534,13 @@ impl HostMachine {
         self.heard[p] = now;
         self.last_seq[p] = self.last_seq[p].max(hb.seq);
         let acked = hb.acks.get(self.me).copied().unwrap_or(0);
-        if let Some(&(_, at)) = self.sent.iter().find(|&&(s, _)| s == acked) {
+        // `sent` holds consecutive sequence numbers, so the ack indexes it directly.
+        let found = self.sent.front().and_then(|&(first, _)| {
+            let i = usize::try_from(acked.checked_sub(first)?).ok()?;
+            self.sent.get(i)
+        });
+        if let Some(&(s, at)) = found {
+            debug_assert_eq!(s, acked);
             self.acked_at[p] = self.acked_at[p].max(at);
         }
     }

@@ -374,3 +374,133 @@ impl RestartBook {
         starts
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HaTimeouts;
+
+    fn config(host_mem: u64) -> HaConfig {
+        let g = 1u64 << 30;
+        HaConfig {
+            timeouts: HaTimeouts::new(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}")),
+            hosts: (0..3)
+                .map(|i| HostSpec {
+                    name: format!("h{}", i + 1),
+                    memory: host_mem * g,
+                })
+                .collect(),
+            vms: vec![
+                VmSpec {
+                    name: "p".into(),
+                    memory: 4 * g,
+                    on: Some(2),
+                    priority: RestartPriority::Restart,
+                    order: 1,
+                    start_delay: 2,
+                },
+                VmSpec {
+                    name: "q".into(),
+                    memory: 4 * g,
+                    on: Some(2),
+                    priority: RestartPriority::Restart,
+                    order: 0,
+                    start_delay: 3,
+                },
+            ],
+            coordinator: 0,
+            external_manager: false,
+        }
+    }
+
+    fn s(x: u64) -> Duration {
+        Duration::from_secs(x)
+    }
+
+    fn live() -> HostSet {
+        HostSet::first(2)
+    }
+
+    fn starts(out: &[Action]) -> Vec<(String, usize)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::RestartVms(v) => Some(v.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn nothing_moves_before_the_host_is_surely_fenced() {
+        let mut b = RestartBook::new(&config(64));
+        b.given_up(2, s(20));
+        assert!(b.step(s(19), live(), false).is_empty());
+        let out = b.step(s(20), live(), false);
+        assert!(out.contains(&Action::Message {
+            name: "HA_HOST_FAILED",
+            obj: "h3".into()
+        }));
+        // Order 0 first; the next waits for its start_delay.
+        assert_eq!(starts(&out).len(), 1);
+        assert_eq!(starts(&out)[0].0, "q");
+        assert!(starts(&b.step(s(22), live(), false)).is_empty());
+        assert_eq!(starts(&b.step(s(23), live(), false))[0].0, "p");
+    }
+
+    #[test]
+    fn a_failed_start_is_retried_after_t() {
+        let mut b = RestartBook::new(&config(64));
+        b.given_up(2, s(20));
+        let first = starts(&b.step(s(20), live(), false));
+        b.start_failed(&first[0].0, s(20));
+        let _ = b.step(s(23), live(), false);
+        assert_eq!(b.next_due(), Some(s(30)));
+        let again = starts(&b.step(s(30), live(), false));
+        assert!(again.iter().any(|(v, _)| *v == first[0].0), "{again:?}");
+    }
+
+    #[test]
+    fn unplaceable_protected_vms_raise_one_message_each_and_wait() {
+        let mut b = RestartBook::new(&config(2));
+        b.given_up(2, s(20));
+        let out = b.step(s(20), live(), false);
+        let failed = out
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Message {
+                        name: "HA_PROTECTED_VM_RESTART_FAILED",
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(failed, 2);
+        assert!(starts(&out).is_empty());
+        let out = b.step(s(30), live(), false);
+        assert!(out.is_empty(), "retried quietly: {out:?}");
+    }
+
+    #[test]
+    fn external_manager_reports_and_restarts_nothing() {
+        let mut b = RestartBook::new(&config(64));
+        b.given_up(2, s(20));
+        let out = b.step(s(20), live(), true);
+        assert!(starts(&out).is_empty());
+        let stranded = out
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Message {
+                        name: "HA_PROTECTED_VM_STRANDED",
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(stranded, 2);
+    }
+}
