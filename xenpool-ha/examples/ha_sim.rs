@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p xenpool-ha --example ha_sim -- SCENARIO.json
+//! cargo run --release -p xenpool-ha --example ha_sim -- --trace SCENARIO.json  # plus decisions
 //! cargo run --release -p xenpool-ha --example ha_sim -- --random N --seed S
 //! cargo run --release -p xenpool-ha --example ha_sim -- --schedule S   # print random schedule S
 //! cargo run --release -p xenpool-ha --example ha_sim -- --figures
@@ -43,7 +44,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         [flag, path] if flag == "--trace" => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("ha_sim: cannot read {path}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             match sim::Scenario::from_json(&text).and_then(|s| sim::run_traced(&s)) {
                 Ok((out, log)) => {
                     for l in log {
@@ -82,7 +89,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: ha_sim SCENARIO.json | --random N --seed S | --schedule S | --figures"
+                "usage: ha_sim SCENARIO.json | --trace SCENARIO.json | --random N --seed S | --schedule S | --figures"
             );
             ExitCode::from(2)
         }

@@ -244,6 +244,8 @@ pub struct HostMachine {
     watchdog: Duration,
     /// The `now` of the last input.
     last_now: Duration,
+    /// Since when, after a silence, the machine waits for a statefile read before acting.
+    waking: Option<Duration>,
     book: RestartBook,
     actions: VecDeque<Action>,
 }
@@ -288,6 +290,7 @@ impl HostMachine {
             next_health: now + t.health_interval,
             watchdog,
             last_now: now,
+            waking: None,
             book: RestartBook::new(config),
             actions: VecDeque::new(),
         };
@@ -308,12 +311,42 @@ impl HostMachine {
         if self.phase == Phase::Fenced {
             return;
         }
+        let gap = now.saturating_sub(self.last_now);
         self.last_now = self.last_now.max(now);
         // First thing on every input, so a host resuming from a freeze acts on nothing
         // before it has checked it may still live.
         if now >= self.watchdog {
             self.fence("woke up past its watchdog deadline: it may have been given up");
             return;
+        }
+        // Silent for more than two intervals (frozen, starved): the pool may have given
+        // us up meanwhile. Read the statefile before sending, writing or restarting
+        // anything; every other input waits.
+        if gap > self.t.interval * 2 && self.waking.is_none() {
+            self.waking = Some(now);
+            self.actions.push_back(Action::ReadStatefile);
+            if !matches!(input, Input::StatefileRead(_) | Input::StatefileReadFailed) {
+                return;
+            }
+        }
+        if let Some(since) = self.waking {
+            match input {
+                Input::StatefileRead(_) => self.waking = None,
+                Input::StatefileReadFailed => {
+                    self.waking = None;
+                    if now >= self.lease_end() {
+                        self.fence("woke up with its lease over and no statefile to check");
+                        return;
+                    }
+                }
+                _ => {
+                    if now >= since + self.t.interval {
+                        self.waking = Some(now);
+                        self.actions.push_back(Action::ReadStatefile);
+                    }
+                    return;
+                }
+            }
         }
         match input {
             Input::Heartbeat { heartbeat, .. } => self.on_heartbeat(now, heartbeat),
@@ -352,6 +385,9 @@ impl HostMachine {
     pub fn poll_timeout(&self) -> Option<Duration> {
         if self.phase == Phase::Fenced {
             return None;
+        }
+        if let Some(since) = self.waking {
+            return Some(since + self.t.interval);
         }
         let mut t = self.next_tick.min(self.next_health);
         // Only an acting coordinator works the book, and it has just done everything due
@@ -792,6 +828,30 @@ mod tests {
         assert!(matches!(a[0], Action::Fence { .. }));
         assert!(m.is_fenced());
         assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn after_a_silence_the_first_thing_is_a_statefile_read() {
+        let c = config(3, 10);
+        let mut m = machine(&c, 1);
+        m.handle(Duration::ZERO, Input::Tick);
+        drain(&mut m);
+        m.handle(s(1.5), Input::Tick);
+        assert_eq!(drain(&mut m), vec![Action::ReadStatefile]);
+        // The pool moved on without this host: it fences before sending anything.
+        let mut live = HostSet::empty();
+        live.insert(0);
+        live.insert(2);
+        let slot = Slot {
+            seq: 9,
+            epoch: 1,
+            liveset: live,
+            claim: None,
+        };
+        m.handle(s(1.5), Input::StatefileRead(vec![Some(slot), None, None]));
+        let a = drain(&mut m);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(matches!(a[0], Action::Fence { .. }));
     }
 
     #[test]
