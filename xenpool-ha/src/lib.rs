@@ -55,8 +55,11 @@
 //! simulator's checker checks, at every restart, that no un-fenced host still runs the VM.
 //! A host that was frozen finds on its first input after waking whether its watchdog
 //! deadline has passed, and then fences before acting on anything
-//! ([`HostMachine::handle`]); with `T/2 + G + I < T` a frozen host's watchdog always fires
-//! before anyone can judge its statefile slot stale.
+//! ([`HostMachine::handle`]); after any silence longer than `2I` it first reads the
+//! statefile, holding every other input, and fences if a newer liveset lacks it (or if the
+//! read fails and its lease is over). With `T/2 + G + I < T` a frozen host's watchdog always
+//! fires before anyone can judge its statefile slot stale (the `freeze` event stops software,
+//! not the watchdog: `tests/scenarios/frozen_host.json`).
 //!
 //! For a crash at `t0`, the last acknowledged arrival is about `t0`, so the protected VMs
 //! restart at about `t0 + T + G + ε = t0 + T + 1.25 s` at most (`T + 1.0 s` measured: a

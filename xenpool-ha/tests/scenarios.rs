@@ -27,7 +27,7 @@ fn scenarios() -> Vec<PathBuf> {
 fn every_scenario_matches_its_expected_output() {
     let update = std::env::var_os("XENPOOL_UPDATE_SCENARIOS").is_some();
     let list = scenarios();
-    assert!(list.len() >= 19, "scenarios missing: {}", list.len());
+    assert!(list.len() >= 23, "scenarios missing: {}", list.len());
     let mut failures = Vec::new();
     for path in list {
         let text = std::fs::read_to_string(&path).unwrap();
