@@ -1,7 +1,7 @@
 //! Random fault schedules against the checker, and proptest-shrunk small schedules.
 //!
-//! `cargo test` runs `XENPOOL_HA_SCHEDULES` random schedules, default 300 (about 15 s in the
-//! debug profile on two cores; 10,000 would take about 8 minutes there). The full 10,000
+//! `cargo test` runs `XENPOOL_HA_SCHEDULES` random schedules, default 300 (about 13 s in the
+//! debug profile; 1,000 take about 56 s and 10,000 about 9 minutes there). The full 10,000
 //! run in release, about 90 s:
 //! `cargo run --release -p xenpool-ha --example ha_sim -- --random 10000 --seed 1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
