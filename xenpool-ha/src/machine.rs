@@ -681,6 +681,9 @@ impl HostMachine {
     }
 
     fn change_liveset(&mut self, now: Duration, epoch: u64, liveset: HostSet) {
+        // Livesets arrive from the network and the statefile: ignore bits for hosts the
+        // pool does not have.
+        let liveset = HostSet(liveset.0 & HostSet::first(self.n).0);
         let given_up = self.liveset.minus(liveset);
         self.epoch = epoch;
         self.liveset = liveset;
@@ -852,6 +855,29 @@ mod tests {
         let a = drain(&mut m);
         assert_eq!(a.len(), 1, "{a:?}");
         assert!(matches!(a[0], Action::Fence { .. }));
+    }
+
+    #[test]
+    fn livesets_from_outside_are_clipped_to_the_pool() {
+        let c = config(3, 10);
+        let mut m = machine(&c, 0);
+        drain(&mut m);
+        m.handle(
+            s(0.1),
+            Input::Heartbeat {
+                path: 1,
+                heartbeat: Heartbeat {
+                    from: 1,
+                    seq: 1,
+                    epoch: 7,
+                    liveset: HostSet(u64::MAX),
+                    acks: vec![],
+                },
+            },
+        );
+        assert_eq!(m.liveset(), (7, HostSet::first(3)));
+        m.handle(s(0.3), Input::Tick);
+        assert!(!m.is_fenced());
     }
 
     #[test]

@@ -255,7 +255,7 @@ impl RestartBook {
             // Kept sorted by time: a later plan may schedule before an earlier one's tail.
             let pos = self.queue.partition_point(|q| q.0 <= at);
             self.queue.insert(pos, (at, vm, h));
-            at += Duration::from_secs(delay);
+            at = at.saturating_add(Duration::from_secs(delay));
         }
     }
 

@@ -81,10 +81,18 @@ fn bad_scenarios_are_refused_with_a_reason() {
             "priority",
         ),
         (r#"{"until": 5, "hosts": []}"#, "timeout"),
+        (r#"{"timeout": 1e300, "until": 5, "hosts": []}"#, "timeout"),
+        (
+            r#"{"timeout": 10, "until": 5, "hosts": [{"name": "h1", "memory": 1}], "vms": [{"name": "v", "memory": 1, "start_delay": 9223372036854775807}]}"#,
+            "start_delay",
+        ),
     ] {
         let err = Scenario::from_json(text).expect_err(text).to_string();
         assert!(err.contains(needle), "{text}: {err}");
     }
+    // Parsed, but refused by the machines: no hosts, more than 64 hosts.
+    let s = Scenario::from_json(r#"{"timeout": 10, "until": 5, "hosts": []}"#).unwrap();
+    assert!(run(&s).is_err());
     // Parsed, but refused by the machines: T below the 5 s minimum.
     let s = Scenario::from_json(
         r#"{"timeout": 2, "until": 5, "hosts": [{"name": "h1", "memory": 1}]}"#,

@@ -261,6 +261,7 @@ fn run_inner(s: &Scenario, trace: bool) -> Result<(SimOutput, Vec<String>), HaEr
         coordinator,
         external_manager: s.external_manager,
     };
+    config.validate()?;
     let n = hosts.len();
     let nodes = (0..n)
         .map(|i| {

@@ -103,8 +103,9 @@ fn num(o: &Map<String, Value>, key: &str, default: Option<f64>) -> Result<f64, H
     match o.get(key) {
         Some(v) => v
             .as_f64()
-            .filter(|x| x.is_finite() && *x >= 0.0)
-            .ok_or_else(|| bad(format!("{key:?} must be a non-negative number"))),
+            // A million seconds is far beyond any scenario and keeps time arithmetic exact.
+            .filter(|x| x.is_finite() && (0.0..=1e6).contains(x))
+            .ok_or_else(|| bad(format!("{key:?} must be a number from 0 to 1e6"))),
         None => default.ok_or_else(|| bad(format!("missing {key:?}"))),
     }
 }
@@ -122,7 +123,8 @@ fn int(o: &Map<String, Value>, key: &str) -> Result<i64, HaError> {
     match o.get(key) {
         Some(v) => v
             .as_i64()
-            .ok_or_else(|| bad(format!("{key:?} must be an integer"))),
+            .filter(|x| x.abs() <= 1_000_000)
+            .ok_or_else(|| bad(format!("{key:?} must be an integer within ±1e6"))),
         None => Ok(0),
     }
 }
