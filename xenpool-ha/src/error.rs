@@ -32,6 +32,15 @@ pub enum HaError {
         /// How many protected VMs needed a new host.
         protected: usize,
     },
+    /// An HA timeout below the 5 s minimum.
+    #[error("HA timeout {millis} ms is below the 5 s minimum")]
+    TimeoutTooShort {
+        /// The refused timeout, milliseconds.
+        millis: u64,
+    },
+    /// A simulator scenario could not be read.
+    #[error("invalid scenario: {0}")]
+    InvalidScenario(String),
     /// The search gave up before deciding whether a plan exists.
     #[error("no failover plan found within the search budget ({protected} protected VM(s))")]
     SearchBudgetExhausted {
