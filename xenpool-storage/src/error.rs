@@ -16,6 +16,14 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// A statefile that cannot be used as one, or a slot outside it.
+    #[error("statefile {}: {reason}", path.display())]
+    InvalidStatefile {
+        /// The statefile.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// SQLite refused a statement.
     #[error("sqlite: {context}: {source}")]
     Sqlite {

@@ -22,6 +22,8 @@
 //!   stay holes. The `FICLONE` ioctl sits alone in a private module, the only `unsafe` code.
 //! - [`conformance`] holds the checks every [`SrDriver`] must pass; drivers outside this crate run
 //!   them against their own backend.
+//! - [`statefile`] holds [`Statefile`], the HA heartbeat slots on the heartbeat SR:
+//!   fixed-size, checksummed, one per host, each written whole and synced.
 //! - [`error`] holds [`StorageError`].
 
 #![deny(missing_docs)]
@@ -34,6 +36,7 @@ pub mod group;
 mod reflink;
 pub mod sqlite;
 pub mod sr;
+pub mod statefile;
 
 pub use copy::copy_vdi;
 pub use dir::{LocalDirSr, SharedDirSr};
@@ -41,3 +44,4 @@ pub use error::StorageError;
 pub use group::GroupCommit;
 pub use sqlite::SqlitePersistence;
 pub use sr::{SrDriver, SrUsage, VdiInfo};
+pub use statefile::{Slot, SlotRead, Statefile};
