@@ -24,3 +24,25 @@ fn plan_json_corpus_replays_without_panics() {
     }
     assert!(n >= 3, "seed corpus missing");
 }
+
+#[test]
+fn ha_scenario_corpus_replays_without_panics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/ha_scenario");
+    let mut parsed = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("readable");
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        if let Ok(s) = xenpool_ha::sim::Scenario::from_json(text) {
+            parsed += 1;
+            if s.hosts.len() <= 4 && s.until <= 60.0 {
+                let _ = xenpool_ha::sim::run(&s);
+            }
+        }
+    }
+    assert!(
+        parsed >= 3,
+        "the corpus holds valid scenarios ({parsed} parsed)"
+    );
+}
