@@ -413,8 +413,9 @@ impl CoreError {
     }
 }
 
-/// An error and its sources, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, as one line (`outer: inner: innermost`), for logs and wire
+/// messages that would otherwise show only the outermost layer.
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

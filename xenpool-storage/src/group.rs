@@ -301,12 +301,7 @@ fn run(
             }
             Err(e) => {
                 // The whole chain: the SQLite error and what lies beneath it.
-                let mut reason = format!("commit failed: {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    reason.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
+                let reason = format!("commit failed: {}", xenpool_core::error::chain(&e));
                 // The owner hears first, so a caller told of the failure finds the owner
                 // already acting on it.
                 on_failure(&reason);

@@ -436,14 +436,8 @@ mod tests {
         };
         let err = db.commit(&bad).unwrap_err();
         // The detail travels as the source, not flattened into the message.
-        let chain: Vec<String> =
-            std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
-                .map(|e| e.to_string())
-                .collect();
-        assert!(
-            chain.iter().any(|m| m.contains("does not fit")),
-            "{chain:?}"
-        );
+        let chain = xenpool_core::error::chain(&err);
+        assert!(chain.contains("does not fit"), "{chain:?}");
         // Same, but the failure comes at the very end, at the generation update.
         let bad_generation = WriteBatch {
             generation: u64::MAX,

@@ -10,10 +10,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use xenpool_rpc::{Call, CallContext, Client, Handler, Protocol, RpcError, Value, XenApiError};
+
+/// A lock held only for map updates cannot leave the map half-changed, so a poisoned one
+/// is still good to use.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// What a host-to-host call returns.
 pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, XenApiError>> + Send + 'a>>;
@@ -71,7 +77,7 @@ impl RpcTransport {
     }
 
     fn client(&self, address: &str, timeout: Duration) -> Result<Arc<Client>, XenApiError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = lock(&self.clients);
         let key = (address.to_string(), timeout);
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
@@ -124,14 +130,7 @@ impl<H> Clone for MemoryNetwork<H> {
 
 impl<H> std::fmt::Debug for MemoryNetwork<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hosts: Vec<String> = self
-            .shared
-            .hosts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let hosts: Vec<String> = lock(&self.shared.hosts).keys().cloned().collect();
         f.debug_struct("MemoryNetwork")
             .field("hosts", &hosts)
             .finish()
@@ -157,11 +156,7 @@ impl<H: Handler> MemoryNetwork<H> {
 
     /// Makes `handler` answer calls to `address`.
     pub fn add_host(&self, address: &str, handler: Arc<H>) {
-        self.shared
-            .hosts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(address.to_string(), handler);
+        lock(&self.shared.hosts).insert(address.to_string(), handler);
     }
 
     /// The transport of the host at `from`.
@@ -174,11 +169,7 @@ impl<H: Handler> MemoryNetwork<H> {
 
     /// Calls from `from` to `to` are lost from now on.
     pub fn cut(&self, from: &str, to: &str) {
-        self.shared
-            .cut
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((from.to_string(), to.to_string()));
+        lock(&self.shared.cut).insert((from.to_string(), to.to_string()));
     }
 
     /// Splits the network in two: nothing crosses between `a` and `b`, either way.
@@ -193,28 +184,15 @@ impl<H: Handler> MemoryNetwork<H> {
 
     /// Restores every link.
     pub fn heal(&self) {
-        self.shared
-            .cut
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        lock(&self.shared.cut).clear();
     }
 
     fn is_cut(&self, from: &str, to: &str) -> bool {
-        self.shared
-            .cut
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&(from.to_string(), to.to_string()))
+        lock(&self.shared.cut).contains(&(from.to_string(), to.to_string()))
     }
 
     fn host(&self, address: &str) -> Option<Arc<H>> {
-        self.shared
-            .hosts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(address)
-            .cloned()
+        lock(&self.shared.hosts).get(address).cloned()
     }
 }
 
