@@ -206,9 +206,12 @@
 //! - `restart`: the coordinator's restart book ([`VmSpec`]).
 //! - [`sim`]: the deterministic simulator, scenario format, checker, random schedules and
 //!   figures.
+//! - [`arming`]: what a host's toolstack and HA daemon tell each other ([`arming::Arming`],
+//!   [`arming::HaEvent`], [`arming::HealthReport`]).
 //! - `error`: [`HaError`].
 #![deny(missing_docs)]
 
+pub mod arming;
 mod bounds;
 mod contact;
 mod error;
