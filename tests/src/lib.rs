@@ -1,15 +1,24 @@
-//! Harness for tests that run real xenpoold processes: start one on a loopback address with
-//! its own data directory, wait until it serves, log in, and kill it (`SIGKILL`, `SIGSTOP`)
-//! when a test wants a fault.
+//! Harness for tests that run real xenpoold processes: start one on a loopback address (or
+//! inside a network namespace, see [`netns`]) with its own data directory, wait until it
+//! serves, log in, and inject faults: `SIGKILL`/`SIGSTOP` of the toolstack alone, or of the
+//! whole host (xenpoold and the HA daemon it starts, which share its process group).
+//!
+//! It must never leave a process behind: every daemon runs in its own process group, and
+//! dropping a [`Daemon`] kills that whole group, stopped or not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, TcpListener};
+pub mod netns;
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 /// The directory holding the workspace's binaries (`target/debug` or `target/release`).
@@ -53,6 +62,42 @@ pub fn free_port(addr: IpAddr) -> u16 {
         .expect("free port")
 }
 
+/// A UDP port free on every one of `addrs` (for a heartbeat port all hosts of a test share,
+/// each on its own address; racy in principle, fine for tests).
+pub fn free_udp_port(addrs: &[IpAddr]) -> u16 {
+    for _ in 0..1000 {
+        let first = addrs
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let port = UdpSocket::bind((first, 0))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("free UDP port");
+        if addrs.iter().all(|a| UdpSocket::bind((*a, port)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no UDP port free on all of {addrs:?}");
+}
+
+/// How a daemon is run besides its flags.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run it inside this network namespace (`ip netns exec <ns> xenpoold ...`; `exec`
+    /// keeps the process id, so signals and the process group work as without).
+    pub netns: Option<String>,
+    /// Prefix every line the daemon writes on stderr with `[label] ` (it is read through a
+    /// pipe, and the last lines kept for [`Daemon::log_tail`]); `None` lets stderr through
+    /// untouched.
+    pub label: Option<String>,
+    /// `RUST_LOG` for the daemon (default `warn`).
+    pub rust_log: Option<String>,
+}
+
+/// How many stderr lines of a labelled daemon are kept.
+const LOG_TAIL_LINES: usize = 400;
+
 /// One running xenpoold.
 #[derive(Debug)]
 pub struct Daemon {
@@ -68,6 +113,15 @@ pub struct Daemon {
     pub https_port: u16,
     /// Extra flags it was started with.
     pub extra: Vec<String>,
+    /// Namespace, stderr label and log level.
+    pub options: RunOptions,
+    /// Process group of the current (or last) process: its pid, since it leads its group.
+    pgid: Option<Pid>,
+    /// Whether [`Daemon::exited`] reaped xenpoold (its pid, the group id, may then be
+    /// reused once the rest of the group is gone).
+    reaped: bool,
+    /// The last stderr lines of a labelled daemon, across restarts.
+    log: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Daemon {
@@ -106,6 +160,41 @@ impl Daemon {
         https_port: u16,
         extra: &[&str],
     ) -> anyhow::Result<Daemon> {
+        Daemon::try_start_with(
+            root,
+            name,
+            address,
+            http_port,
+            https_port,
+            extra,
+            RunOptions::default(),
+        )
+    }
+
+    /// Starts a daemon on given ports with [`RunOptions`] (a namespace, a stderr label).
+    pub fn start_with(
+        root: &Path,
+        name: &str,
+        address: IpAddr,
+        http_port: u16,
+        https_port: u16,
+        extra: &[&str],
+        options: RunOptions,
+    ) -> Daemon {
+        Daemon::try_start_with(root, name, address, http_port, https_port, extra, options)
+            .expect("start xenpoold")
+    }
+
+    /// Like [`Daemon::start_with`], reporting failure instead of panicking.
+    pub fn try_start_with(
+        root: &Path,
+        name: &str,
+        address: IpAddr,
+        http_port: u16,
+        https_port: u16,
+        extra: &[&str],
+        options: RunOptions,
+    ) -> anyhow::Result<Daemon> {
         let mut d = Daemon {
             child: None,
             data_dir: root.join(name),
@@ -113,6 +202,10 @@ impl Daemon {
             http_port,
             https_port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            options,
+            pgid: None,
+            reaped: false,
+            log: Arc::new(Mutex::new(VecDeque::new())),
         };
         d.try_spawn()?;
         Ok(d)
@@ -125,7 +218,16 @@ impl Daemon {
 
     /// (Re)starts the process, reporting failure.
     pub fn try_spawn(&mut self) -> anyhow::Result<()> {
-        let mut cmd = Command::new(binary("xenpoold"));
+        // A stray HA daemon of an earlier run of this host must not outlive it.
+        self.reap_group();
+        let mut cmd = match &self.options.netns {
+            Some(ns) => {
+                let mut c = Command::new(netns::IP);
+                c.args(["netns", "exec", ns]).arg(binary("xenpoold"));
+                c
+            }
+            None => Command::new(binary("xenpoold")),
+        };
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--address")
@@ -135,12 +237,40 @@ impl Daemon {
             .arg("--https-port")
             .arg(self.https_port.to_string())
             .args(&self.extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                self.options.rust_log.as_deref().unwrap_or("warn"),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if self.options.label.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
+            // Its own process group, which the HA daemon it starts joins: a whole host can
+            // then be killed or frozen at once, and nothing of it outlives the test.
+            .process_group(0);
         let mut child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot run xenpoold: {e}"))?;
+        self.pgid = Some(Pid::from_raw(child.id() as i32));
+        self.reaped = false;
+        if let (Some(label), Some(stderr)) = (self.options.label.clone(), child.stderr.take()) {
+            let log = Arc::clone(&self.log);
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Some(Ok(line)) = lines.next() {
+                    // Written straight to the process's stderr: the test harness's capture
+                    // would drop lines printed after the test that started the daemon.
+                    let _ = writeln!(std::io::stderr(), "[{label}] {line}");
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    if log.len() == LOG_TAIL_LINES {
+                        log.pop_front();
+                    }
+                    log.push_back(line);
+                }
+            });
+        }
         let stdout = child
             .stdout
             .take()
@@ -157,6 +287,7 @@ impl Daemon {
             }
         });
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
             anyhow::bail!(
@@ -196,11 +327,111 @@ impl Daemon {
         kill(self.pid(), sig).expect("kill");
     }
 
-    /// `kill -9` and reap.
+    /// `kill -9` of xenpoold alone (a toolstack crash; the host's HA daemon, if any, lives
+    /// on) and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// The process group of the host's processes (xenpoold's pid), while it has been
+    /// started.
+    pub fn pgid(&self) -> Option<Pid> {
+        self.pgid
+    }
+
+    /// `kill -9` of the whole host (xenpoold and its HA daemon: a power cut), and reap.
+    pub fn kill9_host(&mut self) {
+        self.reap_group();
+    }
+
+    /// Freezes the whole host (`SIGSTOP` to its process group): nothing of it runs,
+    /// including its HA daemon and watchdog.
+    pub fn stop_host(&self) {
+        self.signal_group(Signal::SIGSTOP);
+    }
+
+    /// Resumes a frozen host (`SIGCONT` to its process group).
+    pub fn cont_host(&self) {
+        self.signal_group(Signal::SIGCONT);
+    }
+
+    /// Sends a signal to every process of the host's group that still runs.
+    pub fn signal_group(&self, sig: Signal) {
+        let Some(pgid) = self.pgid else { return };
+        if self.leader_unreaped() {
+            // xenpoold, the leader, is not reaped: the group id cannot have been reused.
+            let _ = killpg(pgid, sig);
+        } else {
+            for pid in group_members(pgid) {
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+
+    /// Whether xenpoold has exited, and how (a fenced host's xenpoold dies of `SIGKILL`);
+    /// `None` while it runs or when it was never started.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten();
+        if status.is_some() {
+            self.reaped = true;
+        }
+        status
+    }
+
+    fn leader_unreaped(&self) -> bool {
+        self.child.is_some() && !self.reaped
+    }
+
+    /// Whether xenpoold is running (started, not exited, not killed by the harness).
+    pub fn running(&mut self) -> bool {
+        self.child.is_some() && self.exited().is_none()
+    }
+
+    /// Process ids of the host's group still alive (xenpoold and its HA daemon).
+    pub fn host_processes(&self) -> Vec<Pid> {
+        self.pgid.map(group_members).unwrap_or_default()
+    }
+
+    /// The VM UUIDs of the domains the host's own (simulated) hypervisor holds running or
+    /// paused, from `<data_dir>/domains/domains.json`: what would run on the machine,
+    /// whatever the pool database says. Empty when the file does not exist (a fresh host).
+    pub fn domains(&self) -> Vec<String> {
+        domains_in(&self.data_dir)
+    }
+
+    /// The last stderr lines of a daemon started with a label (see [`RunOptions::label`]).
+    pub fn log_tail(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect()
+    }
+
+    /// SIGCONT and SIGKILL to everything left of the host's group, then reap xenpoold.
+    fn reap_group(&mut self) {
+        if let Some(pgid) = self.pgid {
+            if self.leader_unreaped() {
+                let _ = killpg(pgid, Signal::SIGCONT);
+                let _ = killpg(pgid, Signal::SIGKILL);
+            } else {
+                for pid in group_members(pgid) {
+                    let _ = kill(pid, Signal::SIGCONT);
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The HA daemon is not our child: wait until it is gone, so a restarted host never
+        // meets the previous one's (bounded: a SIGKILLed process goes within milliseconds).
+        if let Some(pgid) = self.pgid {
+            let start = Instant::now();
+            while !group_members(pgid).is_empty() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -216,12 +447,62 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
-            let _ = c.kill();
-            let _ = c.wait();
+        self.reap_group();
+    }
+}
+
+/// Live processes of group `pgid` that are xenpool programs (from `/proc`). Only those:
+/// once the leader is reaped the group id could in principle be reused by anything.
+fn group_members(pgid: Pid) -> Vec<Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = stat.find('(').map(|o| &stat[o + 1..close]).unwrap_or("");
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().unwrap_or("");
+        let pgrp = rest.nth(1).and_then(|p| p.parse::<i32>().ok());
+        if pgrp == Some(pgid.as_raw()) && state != "Z" && comm.starts_with("xenpool") {
+            out.push(Pid::from_raw(pid));
         }
     }
+    out
+}
+
+/// [`Daemon::domains`] for a data directory (for a checker that holds no `Daemon`).
+pub fn domains_in(data_dir: &Path) -> Vec<String> {
+    let path = data_dir.join("domains").join("domains.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    };
+    let state: serde_json::Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let mut out = Vec::new();
+    if let Some(doms) = state.get("domains").and_then(|d| d.as_object()) {
+        for d in doms.values() {
+            let running = matches!(
+                d.get("state").and_then(|s| s.as_str()),
+                Some("Running" | "Paused")
+            );
+            if let (true, Some(uuid)) = (running, d.get("uuid").and_then(|u| u.as_str())) {
+                out.push(uuid.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
