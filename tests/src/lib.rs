@@ -395,6 +395,21 @@ impl Daemon {
         self.pgid.map(group_members).unwrap_or_default()
     }
 
+    /// The pid of the host's HA daemon (`xenpool-had` in its process group), if it runs.
+    pub fn ha_daemon(&self) -> Option<Pid> {
+        let pgid = self.pgid?;
+        group_processes(pgid)
+            .into_iter()
+            .find(|(_, comm)| comm == "xenpool-had")
+            .map(|(p, _)| p)
+    }
+
+    /// The machine reboots: the domains its hypervisor recorded are gone (after
+    /// [`Daemon::kill9_host`], before a restart, as after a power cut).
+    pub fn reset_domains(&self) {
+        let _ = std::fs::remove_file(self.data_dir.join("domains").join("domains.json"));
+    }
+
     /// The VM UUIDs of the domains the host's own (simulated) hypervisor holds running or
     /// paused, from `<data_dir>/domains/domains.json`: what would run on the machine,
     /// whatever the pool database says. Empty when the file does not exist (a fresh host).
@@ -454,6 +469,12 @@ impl Drop for Daemon {
 /// Live processes of group `pgid` that are xenpool programs (from `/proc`). Only those:
 /// once the leader is reaped the group id could in principle be reused by anything.
 fn group_members(pgid: Pid) -> Vec<Pid> {
+    group_processes(pgid).into_iter().map(|(p, _)| p).collect()
+}
+
+/// Live xenpool processes (pid, command name) of process group `pgid`, from `/proc`: what
+/// is left of a host (to check nothing of it survives its [`Daemon`]).
+pub fn group_processes(pgid: Pid) -> Vec<(Pid, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -474,7 +495,7 @@ fn group_members(pgid: Pid) -> Vec<Pid> {
         let state = rest.next().unwrap_or("");
         let pgrp = rest.nth(1).and_then(|p| p.parse::<i32>().ok());
         if pgrp == Some(pgid.as_raw()) && state != "Z" && comm.starts_with("xenpool") {
-            out.push(Pid::from_raw(pid));
+            out.push((Pid::from_raw(pid), comm.to_string()));
         }
     }
     out
@@ -578,4 +599,747 @@ pub fn raise_file_limit() -> u64 {
         return hard;
     }
     soft
+}
+
+/// Pools of real hosts with HA enabled, and the watchers HA tests and figures share: a
+/// checker that no VM runs on two hosts at once (as the hosts' own hypervisors record it),
+/// a writer that records every acknowledged write, and the "exactly one coordinator" probe.
+pub mod ha {
+    use std::collections::{HashMap, HashSet};
+    use std::net::IpAddr;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use xenpool_rpc::{Client, RpcError, Value};
+
+    use crate::netns::Topology;
+    use crate::wire::{s, text};
+    use crate::{domains_in, free_port, free_udp_port, wait_for, Daemon, RunOptions};
+
+    /// Bound of every wait (far above what anything takes).
+    pub const WAIT: Duration = Duration::from_secs(90);
+
+    /// The items of an array value; panics on anything else.
+    pub fn items(v: Value) -> Vec<Value> {
+        match v {
+            Value::Array(a) => a,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    /// A call's error as `CODE [params]` (or the transport error).
+    pub fn api_code(e: &RpcError) -> String {
+        e.api()
+            .map(|a| format!("{} {:?}", a.code, a.params))
+            .unwrap_or_else(|| e.to_string())
+    }
+
+    /// Calls `method` with the client's own session first.
+    pub async fn call(c: &Client, method: &str, mut params: Vec<Value>) -> Result<Value, RpcError> {
+        params.insert(0, s(&c.session().unwrap_or_default()));
+        c.call(method, params).await
+    }
+
+    /// Like [`call`], panicking with the method's name.
+    pub async fn must(c: &Client, method: &str, params: Vec<Value>) -> Value {
+        call(c, method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {}", api_code(&e)))
+    }
+
+    /// How [`HaPool::start`] makes a pool.
+    #[derive(Debug, Clone)]
+    pub struct HaOptions {
+        /// Hosts.
+        pub hosts: usize,
+        /// The HA timeout `T`, seconds.
+        pub timeout_secs: u64,
+        /// Protected VMs started on each host.
+        pub vms_per_host: usize,
+        /// Extra xenpoold flags for every host.
+        pub extra: Vec<String>,
+        /// Enable HA (off: the pool, VMs and ledger only).
+        pub enable_ha: bool,
+    }
+
+    impl Default for HaOptions {
+        fn default() -> Self {
+            HaOptions {
+                hosts: 3,
+                timeout_secs: 5,
+                vms_per_host: 2,
+                extra: Vec::new(),
+                enable_ha: true,
+            }
+        }
+    }
+
+    /// A pool of real hosts with HA enabled and protected VMs running on each.
+    #[derive(Debug)]
+    pub struct HaPool {
+        // Dropped first: the hosts, then their directories.
+        /// The hosts; the first one coordinated when HA was enabled.
+        pub hosts: Vec<Daemon>,
+        /// `h1`, `h2`, ... (also their stderr labels and data directory names).
+        pub names: Vec<String>,
+        /// root's password.
+        pub password: String,
+        /// The real shared directory (the heartbeat SR).
+        pub shared: PathBuf,
+        /// Each host's path to it (a symlink).
+        pub links: Vec<PathBuf>,
+        /// Each host's reference.
+        pub host_refs: Vec<String>,
+        /// Protected VMs started on each host: (ref, uuid).
+        pub vms: Vec<Vec<(String, String)>>,
+        /// A halted VM whose other_config takes the writes.
+        pub ledger: String,
+        /// The HA timeout, seconds.
+        pub timeout_secs: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Where the hosts of a pool are.
+    #[derive(Debug)]
+    pub enum Net<'a> {
+        /// 127.<net>.0.<i>, all on the same ports.
+        Loopback(u8),
+        /// One network namespace per host.
+        Namespaces(&'a Topology),
+    }
+
+    impl Net<'_> {
+        /// Address of host `i` (from 0).
+        pub fn addr(&self, i: usize) -> IpAddr {
+            let i = u8::try_from(i + 1).unwrap();
+            match self {
+                Net::Loopback(net) => IpAddr::from([127, *net, 0, i]),
+                Net::Namespaces(t) => t.addr(i),
+            }
+        }
+    }
+
+    impl HaPool {
+        /// Starts the hosts (the first coordinates), joins them, starts protected VMs on each
+        /// and enables HA, as `o` says. Every host reaches the shared SR through a symlink of
+        /// its own ([`HaPool::links`]) and labels its stderr with its name.
+        pub async fn start(net: Net<'_>, o: &HaOptions) -> HaPool {
+            let n = o.hosts;
+            let dir = tempfile::tempdir().unwrap();
+            let shared = dir.path().join("shared");
+            std::fs::create_dir_all(&shared).unwrap();
+            let addrs: Vec<IpAddr> = (0..n).map(|i| net.addr(i)).collect();
+            let (http, https, ha) = match &net {
+                Net::Loopback(_) => (
+                    free_port(addrs[0]),
+                    free_port(addrs[0]),
+                    free_udp_port(&addrs),
+                ),
+                // Fresh namespaces: every port is free there.
+                Net::Namespaces(_) => (18080, 18443, 18694),
+            };
+            let log = std::env::var("XENPOOL_TEST_LOG").unwrap_or_else(|_| "warn".into());
+            let mut hosts = Vec::new();
+            let mut names = Vec::new();
+            let mut links = Vec::new();
+            for (i, addr) in addrs.iter().enumerate() {
+                let name = format!("h{}", i + 1);
+                let link = dir.path().join(format!("sr-{name}"));
+                std::os::unix::fs::symlink(&shared, &link).unwrap();
+                let link_text = link.to_str().unwrap().to_string();
+                let ha_port = ha.to_string();
+                let mut flags = vec![
+                    "--sim-delay-ms",
+                    "0",
+                    "--shared-sr",
+                    link_text.as_str(),
+                    "--ha-port",
+                    ha_port.as_str(),
+                ];
+                if i > 0 {
+                    flags.push("--no-demo");
+                }
+                flags.extend(o.extra.iter().map(String::as_str));
+                let options = RunOptions {
+                    netns: match &net {
+                        Net::Namespaces(t) => Some(t.ns(u8::try_from(i + 1).unwrap())),
+                        Net::Loopback(_) => None,
+                    },
+                    label: Some(name.clone()),
+                    rust_log: Some(log.clone()),
+                };
+                hosts.push(Daemon::start_with(
+                    dir.path(),
+                    &name,
+                    *addr,
+                    http,
+                    https,
+                    &flags,
+                    options,
+                ));
+                names.push(name);
+                links.push(link);
+            }
+            let password = hosts[0].root_password();
+            for h in &hosts[1..] {
+                let c = h.client().await;
+                must(
+                    &c,
+                    "pool.join",
+                    vec![s(&addrs[0].to_string()), s("root"), s(&password)],
+                )
+                .await;
+            }
+            let c = hosts[0].client().await;
+            let mut host_refs = Vec::new();
+            for a in &addrs {
+                host_refs.push(host_by_address(&c, *a).await);
+            }
+            let template = first(
+                must(
+                    &c,
+                    "VM.get_by_name_label",
+                    vec![s("Generic Linux (xenpool)")],
+                )
+                .await,
+            );
+            let new_vm = |name: String| {
+                let c = &c;
+                let template = template.clone();
+                async move {
+                    let vm = text(&must(c, "VM.clone", vec![s(&template), s(&name)]).await);
+                    must(c, "VM.set_is_a_template", vec![s(&vm), Value::Bool(false)]).await;
+                    vm
+                }
+            };
+            let ledger = new_vm("ledger".into()).await;
+            let mut vms = Vec::new();
+            for (i, h) in host_refs.iter().enumerate() {
+                let mut on = Vec::new();
+                for k in 0..o.vms_per_host {
+                    let vm = new_vm(format!("protected-h{}-{k}", i + 1)).await;
+                    must(&c, "VM.set_ha_restart_priority", vec![s(&vm), s("restart")]).await;
+                    must(&c, "VM.set_order", vec![s(&vm), s(&(k as i64).to_string())]).await;
+                    must(
+                        &c,
+                        "VM.start_on",
+                        vec![s(&vm), s(h), Value::Bool(false), Value::Bool(false)],
+                    )
+                    .await;
+                    let uuid = text(&must(&c, "VM.get_uuid", vec![s(&vm)]).await);
+                    on.push((vm, uuid));
+                }
+                vms.push(on);
+            }
+            for (i, on) in vms.iter().enumerate() {
+                let running = hosts[i].domains();
+                for (_, uuid) in on {
+                    assert!(
+                        running.contains(uuid),
+                        "{uuid} is not running on h{}",
+                        i + 1
+                    );
+                }
+            }
+            let pool = HaPool {
+                hosts,
+                names,
+                password,
+                shared,
+                links,
+                host_refs,
+                vms,
+                ledger,
+                timeout_secs: o.timeout_secs,
+                _dir: dir,
+            };
+            if o.enable_ha {
+                pool.enable_ha(&c).await;
+            }
+            pool
+        }
+
+        /// `pool.enable_ha` on the shared SR with the pool's timeout, then waits until every
+        /// host is armed.
+        pub async fn enable_ha(&self, c: &Client) {
+            let sr = heartbeat_sr(c).await;
+            must(
+                c,
+                "pool.enable_ha",
+                vec![
+                    Value::Array(vec![s(&sr)]),
+                    Value::Struct(vec![("timeout".into(), s(&self.timeout_secs.to_string()))]),
+                ],
+            )
+            .await;
+            self.wait_armed(&(0..self.n()).collect::<Vec<_>>()).await;
+        }
+
+        /// How many hosts.
+        pub fn n(&self) -> usize {
+            self.hosts.len()
+        }
+
+        /// Host `i`'s URL.
+        pub fn url(&self, i: usize) -> String {
+            self.hosts[i].url()
+        }
+
+        /// A client of host `i` that follows redirects, with a bound on every call.
+        pub fn client(&self, i: usize) -> Client {
+            Client::builder(&self.url(i))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap()
+        }
+
+        /// A logged-in client of the coordinator, found through any of `alive`.
+        pub async fn coordinator_client(&self, alive: &[usize]) -> Client {
+            wait_for(WAIT, || async {
+                for &i in alive {
+                    let c = self.client(i);
+                    if c.login_with_password("root", &self.password).await.is_ok() {
+                        return Some(c);
+                    }
+                }
+                None
+            })
+            .await
+            .expect("no coordinator answers")
+        }
+
+        /// Waits until HA runs on every host of `which`: its HA daemon is up and the
+        /// coordinator sees it live.
+        pub async fn wait_armed(&self, which: &[usize]) {
+            let alive: Vec<usize> = which.to_vec();
+            let c = self.coordinator_client(&alive).await;
+            let ok = wait_for(WAIT, || async {
+                for &i in which {
+                    self.hosts[i].ha_daemon()?;
+                    if !host_live(&c, &self.host_refs[i]).await? {
+                        return None;
+                    }
+                }
+                let pool = first(call(&c, "pool.get_all", vec![]).await.ok()?);
+                (call(&c, "pool.get_ha_enabled", vec![s(&pool)]).await.ok()? == Value::Bool(true))
+                    .then_some(())
+            })
+            .await;
+            if ok.is_none() {
+                let state: Vec<String> = which
+                    .iter()
+                    .map(|&i| format!("{}: had {:?}", self.names[i], self.hosts[i].ha_daemon()))
+                    .collect();
+                panic!("HA did not arm: {state:?}");
+            }
+        }
+
+        /// Of the hosts `alive`, waits until exactly one accepts a login and every other
+        /// answers `HOST_IS_SLAVE` naming it; returns its index.
+        pub async fn one_coordinator(&self, alive: &[usize]) -> usize {
+            let mut last = String::new();
+            let start = Instant::now();
+            while start.elapsed() < WAIT {
+                let mut accepting = Vec::new();
+                let mut answers = Vec::new();
+                for &i in alive {
+                    let c = Client::builder(&self.url(i))
+                        .max_redirects(0)
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap();
+                    match c.login_with_password("root", &self.password).await {
+                        Ok(_) => {
+                            accepting.push(i);
+                            answers.push((i, None));
+                        }
+                        Err(e) => {
+                            let redirect = e
+                                .api()
+                                .filter(|a| a.code == "HOST_IS_SLAVE")
+                                .and_then(|a| a.params.first().cloned());
+                            answers.push((i, Some(redirect.ok_or_else(|| api_code(&e)))));
+                        }
+                    }
+                }
+                last = format!("{answers:?}");
+                if let [only] = accepting[..] {
+                    let addr = self.hosts[only].address.to_string();
+                    if answers.iter().all(|(_, a)| match a {
+                        None => true,
+                        Some(Ok(to)) => *to == addr,
+                        Some(Err(_)) => false,
+                    }) {
+                        return only;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("not exactly one coordinator among {alive:?}: {last}")
+        }
+
+        /// Waits until every protected VM of host `dead` runs on one of `alive` (as their
+        /// hypervisors record it) and the pool database agrees; returns when it was first
+        /// seen running elsewhere.
+        pub async fn vms_restarted(&self, dead: usize, alive: &[usize]) -> Instant {
+            let wanted: Vec<&(String, String)> = self.vms[dead].iter().collect();
+            let placed = wait_for(WAIT, || async {
+                let mut placed = Vec::new();
+                for (vm, uuid) in &wanted {
+                    let on = alive
+                        .iter()
+                        .copied()
+                        .find(|&j| self.hosts[j].domains().contains(uuid))?;
+                    placed.push((vm.clone(), on));
+                }
+                Some(placed)
+            })
+            .await;
+            let at = Instant::now();
+            let placed = placed.unwrap_or_else(|| {
+                let seen: Vec<(String, Vec<String>)> = alive
+                    .iter()
+                    .map(|&j| (self.names[j].clone(), self.hosts[j].domains()))
+                    .collect();
+                panic!(
+                    "protected VMs of {} not restarted; wanted {:?}, hosts run {seen:?}",
+                    self.names[dead], self.vms[dead]
+                )
+            });
+            let c = self.coordinator_client(alive).await;
+            for (vm, on) in placed {
+                let agreed = wait_for(WAIT, || async {
+                    let state = call(&c, "VM.get_power_state", vec![s(&vm)]).await.ok()?;
+                    let host = call(&c, "VM.get_resident_on", vec![s(&vm)]).await.ok()?;
+                    (text(&state) == "Running" && text(&host) == self.host_refs[on]).then_some(())
+                })
+                .await;
+                assert!(
+                    agreed.is_some(),
+                    "the database does not say {vm} runs on {}",
+                    self.names[on]
+                );
+            }
+            at
+        }
+
+        /// Waits until host `i`'s xenpoold has exited (a fence kills it with SIGKILL) and
+        /// nothing of the host runs any more; then its hypervisor must hold no domain.
+        pub fn wait_fenced(&mut self, i: usize) -> Instant {
+            let start = Instant::now();
+            let mut status = None;
+            while start.elapsed() < WAIT {
+                status = self.hosts[i].exited();
+                if status.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let at = Instant::now();
+            let status = status.unwrap_or_else(|| {
+                panic!(
+                    "{} did not fence; its last lines: {:#?}",
+                    self.names[i],
+                    self.hosts[i].log_tail()
+                )
+            });
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "{}'s xenpoold ended with {status:?}, not SIGKILL",
+                self.names[i]
+            );
+            let start = Instant::now();
+            while !self.hosts[i].host_processes().is_empty() && start.elapsed() < WAIT {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(
+                self.hosts[i].host_processes(),
+                vec![],
+                "{}'s HA daemon outlived the fence",
+                self.names[i]
+            );
+            assert_eq!(
+                self.hosts[i].domains(),
+                Vec::<String>::new(),
+                "{} fenced but its domains were not destroyed",
+                self.names[i]
+            );
+            at
+        }
+
+        /// Asserts no host of `which` fenced.
+        pub fn none_fenced(&mut self, which: &[usize]) {
+            for &i in which {
+                assert!(
+                    self.hosts[i].exited().is_none(),
+                    "{} fenced: {:#?}",
+                    self.names[i],
+                    self.hosts[i].log_tail()
+                );
+                assert!(
+                    self.hosts[i].ha_daemon().is_some(),
+                    "{}'s HA daemon is gone",
+                    self.names[i]
+                );
+            }
+        }
+    }
+
+    /// The first item of an array value, as text.
+    pub fn first(v: Value) -> String {
+        text(items(v).first().expect("one item"))
+    }
+
+    /// The host record with address `a`.
+    pub async fn host_by_address(c: &Client, a: IpAddr) -> String {
+        for h in items(must(c, "host.get_all", vec![]).await) {
+            if text(&must(c, "host.get_address", vec![h.clone()]).await) == a.to_string() {
+                return text(&h);
+            }
+        }
+        panic!("no host with address {a}");
+    }
+
+    /// The pool's shared SR.
+    pub async fn heartbeat_sr(c: &Client) -> String {
+        for sr in items(must(c, "SR.get_all", vec![]).await) {
+            if must(c, "SR.get_shared", vec![sr.clone()]).await == Value::Bool(true) {
+                return text(&sr);
+            }
+        }
+        panic!("no shared SR");
+    }
+
+    /// `host_metrics.live` of `host` (None when the calls fail).
+    pub async fn host_live(c: &Client, host: &str) -> Option<bool> {
+        let m = call(c, "host.get_metrics", vec![s(host)]).await.ok()?;
+        let live = call(c, "host_metrics.get_live", vec![m]).await.ok()?;
+        Some(live == Value::Bool(true))
+    }
+
+    /// Samples every included host's own hypervisor every ~100 ms and records any VM running
+    /// on two hosts at once.
+    #[derive(Debug)]
+    pub struct Checker {
+        include: Arc<Vec<AtomicBool>>,
+        stop: Arc<AtomicBool>,
+        handle: Option<std::thread::JoinHandle<Vec<String>>>,
+    }
+
+    impl Checker {
+        pub fn start(pool: &HaPool) -> Checker {
+            let include: Arc<Vec<AtomicBool>> =
+                Arc::new((0..pool.n()).map(|_| AtomicBool::new(true)).collect());
+            let stop = Arc::new(AtomicBool::new(false));
+            let hosts: Vec<(String, PathBuf)> = pool
+                .names
+                .iter()
+                .cloned()
+                .zip(pool.hosts.iter().map(|h| h.data_dir.clone()))
+                .collect();
+            let handle = std::thread::spawn({
+                let include = Arc::clone(&include);
+                let stop = Arc::clone(&stop);
+                move || {
+                    let mut violations = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+                        for (i, (_, dir)) in hosts.iter().enumerate() {
+                            if include[i].load(Ordering::SeqCst) {
+                                for uuid in domains_in(dir) {
+                                    seen.entry(uuid).or_default().push(i);
+                                }
+                            }
+                        }
+                        for (uuid, on) in seen {
+                            if on.len() < 2 {
+                                continue;
+                            }
+                            // The files were read one after the other: confirm that the
+                            // hosts read first still hold it now, after the last was read.
+                            let (last, earlier) = on.split_last().unwrap();
+                            let still: Vec<usize> = earlier
+                                .iter()
+                                .copied()
+                                .filter(|&i| {
+                                    include[i].load(Ordering::SeqCst)
+                                        && domains_in(&hosts[i].1).contains(&uuid)
+                                })
+                                .collect();
+                            if !still.is_empty() {
+                                let names: Vec<&str> = still
+                                    .iter()
+                                    .chain([last])
+                                    .map(|&i| hosts[i].0.as_str())
+                                    .collect();
+                                violations.push(format!("VM {uuid} running on {names:?} at once"));
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    violations
+                }
+            });
+            Checker {
+                include,
+                stop,
+                handle: Some(handle),
+            }
+        }
+
+        /// Stops sampling host `i` (killed or frozen: what its files say does not run).
+        pub fn exclude(&self, i: usize) {
+            self.include[i].store(false, Ordering::SeqCst);
+        }
+
+        /// Samples host `i` again.
+        pub fn include(&self, i: usize) {
+            self.include[i].store(true, Ordering::SeqCst);
+        }
+
+        /// Stops and asserts no VM ran twice.
+        pub fn finish(mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            let violations = self
+                .handle
+                .take()
+                .unwrap()
+                .join()
+                .expect("the checker panicked");
+            assert!(violations.is_empty(), "split brain: {violations:#?}");
+        }
+    }
+
+    impl Drop for Checker {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Writes unique keys into the ledger VM's other_config through whichever host
+    /// coordinates, and records every acknowledged one with when it was acknowledged.
+    #[derive(Debug)]
+    pub struct Writer {
+        stop: Arc<AtomicBool>,
+        acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+        handle: Option<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Writer {
+        pub fn start(pool: &HaPool) -> Writer {
+            let stop = Arc::new(AtomicBool::new(false));
+            let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+            let urls: Vec<String> = (0..pool.n()).map(|i| pool.url(i)).collect();
+            let password = pool.password.clone();
+            let ledger = pool.ledger.clone();
+            let handle = tokio::spawn({
+                let stop = Arc::clone(&stop);
+                let acked = Arc::clone(&acked);
+                async move {
+                    let mut client: Option<Client> = None;
+                    let mut next_url = 0;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let Some(c) = &client else {
+                            let c = Client::builder(&urls[next_url % urls.len()])
+                                .timeout(Duration::from_secs(5))
+                                .build()
+                                .unwrap();
+                            next_url += 1;
+                            if c.login_with_password("root", &password).await.is_ok() {
+                                client = Some(c);
+                            } else {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            continue;
+                        };
+                        n += 1;
+                        let r = call(
+                            c,
+                            "VM.add_to_other_config",
+                            vec![s(&ledger), s(&format!("w{n}")), s("v")],
+                        )
+                        .await;
+                        match r {
+                            Ok(_) => acked
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((n, Instant::now())),
+                            Err(_) => client = None,
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            });
+            Writer {
+                stop,
+                acked,
+                handle: Some(handle),
+            }
+        }
+
+        pub fn acked(&self) -> Vec<(u64, Instant)> {
+            self.acked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+
+        /// Waits for a write acknowledged after `since`; returns when.
+        pub async fn accepted_after(&self, since: Instant) -> Instant {
+            wait_for(WAIT, || async {
+                self.acked()
+                    .iter()
+                    .find(|(_, at)| *at > since)
+                    .map(|(_, at)| *at)
+            })
+            .await
+            .expect("no write acknowledged after the fault")
+        }
+
+        /// Stops, then checks through the coordinator (found via `alive`) that every
+        /// acknowledged write is there; returns how many were checked.
+        pub async fn finish(mut self, pool: &HaPool, alive: &[usize]) -> usize {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(h) = self.handle.take() {
+                h.await.unwrap();
+            }
+            let acked = self.acked();
+            let c = pool.coordinator_client(alive).await;
+            let oc = must(&c, "VM.get_other_config", vec![s(&pool.ledger)]).await;
+            let keys: HashSet<String> = match oc {
+                Value::Struct(m) => m.into_iter().map(|(k, _)| k).collect(),
+                other => panic!("other_config: {other:?}"),
+            };
+            let lost: Vec<u64> = acked
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| !keys.contains(&format!("w{n}")))
+                .collect();
+            assert!(
+                lost.is_empty(),
+                "{} of {} acknowledged writes lost: {lost:?}",
+                lost.len(),
+                acked.len()
+            );
+            acked.len()
+        }
+    }
+
+    impl Drop for Writer {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(h) = self.handle.take() {
+                h.abort();
+            }
+        }
+    }
+
+    /// Waits until the writer has some writes acknowledged (so the fault hits a stream).
+    pub async fn some_writes(w: &Writer) {
+        wait_for(WAIT, || async { (w.acked().len() >= 10).then_some(()) })
+            .await
+            .expect("no writes acknowledged before the fault");
+    }
 }

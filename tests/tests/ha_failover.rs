@@ -4,10 +4,15 @@
 //! VM running twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::net::UdpSocket;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use xenpool_tests::ha::{host_live, must, some_writes, Checker, HaOptions, HaPool, Net, Writer};
 use xenpool_tests::netns::{self, Topology};
+use xenpool_tests::wire::{s, text};
 
 /// A datagram from host `from` to host `to` of the topology arrives (retrying for `within`).
 fn udp_reaches(t: &Topology, from: u8, to: u8, within: Duration) -> bool {
@@ -58,4 +63,293 @@ fn netns_topology_partitions_and_cleans_up() {
     assert!(udp_reaches(&t, 2, 3, Duration::from_secs(10)));
     drop(t);
     assert_eq!(netns::leftovers(241, 3), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------
+// HA scenarios on real processes.
+// ---------------------------------------------------------------------------------------
+
+/// HA scenarios run one at a time: several pools with 250 ms heartbeats on a loaded
+/// 2-core machine would starve each other into false fences.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The HA timeout of every scenario, seconds.
+const T: u64 = 5;
+
+/// `hosts` hosts, two protected VMs on each, HA on with timeout [`T`].
+async fn ha_pool(net: Net<'_>, hosts: usize) -> HaPool {
+    HaPool::start(
+        net,
+        &HaOptions {
+            hosts,
+            timeout_secs: T,
+            vms_per_host: 2,
+            ..HaOptions::default()
+        },
+    )
+    .await
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A line for the person running the tests (not captured: it is the figure of the run).
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "ha_failover: {line}");
+}
+
+fn others(n: usize, but: usize) -> Vec<usize> {
+    (0..n).filter(|&i| i != but).collect()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+#[test]
+fn ha_member_killed_its_vms_restart_elsewhere() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut pool = ha_pool(Net::Loopback(61), 3).await;
+        let checker = Checker::start(&pool);
+        let writer = Writer::start(&pool);
+        some_writes(&writer).await;
+        checker.exclude(2);
+        let t0 = Instant::now();
+        pool.hosts[2].kill9_host();
+        let alive = others(3, 2);
+        let restarted = pool.vms_restarted(2, &alive).await;
+        let coordinator = pool.one_coordinator(&alive).await;
+        assert_eq!(coordinator, 0, "a member's death moved the coordinator");
+        writer.accepted_after(t0).await;
+        let writes = writer.finish(&pool, &alive).await;
+        checker.finish();
+        report(&format!(
+            "member kill -9 (T = {T} s): its VMs ran elsewhere after {}; {writes} writes kept",
+            secs(restarted - t0)
+        ));
+    });
+}
+
+#[test]
+fn ha_coordinator_killed_a_member_takes_over_with_every_write() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut pool = ha_pool(Net::Loopback(62), 3).await;
+        let checker = Checker::start(&pool);
+        let writer = Writer::start(&pool);
+        some_writes(&writer).await;
+        checker.exclude(0);
+        let t0 = Instant::now();
+        pool.hosts[0].kill9_host();
+        let alive = others(3, 0);
+        let coordinator = pool.one_coordinator(&alive).await;
+        let accepted = writer.accepted_after(t0).await;
+        let restarted = pool.vms_restarted(0, &alive).await;
+        let writes = writer.finish(&pool, &alive).await;
+        checker.finish();
+        report(&format!(
+            "coordinator kill -9 (T = {T} s): {} coordinates; writes accepted after {}, \
+             its VMs ran elsewhere after {}; {writes} writes kept",
+            pool.names[coordinator],
+            secs(accepted - t0),
+            secs(restarted - t0)
+        ));
+    });
+}
+
+#[test]
+fn ha_two_hosts_coordinator_killed_the_other_keeps_every_write() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut pool = ha_pool(Net::Loopback(63), 2).await;
+        let checker = Checker::start(&pool);
+        let writer = Writer::start(&pool);
+        some_writes(&writer).await;
+        checker.exclude(0);
+        let t0 = Instant::now();
+        pool.hosts[0].kill9_host();
+        let alive = [1];
+        assert_eq!(pool.one_coordinator(&alive).await, 1);
+        let accepted = writer.accepted_after(t0).await;
+        let restarted = pool.vms_restarted(0, &alive).await;
+        let writes = writer.finish(&pool, &alive).await;
+        checker.finish();
+        report(&format!(
+            "2-host pool, coordinator kill -9 (T = {T} s): writes accepted after {}, \
+             its VMs ran elsewhere after {}; {writes} writes kept",
+            secs(accepted - t0),
+            secs(restarted - t0)
+        ));
+    });
+}
+
+#[test]
+fn ha_frozen_member_fences_when_it_resumes() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut pool = ha_pool(Net::Loopback(64), 3).await;
+        let checker = Checker::start(&pool);
+        let writer = Writer::start(&pool);
+        some_writes(&writer).await;
+        // While frozen, and after it resumes until it is gone, the host counts as dead: a
+        // hardware watchdog would have reset it at its deadline, during the freeze.
+        checker.exclude(2);
+        let t0 = Instant::now();
+        pool.hosts[2].stop_host();
+        let alive = others(3, 2);
+        let restarted = pool.vms_restarted(2, &alive).await;
+        let frozen_for = Duration::from_secs(T + 3);
+        if t0.elapsed() < frozen_for {
+            tokio::time::sleep(frozen_for - t0.elapsed()).await;
+        }
+        let resumed = Instant::now();
+        pool.hosts[2].cont_host();
+        let fenced = pool.wait_fenced(2);
+        checker.include(2);
+        // It did not act on resuming: the pool still runs its VMs where they were
+        // restarted, and does not count it live.
+        let c = pool.coordinator_client(&alive).await;
+        for (vm, uuid) in &pool.vms[2] {
+            let on = text(&must(&c, "VM.get_resident_on", vec![s(vm)]).await);
+            let j = pool
+                .host_refs
+                .iter()
+                .position(|h| *h == on)
+                .expect("resident on a pool host");
+            assert_ne!(j, 2, "{vm} is recorded on the fenced host");
+            assert!(pool.hosts[j].domains().contains(uuid));
+        }
+        let live = host_live(&c, &pool.host_refs[2]).await;
+        assert_eq!(live, Some(false), "the fenced host is live");
+        assert_eq!(pool.one_coordinator(&alive).await, 0);
+        writer.accepted_after(resumed).await;
+        let writes = writer.finish(&pool, &alive).await;
+        checker.finish();
+        report(&format!(
+            "member frozen {} (T = {T} s): its VMs ran elsewhere after {}, it fenced {} \
+             after resuming; {writes} writes kept",
+            secs(resumed - t0),
+            secs(restarted - t0),
+            secs(fenced - resumed)
+        ));
+    });
+}
+
+#[test]
+fn ha_partitioned_member_fences_and_rejoins_after_healing() {
+    let _serial = serial();
+    // Declared before the pool: dropped after the hosts in it.
+    let topo = Topology::new(65, 3).unwrap();
+    runtime().block_on(async {
+        let mut pool = ha_pool(Net::Namespaces(&topo), 3).await;
+        let checker = Checker::start(&pool);
+        let writer = Writer::start(&pool);
+        some_writes(&writer).await;
+        let t0 = Instant::now();
+        topo.isolate(3).unwrap();
+        // It keeps running its VMs until it fences: the checker keeps watching it.
+        let alive = others(3, 2);
+        let fenced = pool.wait_fenced(2);
+        let restarted = pool.vms_restarted(2, &alive).await;
+        assert_eq!(pool.one_coordinator(&alive).await, 0);
+        writer.accepted_after(fenced).await;
+        topo.heal(3).unwrap();
+        // Its operator starts it again: it rejoins as a member and is armed.
+        let healed = Instant::now();
+        pool.hosts[2].spawn();
+        let all = [0, 1, 2];
+        assert_eq!(pool.one_coordinator(&all).await, 0);
+        pool.wait_armed(&all).await;
+        let rejoined = Instant::now();
+        let writes = writer.finish(&pool, &all).await;
+        checker.finish();
+        report(&format!(
+            "member cut off (T = {T} s): it fenced after {}, its VMs ran elsewhere after {}; \
+             restarted after healing it was live again after {}; {writes} writes kept",
+            secs(fenced - t0),
+            secs(restarted - t0),
+            secs(rejoined - healed)
+        ));
+    });
+    drop(topo);
+    assert_eq!(netns::leftovers(65, 3), Vec::<String>::new());
+}
+
+#[test]
+fn ha_heartbeat_sr_lost_nobody_fences_while_the_network_holds() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut pool = ha_pool(Net::Loopback(66), 3).await;
+        let checker = Checker::start(&pool);
+        let writer = Writer::start(&pool);
+        some_writes(&writer).await;
+        let all = [0, 1, 2];
+        let observe = Duration::from_secs(3 * T);
+        // One host loses its path to the heartbeat SR.
+        std::fs::remove_file(&pool.links[2]).unwrap();
+        tokio::time::sleep(observe).await;
+        pool.none_fenced(&all);
+        // Every host loses it.
+        let moved = pool.shared.with_extension("away");
+        std::fs::rename(&pool.shared, &moved).unwrap();
+        tokio::time::sleep(observe).await;
+        pool.none_fenced(&all);
+        assert_eq!(pool.one_coordinator(&all).await, 0);
+        // Back.
+        std::fs::rename(&moved, &pool.shared).unwrap();
+        std::os::unix::fs::symlink(&pool.shared, &pool.links[2]).unwrap();
+        let restored = Instant::now();
+        writer.accepted_after(restored).await;
+        tokio::time::sleep(Duration::from_secs(T)).await;
+        pool.none_fenced(&all);
+        for (i, on) in pool.vms.iter().enumerate() {
+            for (_, uuid) in on {
+                assert!(pool.hosts[i].domains().contains(uuid));
+            }
+        }
+        let writes = writer.finish(&pool, &all).await;
+        checker.finish();
+        report(&format!(
+            "heartbeat SR lost for one host then all, {} each (T = {T} s): no fence; \
+             {writes} writes kept",
+            secs(observe)
+        ));
+    });
+}
+
+#[test]
+fn ha_hung_toolstack_fences_its_host() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut pool = ha_pool(Net::Loopback(67), 3).await;
+        let checker = Checker::start(&pool);
+        let writer = Writer::start(&pool);
+        some_writes(&writer).await;
+        let t0 = Instant::now();
+        // Only xenpoold: its HA daemon runs on and finds it hung. The host's domains run
+        // until it fences, so the checker keeps watching it.
+        pool.hosts[2].signal(Signal::SIGSTOP);
+        let fenced = pool.wait_fenced(2);
+        let alive = others(3, 2);
+        let restarted = pool.vms_restarted(2, &alive).await;
+        assert_eq!(pool.one_coordinator(&alive).await, 0);
+        let writes = writer.finish(&pool, &alive).await;
+        checker.finish();
+        report(&format!(
+            "member's toolstack hung (T = {T} s): it fenced after {}, its VMs ran \
+             elsewhere after {}; {writes} writes kept",
+            secs(fenced - t0),
+            secs(restarted - t0)
+        ));
+    });
 }
