@@ -233,6 +233,33 @@ pub enum CoreError {
     /// `POOL_JOINING_HOST_ALREADY_IN_POOL [host]`
     #[error("POOL_JOINING_HOST_ALREADY_IN_POOL: {0}")]
     HostAlreadyInPool(Ref),
+    /// `HA_NOT_ENABLED []`: the call needs HA on.
+    #[error("HA_NOT_ENABLED")]
+    HaNotEnabled,
+    /// `HA_TOO_FEW_HOSTS []`: HA needs two hosts or more.
+    #[error("HA_TOO_FEW_HOSTS")]
+    HaTooFewHosts,
+    /// `HA_CONSTRAINT_VIOLATION_SR_NOT_SHARED [SR]`: a heartbeat SR must be shared and
+    /// plugged on every host.
+    #[error("HA_CONSTRAINT_VIOLATION_SR_NOT_SHARED: {0}")]
+    HaSrNotShared(Ref),
+    /// `HOST_OFFLINE [host]`: the host is not live.
+    #[error("HOST_OFFLINE: {0}")]
+    HostOffline(Ref),
+    /// `HA_HEARTBEAT_DAEMON_STARTUP_FAILED []`
+    #[error("HA_HEARTBEAT_DAEMON_STARTUP_FAILED")]
+    HaDaemonStartupFailed,
+    /// `HA_HOST_CANNOT_ACCESS_STATEFILE []`
+    #[error("HA_HOST_CANNOT_ACCESS_STATEFILE")]
+    HaCannotAccessStatefile,
+    /// `HA_LOST_STATEFILE []`: the heartbeat SR (statefile and redo log) cannot be written,
+    /// so a write cannot be made to survive the coordinator.
+    #[error("HA_LOST_STATEFILE")]
+    HaLostStatefile,
+    /// `HA_SHOULD_BE_FENCED [host]`: this host's HA lease ran out; it may have been given
+    /// up by the pool and must not acknowledge anything.
+    #[error("HA_SHOULD_BE_FENCED: {0}")]
+    HaShouldBeFenced(Ref),
 }
 
 impl CoreError {
@@ -282,6 +309,14 @@ impl CoreError {
             CoreError::ObjectInUse { code, .. } => code,
             CoreError::HostIsSlave(_) => "HOST_IS_SLAVE",
             CoreError::HostAlreadyInPool(_) => "POOL_JOINING_HOST_ALREADY_IN_POOL",
+            CoreError::HaNotEnabled => "HA_NOT_ENABLED",
+            CoreError::HaTooFewHosts => "HA_TOO_FEW_HOSTS",
+            CoreError::HaSrNotShared(_) => "HA_CONSTRAINT_VIOLATION_SR_NOT_SHARED",
+            CoreError::HostOffline(_) => "HOST_OFFLINE",
+            CoreError::HaDaemonStartupFailed => "HA_HEARTBEAT_DAEMON_STARTUP_FAILED",
+            CoreError::HaCannotAccessStatefile => "HA_HOST_CANNOT_ACCESS_STATEFILE",
+            CoreError::HaLostStatefile => "HA_LOST_STATEFILE",
+            CoreError::HaShouldBeFenced(_) => "HA_SHOULD_BE_FENCED",
         }
     }
 
@@ -400,6 +435,14 @@ impl CoreError {
             }
             CoreError::HostIsSlave(address) => out.push(address.clone()),
             CoreError::HostAlreadyInPool(host) => out.push(host.as_str().to_string()),
+            CoreError::HaNotEnabled
+            | CoreError::HaTooFewHosts
+            | CoreError::HaDaemonStartupFailed
+            | CoreError::HaCannotAccessStatefile
+            | CoreError::HaLostStatefile => {}
+            CoreError::HaSrNotShared(r)
+            | CoreError::HostOffline(r)
+            | CoreError::HaShouldBeFenced(r) => out.push(r.as_str().to_string()),
         }
         out
     }

@@ -19,6 +19,7 @@
 //! - [`devices`]: when VBDs and VIFs may come and go, and when a disk or SR plug is in use.
 //! - [`rbac`]: the XenAPI roles and the role each call needs.
 //! - [`membership`]: join and eject preconditions, forgetting a host, what a member serves.
+//! - [`ha_enable`]: the preconditions and settings of `pool.enable_ha` and `pool.disable_ha`.
 //! - [`error`]: [`CoreError`] and the XenAPI codes.
 #![deny(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod db;
 pub mod devices;
 pub mod error;
 pub mod genesis;
+pub mod ha_enable;
 pub mod lifecycle;
 pub mod membership;
 pub mod model;

@@ -15,7 +15,7 @@ use crate::Class;
 pub fn member_serves(class: &str, message: &str) -> bool {
     match class {
         "system" | "session" | "event" => true,
-        "host" | "host_metrics" => message.starts_with("get_"),
+        "host" | "host_metrics" => message.starts_with("get_") || message == "emergency_ha_disable",
         "pool" => matches!(
             message,
             "emergency_transition_to_master" | "emergency_reset_master" | "recover_slaves"

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use xenpool_core::{Database, HostMetricsRecord, HostRecord, Ref, VmPowerState, VmRecord};
+
 use crate::machine::{HaConfig, HostSpec};
 use crate::restart::VmSpec;
 use crate::{HaError, HaTimeouts, RestartPriority};
@@ -222,6 +224,51 @@ pub enum HaEvent {
     },
 }
 
+/// Memory a host offers to VMs as HA counts it: the host's total less its overhead (the
+/// control domain is an [`ArmedVm`] pinned to its host, see [`armed_vms`]).
+pub fn armed_memory(db: &Database, host: &Ref) -> u64 {
+    let Ok(h) = db.get::<HostRecord>(host) else {
+        return 0;
+    };
+    let total = db
+        .get::<HostMetricsRecord>(&h.metrics)
+        .map_or(0, |m| m.memory_total.max(0) as u64);
+    total.saturating_sub(h.memory_overhead.max(0) as u64)
+}
+
+/// Every VM HA has to know of (not templates nor snapshots): where it runs and what it
+/// needs, with the same memory footprint the failover planner uses. Control domains are
+/// listed unprotected, so their memory counts on their host.
+pub fn armed_vms(db: &Database) -> Vec<ArmedVm> {
+    db.all::<VmRecord>()
+        .filter(|(_, v)| !v.is_a_template && !v.is_a_snapshot)
+        .map(|(_, v)| {
+            let running = matches!(v.power_state, VmPowerState::Running | VmPowerState::Paused);
+            let on = if running && !v.resident_on.is_null() {
+                db.get::<HostRecord>(&v.resident_on)
+                    .ok()
+                    .map(|h| h.uuid.clone())
+            } else {
+                None
+            };
+            ArmedVm {
+                uuid: v.uuid.clone(),
+                memory: (v.memory_static_max.max(0) + v.memory_overhead.max(0)) as u64,
+                on,
+                priority: if v.is_control_domain {
+                    String::new()
+                } else {
+                    v.restart_priority()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default()
+                },
+                order: v.order,
+                start_delay: v.start_delay,
+            }
+        })
+        .collect()
+}
+
 /// The toolstack's answer to a health check (`host.xenpool_ha_health`): it is alive, and
 /// this is what the pool database says about VMs since the last check.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,7 +331,11 @@ mod tests {
         let c = a.to_config().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.coordinator, 1);
         assert_eq!(c.hosts.len(), 2);
-        assert_eq!(c.vms.len(), 1, "VMs on hosts outside the arming are left out");
+        assert_eq!(
+            c.vms.len(),
+            1,
+            "VMs on hosts outside the arming are left out"
+        );
         assert_eq!(c.vms[0].on, Some(0));
         assert_eq!(a.generation_bytes()[0], 0x01);
         assert_eq!(a.generation_bytes()[15], 0xff);

@@ -24,6 +24,15 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// A redo log that cannot be written as asked: a record over the size limit, a writer
+    /// that stopped after a failed write, no term left.
+    #[error("redo log {}: {reason}", path.display())]
+    InvalidRedoLog {
+        /// The segment or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// SQLite refused a statement.
     #[error("sqlite: {context}: {source}")]
     Sqlite {

@@ -23,7 +23,11 @@
 //! - [`conformance`] holds the checks every [`SrDriver`] must pass; drivers outside this crate run
 //!   them against their own backend.
 //! - [`statefile`] holds [`Statefile`], the HA heartbeat slots on the heartbeat SR:
-//!   fixed-size, checksummed, one per host, each written whole and synced.
+//!   fixed-size, checksummed, one per host, each written whole and synced, with `O_DIRECT`
+//!   where the file system allows it.
+//! - [`redo`] holds [`RedoLog`] and [`read_latest`], the log of database writes on the
+//!   heartbeat SR that a newly elected coordinator replays: checksummed records in segments
+//!   named by coordinator term, so a stale coordinator's appends are ignored.
 //! - [`error`] holds [`StorageError`].
 
 #![deny(missing_docs)]
@@ -33,6 +37,7 @@ pub mod copy;
 pub mod dir;
 pub mod error;
 pub mod group;
+pub mod redo;
 mod reflink;
 pub mod sqlite;
 pub mod sr;
@@ -42,6 +47,7 @@ pub use copy::copy_vdi;
 pub use dir::{LocalDirSr, SharedDirSr};
 pub use error::StorageError;
 pub use group::GroupCommit;
+pub use redo::{decode_record, read_latest, RedoContents, RedoLog, RedoRecord};
 pub use sqlite::SqlitePersistence;
 pub use sr::{SrDriver, SrUsage, VdiInfo};
 pub use statefile::{Slot, SlotRead, Statefile};

@@ -10,9 +10,16 @@
 //! - slot `i` at `SECTION * (1 + i)`: magic `XPSFSLT1`, host index, sequence number,
 //!   payload length, payload, CRC-32 of the header and payload. A slot never written is all
 //!   zeros and reads as empty.
+//!
+//! The file is opened with `O_DIRECT` where the file system allows it, so a read goes to
+//! the disk rather than a page cache that, on a client of shared storage such as NFS, may
+//! still hold a peer's slot as it was some time ago; where `O_DIRECT` is refused (`EINVAL`
+//! on the open or the first transfer, as tmpfs and some file systems do) it falls back to
+//! buffered I/O. Both modes sync after every write: `O_DIRECT` skips the page cache, not
+//! the disk's own cache.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::StorageError;
@@ -58,6 +65,45 @@ pub struct Statefile {
     path: PathBuf,
     slots: u16,
     generation: [u8; 16],
+    direct: bool,
+}
+
+/// One section's buffer, starting on a [`SECTION`] boundary as `O_DIRECT` needs: the aligned
+/// part of an allocation twice as large, which keeps the crate free of unsafe allocation.
+struct Block {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Block {
+    fn new() -> Block {
+        let buf = vec![0u8; 2 * SECTION];
+        let start = (SECTION - buf.as_ptr() as usize % SECTION) % SECTION;
+        Block { buf, start }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + SECTION]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + SECTION]
+    }
+}
+
+/// Whether `error` is the file system refusing `O_DIRECT`.
+fn refuses_direct(error: &StorageError) -> bool {
+    matches!(error, StorageError::Io { source, .. }
+        if source.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32))
+}
+
+fn options(direct: bool) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if direct {
+        options.custom_flags(nix::fcntl::OFlag::O_DIRECT.bits());
+    }
+    options
 }
 
 fn io<'a>(
@@ -80,19 +126,39 @@ fn invalid(path: &Path, reason: impl Into<String>) -> StorageError {
 
 impl Statefile {
     /// Creates (or re-initialises) a statefile for `slots` hosts of the pool generation
-    /// `generation`: the global section written, every slot empty, all of it durable.
+    /// `generation`: the global section written, every slot empty, all of it durable. Uses
+    /// `O_DIRECT` if the file system allows it.
     pub fn create(
         path: impl AsRef<Path>,
         generation: [u8; 16],
         slots: u16,
     ) -> Result<Statefile, StorageError> {
         let path = path.as_ref();
+        match Self::create_with(path, generation, slots, true) {
+            Err(e) if refuses_direct(&e) => Self::create_with(path, generation, slots, false),
+            other => other,
+        }
+    }
+
+    /// As [`Statefile::create`], with buffered I/O whatever the file system allows.
+    pub fn create_buffered(
+        path: impl AsRef<Path>,
+        generation: [u8; 16],
+        slots: u16,
+    ) -> Result<Statefile, StorageError> {
+        Self::create_with(path.as_ref(), generation, slots, false)
+    }
+
+    fn create_with(
+        path: &Path,
+        generation: [u8; 16],
+        slots: u16,
+        direct: bool,
+    ) -> Result<Statefile, StorageError> {
         if slots == 0 || slots > MAX_SLOTS {
             return Err(invalid(path, format!("{slots} slots (1 to {MAX_SLOTS})")));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
+        let file = options(direct)
             .create(true)
             .truncate(true)
             .open(path)
@@ -100,14 +166,15 @@ impl Statefile {
         let len = (SECTION * (1 + usize::from(slots))) as u64;
         file.set_len(len)
             .map_err(io("sizing the statefile", path))?;
-        let mut global = [0u8; SECTION];
+        let mut block = Block::new();
+        let global = block.bytes_mut();
         global[..8].copy_from_slice(GLOBAL_MAGIC);
         global[8..12].copy_from_slice(&VERSION.to_le_bytes());
         global[12..14].copy_from_slice(&slots.to_le_bytes());
         global[14..30].copy_from_slice(&generation);
         let crc = crc32fast::hash(&global[..30]);
         global[30..34].copy_from_slice(&crc.to_le_bytes());
-        file.write_all_at(&global, 0)
+        file.write_all_at(block.bytes(), 0)
             .map_err(io("writing the statefile header", path))?;
         file.sync_all().map_err(io("syncing the statefile", path))?;
         Ok(Statefile {
@@ -115,20 +182,33 @@ impl Statefile {
             path: path.to_path_buf(),
             slots,
             generation,
+            direct,
         })
     }
 
-    /// Opens an existing statefile, checking its global section.
+    /// Opens an existing statefile, checking its global section. Uses `O_DIRECT` if the
+    /// file system allows it.
     pub fn open(path: impl AsRef<Path>) -> Result<Statefile, StorageError> {
         let path = path.as_ref();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
+        match Self::open_with(path, true) {
+            Err(e) if refuses_direct(&e) => Self::open_with(path, false),
+            other => other,
+        }
+    }
+
+    /// As [`Statefile::open`], with buffered I/O whatever the file system allows.
+    pub fn open_buffered(path: impl AsRef<Path>) -> Result<Statefile, StorageError> {
+        Self::open_with(path.as_ref(), false)
+    }
+
+    fn open_with(path: &Path, direct: bool) -> Result<Statefile, StorageError> {
+        let file = options(direct)
             .open(path)
             .map_err(io("opening the statefile", path))?;
-        let mut global = [0u8; SECTION];
-        file.read_exact_at(&mut global, 0)
+        let mut block = Block::new();
+        file.read_exact_at(block.bytes_mut(), 0)
             .map_err(io("reading the statefile header", path))?;
+        let global = block.bytes();
         if &global[..8] != GLOBAL_MAGIC {
             return Err(invalid(path, "not a statefile"));
         }
@@ -161,7 +241,13 @@ impl Statefile {
             path: path.to_path_buf(),
             slots,
             generation,
+            direct,
         })
+    }
+
+    /// Whether reads and writes bypass the page cache (`O_DIRECT`).
+    pub fn is_direct(&self) -> bool {
+        self.direct
     }
 
     /// How many slots it has.
@@ -199,7 +285,8 @@ impl Statefile {
                 format!("payload of {} bytes (at most {MAX_PAYLOAD})", payload.len()),
             ));
         }
-        let mut section = [0u8; SECTION];
+        let mut block = Block::new();
+        let section = block.bytes_mut();
         section[..8].copy_from_slice(SLOT_MAGIC);
         section[8..10].copy_from_slice(&index.to_le_bytes());
         section[10..18].copy_from_slice(&sequence.to_le_bytes());
@@ -209,7 +296,7 @@ impl Statefile {
         let crc = crc32fast::hash(&section[..end]);
         section[end..end + 4].copy_from_slice(&crc.to_le_bytes());
         self.file
-            .write_all_at(&section, offset)
+            .write_all_at(block.bytes(), offset)
             .map_err(io("writing a statefile slot", &self.path))?;
         self.file
             .sync_data()
@@ -219,11 +306,11 @@ impl Statefile {
     /// Reads host `index`'s slot.
     pub fn read_slot(&self, index: u16) -> Result<SlotRead, StorageError> {
         let offset = self.offset(index)?;
-        let mut section = [0u8; SECTION];
+        let mut block = Block::new();
         self.file
-            .read_exact_at(&mut section, offset)
+            .read_exact_at(block.bytes_mut(), offset)
             .map_err(io("reading a statefile slot", &self.path))?;
-        Ok(decode_slot(&section, index))
+        Ok(decode_slot(block.bytes(), index))
     }
 
     /// Reads every slot, in index order.
@@ -303,14 +390,18 @@ mod tests {
         let sf = Statefile::create(&path, GEN, 2).unwrap();
         sf.write_slot(0, 1, b"a whole write").unwrap();
         // Flip one payload byte behind the statefile's back.
-        let raw = OpenOptions::new().write(true).open(&path).unwrap();
+        let raw = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         raw.write_all_at(b"X", (SECTION + SLOT_HEADER) as u64)
             .unwrap();
         assert_eq!(sf.read_slot(0).unwrap(), SlotRead::Corrupt);
         // A slot written for host 0 copied into host 1's place is not host 1's word.
         let mut section = vec![0u8; SECTION];
         sf.write_slot(0, 2, b"h0").unwrap();
-        sf.file.read_exact_at(&mut section, SECTION as u64).unwrap();
+        raw.read_exact_at(&mut section, SECTION as u64).unwrap();
         raw.write_all_at(&section, (2 * SECTION) as u64).unwrap();
         assert_eq!(sf.read_slot(1).unwrap(), SlotRead::Corrupt);
     }
@@ -370,6 +461,80 @@ mod tests {
                     payload: format!("host {host} seq 49").into_bytes()
                 })
             );
+        }
+    }
+
+    #[test]
+    fn direct_and_buffered_handles_read_back_what_either_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sf");
+        // Direct where this file system allows it; the other handle buffered either way.
+        let direct = Statefile::create(&path, GEN, 2).unwrap();
+        let buffered = Statefile::open_buffered(&path).unwrap();
+        assert!(!buffered.is_direct());
+        eprintln!(
+            "O_DIRECT on {}: {}",
+            dir.path().display(),
+            direct.is_direct()
+        );
+        for seq in 1..=3u64 {
+            direct
+                .write_slot(0, seq, format!("d{seq}").as_bytes())
+                .unwrap();
+            buffered
+                .write_slot(1, seq, format!("b{seq}").as_bytes())
+                .unwrap();
+            for sf in [&direct, &buffered] {
+                assert_eq!(
+                    sf.read_all().unwrap(),
+                    vec![
+                        SlotRead::Written(Slot {
+                            sequence: seq,
+                            payload: format!("d{seq}").into_bytes()
+                        }),
+                        SlotRead::Written(Slot {
+                            sequence: seq,
+                            payload: format!("b{seq}").into_bytes()
+                        }),
+                    ]
+                );
+            }
+        }
+        // Created buffered, opened in either mode: the same header and slots.
+        let other = dir.path().join("other");
+        let created = Statefile::create_buffered(&other, GEN, 1).unwrap();
+        assert!(!created.is_direct());
+        created.write_slot(0, 9, b"x").unwrap();
+        let reopened = Statefile::open(&other).unwrap();
+        assert_eq!((reopened.slots(), reopened.generation()), (1, GEN));
+        assert_eq!(
+            reopened.read_slot(0).unwrap(),
+            created.read_slot(0).unwrap()
+        );
+    }
+
+    #[test]
+    fn only_einval_means_direct_io_is_refused() {
+        let err = |errno: nix::errno::Errno| StorageError::Io {
+            context: "opening the statefile",
+            path: PathBuf::from("sf"),
+            source: std::io::Error::from_raw_os_error(errno as i32),
+        };
+        assert!(refuses_direct(&err(nix::errno::Errno::EINVAL)));
+        assert!(!refuses_direct(&err(nix::errno::Errno::EIO)));
+        assert!(!refuses_direct(&err(nix::errno::Errno::ENOENT)));
+        assert!(!refuses_direct(&invalid(
+            Path::new("sf"),
+            "not a statefile"
+        )));
+    }
+
+    #[test]
+    fn sections_are_aligned_for_direct_io() {
+        for _ in 0..16 {
+            let mut block = Block::new();
+            assert_eq!(block.bytes().as_ptr() as usize % SECTION, 0);
+            assert_eq!(block.bytes_mut().len(), SECTION);
         }
     }
 

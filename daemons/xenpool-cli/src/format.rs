@@ -63,7 +63,17 @@ pub fn task_result_ref(v: &Value) -> String {
 fn is_rw(field: &str) -> bool {
     matches!(
         field,
-        "name_label" | "name_description" | "other_config" | "tags" | "affinity"
+        "name_label"
+            | "name_description"
+            | "other_config"
+            | "tags"
+            | "affinity"
+            | "order"
+            | "start_delay"
+            | "ha_restart_priority"
+            | "ha_always_run"
+            | "ha_host_failures_to_tolerate"
+            | "ha_allow_overcommit"
     )
 }
 

@@ -3,15 +3,17 @@
 //! `xenpool -s HOST [-p PORT] -u USER (-pw PASSWORD | -pwf FILE) [--minimal] COMMAND [key=value ...]`
 
 mod format;
+mod params;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use xenpool_rpc::{Client, RpcError, Value};
+use xenpool_rpc::{Client, RpcError, Value, XenApiError};
 
 use crate::format::{field_name, print_records, wire_text};
+use crate::params::{ParamSet, POOL_PARAM_SET, VM_PARAM_SET};
 
 struct Options {
     server: String,
@@ -22,6 +24,8 @@ struct Options {
     minimal: bool,
     command: String,
     args: BTreeMap<String, String>,
+    /// The same `key=value` words in command-line order, for commands that apply them in turn.
+    pairs: Vec<(String, String)>,
     flags: Vec<String>,
     /// Words after the command that are not key=value: only `help` takes one.
     positional: Vec<String>,
@@ -57,6 +61,16 @@ enum Action {
     EmergencyTransitionToMaster,
     EmergencyResetMaster,
     RecoverSlaves,
+    HostParamList,
+    /// Writes what `set` allows on the object of `class` named by its selector.
+    ParamSet {
+        class: &'static str,
+        set: &'static ParamSet,
+    },
+    PoolHaEnable,
+    PoolHaDisable,
+    PoolHaComputeMaxFailures,
+    HostEmergencyHaDisable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +131,25 @@ impl Command {
 
 const LIST_DESCRIPTION: &str = "Lists the records, one block per record. Any field=value filters the records; params= names the fields to print (params=all prints every field). With --minimal, prints the first field of params= (uuid by default) of every record, comma-separated.";
 const VM_NAMED: &str = "The VM is named by uuid=, vm= (a uuid or a name) or name-label=.";
+const HOST_LIST_DESCRIPTION: &str = "Lists the records, one block per record. Any field=value filters the records; params= names the fields to print (params=all prints every field). host-metrics-live, read from the host's metrics, says whether the pool sees the host as live; it can be printed and filtered on like a field. With --minimal, prints the first field of params= (uuid by default) of every record, comma-separated.";
+/// What vm-param-set writes: the keys of `VM_PARAM_SET`, as help lists them.
+const VM_SETTABLE: &[&str] = &[
+    "name-label",
+    "name-description",
+    "order",
+    "start-delay",
+    "ha-restart-priority",
+    "ha-always-run",
+    "other-config:<key>",
+];
+/// What pool-param-set writes: the keys of `POOL_PARAM_SET`, as help lists them.
+const POOL_SETTABLE: &[&str] = &[
+    "name-label",
+    "name-description",
+    "ha-host-failures-to-tolerate",
+    "ha-allow-overcommit",
+    "other-config:<key>",
+];
 
 /// Every command, in the order `help` lists them: the one list the dispatcher and `help` use.
 const COMMANDS: &[Command] = &[
@@ -150,12 +183,35 @@ const COMMANDS: &[Command] = &[
     Command::new("vm-param-list", "VM", Action::VmParamList)
         .optional(VM_SELECTORS)
         .summary("Print every field of a VM", VM_NAMED),
+    Command::new("vm-param-set", "VM", Action::ParamSet { class: "VM", set: &VM_PARAM_SET })
+        .required(&["uuid"])
+        .optional(VM_SETTABLE)
+        .summary("Set parameters of a VM", "Writes each given parameter of the VM uuid=, in the order given, stopping at the first refusal. ha-restart-priority= is restart, best-effort or empty (not protected); it is written after the other parameters so that a VM being protected is checked against the failover plan with its new order and settings, and ha-always-run= (which must agree with the priority) after it. order= and start-delay= (seconds) are whole numbers; other-config:<key>=<value> replaces that key."),
     Command::new("host-list", "Host", Action::List { class: "host", columns: &["uuid", "name_label", "name_description"] })
         .optional(LIST_PARAMS)
-        .summary("List the hosts", LIST_DESCRIPTION),
+        .summary("List the hosts", HOST_LIST_DESCRIPTION),
+    Command::new("host-param-list", "Host", Action::HostParamList)
+        .required(&["uuid"])
+        .summary("Print every field of a host", "The host is named by uuid=. Besides the host's own fields, host-metrics-live says whether the pool sees the host as live."),
+    Command::new("host-emergency-ha-disable", "Host", Action::HostEmergencyHaDisable)
+        .optional(&["--force"])
+        .local()
+        .summary("Turn HA off on this host when the pool cannot", "Run against a host (coordinator or member) that must stop taking part in HA while pool-ha-disable cannot reach the pool; logs in with a session of that host only. Without --force the change is soft: it lasts until the host restarts or HA is changed again. With --force HA stays off on this host."),
     Command::new("pool-list", "Pool", Action::List { class: "pool", columns: &["uuid", "name_label", "name_description", "master", "default_SR"] })
         .optional(LIST_PARAMS)
-        .summary("List the pool", LIST_DESCRIPTION),
+        .summary("List the pool", "Lists the records, one block per record. Any field=value filters the records; params= names the fields to print (params=all prints every field), such as ha-enabled, ha-configuration, ha-statefiles, ha-host-failures-to-tolerate, ha-plan-exists-for, ha-allow-overcommit and ha-overcommitted. master and the default SRs print as uuids. With --minimal, prints the first field of params= (uuid by default) of every record, comma-separated."),
+    Command::new("pool-param-set", "Pool", Action::ParamSet { class: "pool", set: &POOL_PARAM_SET })
+        .required(&["uuid"])
+        .optional(POOL_SETTABLE)
+        .summary("Set parameters of the pool", "Writes each given parameter of the pool uuid=, in the order given, stopping at the first refusal. ha-host-failures-to-tolerate= is a whole number, checked against the failover plan while HA is on unless ha-allow-overcommit= is true; other-config:<key>=<value> replaces that key."),
+    Command::new("pool-ha-enable", "Pool", Action::PoolHaEnable)
+        .required(&["heartbeat-sr-uuids"])
+        .optional(&["ha-config:timeout", "ha-config:<key>"])
+        .summary("Turn high availability on", "Turns HA on for the pool with its statefile on the shared SRs heartbeat-sr-uuids= (comma-separated uuids). ha-config:timeout= is the HA timeout in whole seconds: how long a host may go unheard before the others count it as failed. Any other ha-config:<key>=<value> goes into the pool's HA configuration as given. Waits until every host is armed, which can take minutes."),
+    Command::new("pool-ha-disable", "Pool", Action::PoolHaDisable)
+        .summary("Turn high availability off", "Disarms HA on every host of the pool: no host fences itself and no VM is restarted for failover any more."),
+    Command::new("pool-ha-compute-max-host-failures-to-tolerate", "Pool", Action::PoolHaComputeMaxFailures)
+        .summary("Print how many host failures the pool can tolerate", "Prints the largest number of host failures after which every protected VM can still be restarted, computed from the hosts and VMs as they are now."),
     Command::new("pool-join", "Pool", Action::PoolJoin)
         .required(&["master-address", "master-username", "master-password"])
         .summary("Make this host a member of another pool", "Asks the host this command talks to to join the pool whose coordinator is at master-address=, logging in there with master-username= and master-password=."),
@@ -253,6 +309,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Options> {
         minimal: false,
         command: String::new(),
         args: BTreeMap::new(),
+        pairs: Vec::new(),
         flags: Vec::new(),
         positional: Vec::new(),
     };
@@ -280,6 +337,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Options> {
             s => match s.split_once('=') {
                 Some((k, v)) => {
                     o.args.insert(k.to_string(), v.to_string());
+                    o.pairs.push((k.to_string(), v.to_string()));
                 }
                 None => o.positional.push(s.to_string()),
             },
@@ -410,7 +468,8 @@ impl Session {
                     let _ = self
                         .call("task.destroy", vec![Value::String(task_ref.clone())])
                         .await;
-                    bail!("{}", info.join("\n"));
+                    // The task's failure is the call's: printed as any XenAPI error is.
+                    return Err(RpcError::Api(XenApiError::from_description(info)).into());
                 }
             }
         }
@@ -436,6 +495,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
             bail!("{} needs {p}=; see `xenpool help {}`", spec.name, spec.name);
         }
     }
+    check_arguments(&o, spec.action)?;
     let scheme = if o.https { "https" } else { "http" };
     let port = o.port.unwrap_or(if o.https { 8443 } else { 8080 });
     let url = format!("{scheme}://{}:{port}/", o.server);
@@ -471,9 +531,116 @@ async fn run(o: Options) -> anyhow::Result<()> {
     result
 }
 
+/// Refuses a command line its command cannot send, before connecting to anything.
+fn check_arguments(o: &Options, action: Action) -> anyhow::Result<()> {
+    match action {
+        Action::ParamSet { set, .. } => set.plan(&o.pairs).map(drop),
+        Action::PoolHaEnable => params::ha_enable(&o.pairs).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// The computed column of host records: whether the host's metrics say it is live.
+const HOST_METRICS_LIVE: &str = "host_metrics_live";
+
+/// Reference fields xe prints as the uuid of the object they point at: (class, field,
+/// class pointed at).
+const REF_COLUMNS: &[(&str, &str, &str)] = &[
+    ("pool", "master", "host"),
+    ("pool", "default_SR", "SR"),
+    ("pool", "suspend_image_SR", "SR"),
+    ("pool", "crash_dump_SR", "SR"),
+];
+
+/// What xe prints for a reference to nothing.
+const NOT_IN_DATABASE: &str = "<not in database>";
+
+fn is_null_ref(r: &str) -> bool {
+    r.is_empty() || r == "OpaqueRef:NULL"
+}
+
+/// Whether the command line prints or filters on the field `name` (datamodel spelling),
+/// so that a column that costs a call per record is computed only when asked for.
+fn wants_column(o: &Options, name: &str) -> bool {
+    let asked = |k: &str| field_name(k.trim()).eq_ignore_ascii_case(name);
+    let printed = o
+        .args
+        .get("params")
+        .is_some_and(|p| p == "all" || p.split(',').any(asked));
+    printed || o.args.keys().any(|k| asked(k))
+}
+
+/// Appends `host_metrics_live` to a host record, from `host_metrics.get_live` of its
+/// metrics (false when it has none, as xe shows it).
+async fn add_host_metrics_live(
+    s: &Session,
+    fields: &mut Vec<(String, Value)>,
+) -> anyhow::Result<()> {
+    let metrics = fields
+        .iter()
+        .find(|(n, _)| n == "metrics")
+        .map(|(_, v)| wire_text(v))
+        .unwrap_or_default();
+    let live = if is_null_ref(&metrics) {
+        false
+    } else {
+        match s
+            .call("host_metrics.get_live", vec![Value::String(metrics)])
+            .await
+        {
+            Ok(v) => wire_text(&v).eq_ignore_ascii_case("true"),
+            Err(e) if e.api().is_some_and(|a| a.code == "HANDLE_INVALID") => false,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    fields.retain(|(n, _)| n != HOST_METRICS_LIVE);
+    fields.push((HOST_METRICS_LIVE.to_string(), Value::Bool(live)));
+    Ok(())
+}
+
+/// Replaces the references of `REF_COLUMNS` in a record of `class` by uuids.
+async fn refs_to_uuids(
+    s: &Session,
+    class: &str,
+    fields: &mut [(String, Value)],
+) -> anyhow::Result<()> {
+    for (name, value) in fields.iter_mut() {
+        let Some((_, _, target)) = REF_COLUMNS
+            .iter()
+            .find(|(c, f, _)| *c == class && f == name)
+        else {
+            continue;
+        };
+        let r = wire_text(value);
+        let uuid = if is_null_ref(&r) {
+            NOT_IN_DATABASE.to_string()
+        } else {
+            match s
+                .call(&format!("{target}.get_uuid"), vec![Value::String(r)])
+                .await
+            {
+                Ok(v) => wire_text(&v),
+                Err(e) if e.api().is_some_and(|a| a.code == "HANDLE_INVALID") => {
+                    NOT_IN_DATABASE.to_string()
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        *value = Value::String(uuid);
+    }
+    Ok(())
+}
+
 /// Prints the records of `class` that match the filters of the command line.
 async fn list(s: &Session, o: &Options, class: &str, defaults: &[&str]) -> anyhow::Result<()> {
     let mut rows = s.records(class).await?;
+    let live = class == "host" && wants_column(o, HOST_METRICS_LIVE);
+    for (_, fields) in rows.iter_mut() {
+        if live {
+            add_host_metrics_live(s, fields).await?;
+        }
+        refs_to_uuids(s, class, fields).await?;
+    }
     if class == "VM" {
         let want_templates = o.args.get("is-a-template").is_some_and(|v| v == "true");
         rows.retain(|(_, f)| {
@@ -665,6 +832,76 @@ async fn command(s: &Session, o: &Options, action: Action) -> anyhow::Result<()>
             println!("{}", wire_text(&v));
             Ok(())
         }
+        Action::HostParamList => {
+            let uuid = o.args.get("uuid").context("host-param-list needs uuid=")?;
+            let host = s
+                .call("host.get_by_uuid", vec![Value::String(uuid.clone())])
+                .await?;
+            let host = wire_text(&host);
+            let rec = s
+                .call("host.get_record", vec![Value::String(host.clone())])
+                .await?;
+            let Value::Struct(mut fields) = rec else {
+                bail!("unexpected answer to host.get_record");
+            };
+            add_host_metrics_live(s, &mut fields).await?;
+            print_records(&[(host, fields)], &[], Some("all"));
+            Ok(())
+        }
+        Action::ParamSet { class, set } => {
+            let calls = set.plan(&o.pairs)?;
+            let uuid = o
+                .args
+                .get(set.selector)
+                .with_context(|| format!("{} needs {}=", set.command, set.selector))?;
+            let object = s
+                .call(
+                    &format!("{class}.get_by_uuid"),
+                    vec![Value::String(uuid.clone())],
+                )
+                .await?;
+            for c in calls {
+                let mut params = vec![object.clone()];
+                params.extend(c.args);
+                s.call(&format!("{class}.{}", c.message), params).await?;
+            }
+            Ok(())
+        }
+        Action::PoolHaEnable => {
+            let ha = params::ha_enable(&o.pairs)?;
+            let mut srs = Vec::with_capacity(ha.sr_uuids.len());
+            for uuid in ha.sr_uuids {
+                srs.push(s.call("SR.get_by_uuid", vec![Value::String(uuid)]).await?);
+            }
+            let config = Value::Struct(
+                ha.config
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            );
+            // Arming every host takes longer than a call should be held open: wait on
+            // the task instead.
+            s.run_task("pool.enable_ha", vec![Value::Array(srs), config])
+                .await?;
+            Ok(())
+        }
+        Action::PoolHaDisable => {
+            s.call("pool.disable_ha", vec![]).await?;
+            Ok(())
+        }
+        Action::PoolHaComputeMaxFailures => {
+            let n = s
+                .call("pool.ha_compute_max_host_failures_to_tolerate", vec![])
+                .await?;
+            println!("{}", wire_text(&n));
+            Ok(())
+        }
+        Action::HostEmergencyHaDisable => {
+            let soft = !o.flags.iter().any(|f| f == "force");
+            s.call("host.emergency_ha_disable", vec![Value::Bool(soft)])
+                .await?;
+            Ok(())
+        }
     }
 }
 
@@ -843,10 +1080,113 @@ mod tests {
         assert_eq!(
             local,
             [
+                "host-emergency-ha-disable",
                 "pool-emergency-transition-to-master",
                 "pool-emergency-reset-master",
                 "pool-recover-slaves"
             ]
         );
+    }
+
+    #[test]
+    fn help_describes_the_ha_commands() {
+        let text = help(Some("pool-ha-enable")).unwrap();
+        assert!(
+            text.starts_with("command name            : pool-ha-enable\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reqd params     : heartbeat-sr-uuids\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("optional params : ha-config:timeout, ha-config:<key>\n"),
+            "{text}"
+        );
+        for name in [
+            "pool-ha-disable",
+            "pool-ha-compute-max-host-failures-to-tolerate",
+            "pool-param-set",
+            "vm-param-set",
+            "host-param-list",
+            "host-emergency-ha-disable",
+        ] {
+            assert!(help(Some(name)).is_ok(), "{name}");
+        }
+        let text = help(Some("host-emergency-ha-disable")).unwrap();
+        assert!(text.contains("optional params : --force"), "{text}");
+    }
+
+    #[test]
+    fn param_set_help_lists_exactly_what_the_planner_writes() {
+        assert_eq!(VM_PARAM_SET.keys(), VM_SETTABLE);
+        assert_eq!(POOL_PARAM_SET.keys(), POOL_SETTABLE);
+        for (name, set) in [
+            ("vm-param-set", &VM_PARAM_SET),
+            ("pool-param-set", &POOL_PARAM_SET),
+        ] {
+            let c = lookup(name).unwrap();
+            assert_eq!(set.command, name);
+            assert_eq!(c.required, [set.selector]);
+        }
+    }
+
+    #[test]
+    fn key_value_words_keep_their_order() {
+        let o = parse_args(args(
+            "vm-param-set uuid=u order=2 name-label=a=b ha-restart-priority= start-delay=3",
+        ))
+        .unwrap();
+        let keys: Vec<&str> = o.pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "uuid",
+                "order",
+                "name-label",
+                "ha-restart-priority",
+                "start-delay"
+            ]
+        );
+        assert_eq!(o.pairs[2].1, "a=b");
+        assert_eq!(o.pairs[3].1, "");
+        assert_eq!(o.args["order"], "2");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_connecting() {
+        let check = |line: &str| {
+            let o = parse_args(args(line)).unwrap();
+            check_arguments(&o, lookup(&o.command).unwrap().action)
+        };
+        let e = check("vm-param-set uuid=u order=abc")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("order=abc: not a whole number"), "{e}");
+        let e = check("vm-param-set uuid=u colour=red")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot set colour"), "{e}");
+        let e = check("pool-param-set uuid=p ha-allow-overcommit=sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not true or false"), "{e}");
+        let e = check("pool-ha-enable heartbeat-sr-uuids=a ha-config:timeout=abc")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ha-config:timeout=abc"), "{e}");
+        assert!(check("pool-ha-enable heartbeat-sr-uuids=a,b ha-config:timeout=45").is_ok());
+        assert!(check("vm-param-set uuid=u order=1 ha-restart-priority=restart").is_ok());
+        assert!(check("host-list params=all").is_ok());
+    }
+
+    #[test]
+    fn host_metrics_live_is_computed_only_when_asked_for() {
+        let wants = |line: &str| wants_column(&parse_args(args(line)).unwrap(), HOST_METRICS_LIVE);
+        assert!(wants("host-list params=all"));
+        assert!(wants("host-list params=uuid,host-metrics-live"));
+        assert!(wants("host-list host-metrics-live=true"));
+        assert!(!wants("host-list"));
+        assert!(!wants("host-list params=uuid,name-label"));
     }
 }

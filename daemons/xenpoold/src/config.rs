@@ -47,6 +47,22 @@ pub struct Config {
     pub max_parked_per_session: usize,
     /// Long-polls one user may have parked at once, over all their sessions.
     pub max_parked_per_user: usize,
+    /// Where this host reaches the shared SR that serves as HA heartbeat SR, if not at the
+    /// location its PBD records (a host mounts shared storage where it likes).
+    pub heartbeat_sr_dir: Option<PathBuf>,
+    /// UDP port of the HA heartbeats (xha: 694), on the host's address and on every extra
+    /// heartbeat address.
+    pub ha_port: u16,
+    /// More addresses of this host to send and receive HA heartbeats on (other networks):
+    /// the host is cut off only when every path is.
+    pub ha_extra_addresses: Vec<IpAddr>,
+    /// The watchdog device HA uses to fence this host (e.g. `/dev/watchdog`). Unset (the
+    /// default), the HA daemon's process watchdog fences: it kills the toolstack and
+    /// destroys every domain of the host.
+    pub watchdog: Option<PathBuf>,
+    /// Random extra delay up to this many milliseconds on every HA heartbeat sent: network
+    /// jitter injected for measurements. 0 in production.
+    pub ha_inject_jitter_ms: u64,
 }
 
 impl Default for Config {
@@ -73,6 +89,11 @@ impl Default for Config {
             // the whole long-poll budget.
             max_parked_per_session: 64,
             max_parked_per_user: 512,
+            heartbeat_sr_dir: None,
+            ha_port: 694,
+            ha_extra_addresses: Vec::new(),
+            watchdog: None,
+            ha_inject_jitter_ms: 0,
         }
     }
 }

@@ -21,6 +21,9 @@
 //! - [`bootstrap`]: the first start of a host (a pool of one).
 //! - [`host_work`]: domain actions and VDI files, here or forwarded to their host.
 //! - [`ha`]: when the failover planner runs relative to the database lock.
+//! - [`ha_runtime`]: this host's HA daemon, the coordinator's lease, the redo log.
+//! - [`ha_pool`]: enabling, disabling and arming HA across the pool; carrying out the HA
+//!   daemons' decisions.
 //! - [`pool`]: joining, members, replication, coordinator transfer.
 //!
 //! The XenAPI:
@@ -36,6 +39,8 @@ pub mod config;
 pub mod conv;
 pub mod domains;
 pub mod ha;
+pub mod ha_pool;
+pub mod ha_runtime;
 pub mod host_files;
 pub mod host_work;
 pub mod liveness;
@@ -129,19 +134,26 @@ pub fn open_node_with(
         transport,
         transferring: tokio::sync::watch::channel(false).0,
         local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+        ha: crate::ha_runtime::HaRuntime::default(),
     });
     if let Role::Member { coordinator } = &role {
         node.state.set_write_gate(Some(coordinator.clone()));
     }
     if node.is_coordinator() {
-        reconcile(&node)?;
+        if xenpool_core::ha_enable::ha_enabled(&node.state.db()) {
+            // With HA on, a coordinator that restarts may have been replaced while it was
+            // down: it takes no write until the background loop has found out.
+            node.state.set_write_gate(Some(String::new()));
+        } else {
+            reconcile(&node)?;
+        }
     }
     Ok((node, new_password))
 }
 
 /// After a start, the database may say VMs run here that the hypervisor does not have (the
 /// host crashed or restarted): they are halted now.
-fn reconcile(node: &Node) -> anyhow::Result<()> {
+pub(crate) fn reconcile(node: &Node) -> anyhow::Result<()> {
     let host = node.state.host.clone();
     let running: Vec<String> = crate::domains::running_vm_uuids(&*node.hypervisor);
     let inputs = node.state.inputs();

@@ -59,6 +59,21 @@ struct Args {
     /// Long-polls one user may have parked at once.
     #[arg(long)]
     max_parked_per_user: Option<usize>,
+    /// Where this host reaches the HA heartbeat SR (default: its PBD's location).
+    #[arg(long)]
+    heartbeat_sr_dir: Option<PathBuf>,
+    /// UDP port of the HA heartbeats.
+    #[arg(long)]
+    ha_port: Option<u16>,
+    /// An extra address to send and receive HA heartbeats on (repeatable).
+    #[arg(long)]
+    ha_extra_address: Vec<IpAddr>,
+    /// Random extra delay (ms) on every HA heartbeat sent, for measurements.
+    #[arg(long)]
+    ha_inject_jitter_ms: Option<u64>,
+    /// The watchdog device HA fences with (default: the process watchdog).
+    #[arg(long)]
+    watchdog: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -115,6 +130,21 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.max_parked_per_user {
         c.max_parked_per_user = v;
+    }
+    if let Some(v) = &args.heartbeat_sr_dir {
+        c.heartbeat_sr_dir = Some(v.clone());
+    }
+    if let Some(v) = args.ha_port {
+        c.ha_port = v;
+    }
+    if !args.ha_extra_address.is_empty() {
+        c.ha_extra_addresses = args.ha_extra_address.clone();
+    }
+    if let Some(v) = args.ha_inject_jitter_ms {
+        c.ha_inject_jitter_ms = v;
+    }
+    if let Some(v) = &args.watchdog {
+        c.watchdog = Some(v.clone());
     }
     Ok(c)
 }

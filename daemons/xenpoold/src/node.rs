@@ -34,6 +34,8 @@ pub struct Node {
     /// Sessions from `session.slave_local_login_with_password`: kept by this host only, so
     /// a member can be administered while its coordinator is gone.
     pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::session::Caller>>,
+    /// HA on this host: its HA daemon, lease and redo log.
+    pub ha: crate::ha_runtime::HaRuntime,
 }
 
 impl std::fmt::Debug for Node {

@@ -40,26 +40,53 @@ pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver
         // Only a coordinator that has just started asks whether it was replaced while it
         // was down; one that became coordinator by a transfer knows it was not.
         let mut started = true;
+        let mut failed_polls = 0u32;
+        let mut next_rearm = Instant::now();
         loop {
             if *stop.borrow() {
                 return;
             }
             match node.role() {
                 Role::Coordinator => {
-                    if std::mem::take(&mut started) {
+                    if started {
                         // A coordinator that was down may have been replaced meanwhile.
                         if let Some(other) = find_other_coordinator(&node).await {
                             tracing::warn!(coordinator = %other, "another host coordinates this pool; following it");
                             if let Err(e) = become_member(&node, &other) {
                                 tracing::error!(error = %e, "could not step down");
                             }
+                            started = false;
                             continue;
                         }
+                        if xenpool_core::ha_enable::ha_enabled(&node.state.db()) {
+                            // With HA on, hosts that still heartbeat on the statefile are
+                            // a pool that lives on without this host: wait to be found
+                            // and armed by it rather than take over.
+                            if crate::ha_pool::statefile_in_use(&node).await {
+                                tracing::warn!("the HA statefile is in use by other hosts; waiting for the pool's coordinator");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                    _ = stop.changed() => {}
+                                }
+                                continue;
+                            }
+                            node.state.set_write_gate(None);
+                            if let Err(e) = crate::reconcile(&node) {
+                                tracing::error!(error = %e, "could not reconcile the database");
+                            }
+                        }
+                        started = false;
                     }
                     if !std::mem::replace(&mut coordinating, true) {
                         node.liveness.reset();
                     }
-                    liveness_tick(&node);
+                    if !node.ha.is_armed() {
+                        liveness_tick(&node);
+                    }
+                    if Instant::now() >= next_rearm {
+                        next_rearm = Instant::now() + Duration::from_secs(2);
+                        crate::ha_pool::rearm_if_needed(&node).await;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                         _ = stop.changed() => {}
@@ -70,9 +97,24 @@ pub fn start_background(node: &Arc<Node>, mut stop: tokio::sync::watch::Receiver
                     coordinating = false;
                     tokio::select! {
                         r = replicate_once(&node, &coordinator) => {
-                            if let Err(e) = r {
-                                tracing::debug!(error = %e, "replication poll failed");
-                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            match r {
+                                Ok(()) => failed_polls = 0,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "replication poll failed");
+                                    failed_polls += 1;
+                                    // The coordinator may be gone for good (this host was
+                                    // down while another took over): ask the others. With
+                                    // HA armed, the HA daemon says whom to follow.
+                                    if failed_polls % 5 == 0 && !node.ha.is_armed() {
+                                        if let Some(other) = find_other_coordinator(&node).await {
+                                            if other != coordinator {
+                                                tracing::warn!(coordinator = %other, "following the pool's coordinator");
+                                                let _ = become_member(&node, &other);
+                                            }
+                                        }
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                }
                             }
                         }
                         _ = stop.changed() => {}
@@ -159,7 +201,14 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
                         coordinator: coordinator.to_string(),
                     };
                 let me = node.config.address.to_string();
-                if let Some(addr) = e.params.first().filter(|a| **a != me && still_following) {
+                // With HA armed, the HA daemon alone says whom to follow: during an
+                // election the successor still names the old coordinator for a moment.
+                let armed = node.ha.is_armed();
+                if let Some(addr) = e
+                    .params
+                    .first()
+                    .filter(|a| **a != me && !a.is_empty() && still_following && !armed)
+                {
                     tracing::info!(coordinator = %addr, "following the new coordinator");
                     let _ = node.set_role(Role::Member {
                         coordinator: addr.clone(),
@@ -600,6 +649,7 @@ async fn find_other_coordinator(node: &Node) -> Option<String> {
         .filter(|(r, _)| **r != node.state.host)
         .map(|(_, h)| h.address.clone())
         .collect();
+    let mut seen = None;
     for address in others {
         let answer = node
             .transport
@@ -617,11 +667,13 @@ async fn find_other_coordinator(node: &Node) -> Option<String> {
             .and_then(crate::host_files::parse_role)
         {
             Some(Role::Coordinator) if address != me => return Some(address),
-            Some(Role::Member { coordinator }) if coordinator != me => return Some(coordinator),
+            Some(Role::Member { coordinator }) if coordinator != me && !coordinator.is_empty() => {
+                seen.get_or_insert(coordinator);
+            }
             _ => {}
         }
     }
-    None
+    seen
 }
 
 /// While a coordinator hands over, new calls wait for the outcome instead of bouncing

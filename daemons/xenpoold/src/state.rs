@@ -59,6 +59,18 @@ pub struct State {
     recent: Mutex<VecDeque<Arc<WriteBatch>>>,
     /// Makes commits durable; `None` for a database that is not persisted.
     writer: Option<GroupCommit>,
+    /// What a durable write must pass before it is acknowledged (HA: the redo log and the
+    /// coordinator's lease).
+    ack_guard: RwLock<Option<Arc<dyn AckGuard>>>,
+}
+
+/// A condition every write must meet, once durable on this host, before its caller is
+/// answered. With HA on, the write must also be in the redo log on the heartbeat SR, and
+/// the coordinator must still hold its lease (a coordinator whose lease ran out may already
+/// have been replaced by one that replayed the log without this write).
+pub trait AckGuard: Send + Sync {
+    /// `Ok` when every write up to `generation` may be acknowledged.
+    fn before_ack(&self, state: &State, generation: u64) -> Result<(), CoreError>;
 }
 
 /// How many recent batches a coordinator keeps for members that fall behind; older gaps
@@ -155,6 +167,7 @@ impl State {
             write_gate: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
             writer,
+            ack_guard: RwLock::new(None),
         }
     }
 
@@ -238,7 +251,7 @@ impl State {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<T, CoreError>,
     ) -> Result<T, CoreError> {
-        let (value, ticket) = {
+        let (value, ticket, generation) = {
             let mut db = self.db_mut();
             // Checked under the database lock, so once the gate closes no commit slips past it.
             if let Some(coordinator) = self
@@ -267,10 +280,31 @@ impl State {
                 }
                 self.submit(batch)
             };
-            (value, ticket)
+            (value, ticket, db.generation())
         };
         self.wait_durable(ticket)?;
+        let guard = self
+            .ack_guard
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(guard) = guard {
+            blocking(|| guard.before_ack(self, generation))?;
+        }
         Ok(value)
+    }
+
+    /// Sets (or clears) what every write must pass before it is acknowledged.
+    pub fn set_ack_guard(&self, guard: Option<Arc<dyn AckGuard>>) {
+        *self.ack_guard.write().unwrap_or_else(|e| e.into_inner()) = guard;
+    }
+
+    /// The write gate: `Some(coordinator address)` while this host takes no write.
+    pub fn write_gate(&self) -> Option<String> {
+        self.write_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Closes (with the coordinator's address) or opens the write gate. Returns the

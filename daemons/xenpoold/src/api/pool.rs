@@ -14,22 +14,27 @@ fn int(v: i64, ints: IntStyle) -> Wire {
 }
 
 /// The pool methods routed here (see `api::ROUTES`).
-pub const METHODS: &[(&str, &[&str])] = &[(
-    "pool",
-    &[
-        "ha_compute_max_host_failures_to_tolerate",
-        "ha_compute_hypothetical_max_host_failures_to_tolerate",
-        "ha_compute_vm_failover_plan",
-        "set_ha_host_failures_to_tolerate",
-        "join",
-        "join_force",
-        "eject",
-        "designate_new_master",
-        "emergency_transition_to_master",
-        "emergency_reset_master",
-        "recover_slaves",
-    ],
-)];
+pub const METHODS: &[(&str, &[&str])] = &[
+    (
+        "pool",
+        &[
+            "enable_ha",
+            "disable_ha",
+            "ha_compute_max_host_failures_to_tolerate",
+            "ha_compute_hypothetical_max_host_failures_to_tolerate",
+            "ha_compute_vm_failover_plan",
+            "set_ha_host_failures_to_tolerate",
+            "join",
+            "join_force",
+            "eject",
+            "designate_new_master",
+            "emergency_transition_to_master",
+            "emergency_reset_master",
+            "recover_slaves",
+        ],
+    ),
+    ("host", &["emergency_ha_disable"]),
+];
 
 /// Pool calls between hosts that travel on a session: routed, never advertised.
 pub const INTERNAL_METHODS: &[(&str, &[&str])] = &[("pool", &["xenpool_add_host"])];
@@ -43,6 +48,33 @@ impl Api {
         let node = self.node();
         let m = req.message.as_str();
         Ok(Some(match m {
+            "enable_ha" => {
+                let mut p = req.reader(3)?;
+                p.value()?;
+                let srs: Vec<Ref> = p
+                    .array("heartbeat_srs")?
+                    .iter()
+                    .filter_map(|v| v.as_str().map(|s| Ref::from_string(s.to_string())))
+                    .collect();
+                let configuration: BTreeMap<String, String> = p
+                    .string_map("configuration")?
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                crate::ha_pool::enable_ha(node, &srs, &configuration).await?;
+                Wire::String(String::new())
+            }
+            "disable_ha" => {
+                req.reader(1)?;
+                crate::ha_pool::disable_ha(node).await?;
+                Wire::String(String::new())
+            }
+            "emergency_ha_disable" => {
+                // host.emergency_ha_disable(soft): this host stops its HA daemon now,
+                // whatever the pool thinks (xapi's last resort).
+                node.ha_disarm();
+                Wire::String(String::new())
+            }
             "ha_compute_max_host_failures_to_tolerate" => {
                 req.reader(1)?;
                 let input = xenpool_ha::pool_input::planner_input(&node.state.db());
@@ -390,6 +422,48 @@ impl Api {
         Ok(recovered)
     }
 
+    /// Starts VMs where HA placed them, one after the other in the order given (the HA
+    /// daemon spaces them by their `start_delay`). Forced: the plan already accounts for
+    /// them. A failure is reported back at the next health check.
+    async fn ha_restart(&self, restarts: Vec<(Ref, Ref)>) {
+        let cx = Ctx {
+            caller: crate::session::Caller {
+                session: Ref::null(),
+                user: "HA".into(),
+                role: xenpool_core::rbac::Role::PoolAdmin,
+            },
+            ints: IntStyle::String,
+            encoding: xenpool_rpc::Encoding::Xml,
+            task: None,
+        };
+        for (vm, host) in restarts {
+            let r = self
+                .power_op(
+                    &cx,
+                    &vm,
+                    xenpool_core::VmOperation::StartOn,
+                    Some(host.clone()),
+                    false,
+                    true,
+                )
+                .await;
+            match r {
+                Ok(_) => tracing::info!(vm = %vm, host = %host, "HA restarted a VM"),
+                Err(e) => {
+                    tracing::warn!(vm = %vm, host = %host, error = %e, "HA could not restart a VM");
+                    let uuid = self
+                        .node()
+                        .state
+                        .db()
+                        .get::<xenpool_core::VmRecord>(&vm)
+                        .map(|v| v.uuid.clone())
+                        .unwrap_or_default();
+                    self.node().ha.start_failed(uuid);
+                }
+            }
+        }
+    }
+
     /// Host-to-host calls, authenticated by the pool secret instead of a session.
     pub(super) async fn internal_call(&self, req: &Request) -> ApiResult {
         let node = self.node();
@@ -441,7 +515,79 @@ impl Api {
             }
             ("pool", "xenpool_whois") => {
                 req.reader(1)?;
-                Ok(Wire::String(crate::host_files::role_text(&node.role())))
+                // A coordinator waiting to learn whether it was replaced does not claim
+                // the role yet.
+                let role = match node.role() {
+                    crate::node::Role::Coordinator if node.state.write_gate().is_some() => {
+                        crate::node::Role::Member {
+                            coordinator: String::new(),
+                        }
+                    }
+                    r => r,
+                };
+                Ok(Wire::String(crate::host_files::role_text(&role)))
+            }
+            ("host", "xenpool_ha_prepare") => {
+                req.reader(1)?;
+                let prepared = node.ha_prepare().map_err(api_error)?;
+                let text = serde_json::to_string(&prepared)
+                    .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+                Ok(Wire::String(text))
+            }
+            ("host", "xenpool_ha_arm") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let arming: xenpool_ha::arming::Arming = serde_json::from_str(p.string("arming")?)
+                    .map_err(|e| XenApiError::new("INVALID_VALUE", ["arming", &e.to_string()]))?;
+                node.ha_arm(arming).await.map_err(api_error)?;
+                void()
+            }
+            ("host", "xenpool_ha_disarm") => {
+                req.reader(1)?;
+                node.ha_disarm();
+                void()
+            }
+            ("host", "xenpool_ha_health") => {
+                req.reader(1)?;
+                let report = node.ha_health();
+                let text = serde_json::to_string(&report)
+                    .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+                Ok(Wire::String(text))
+            }
+            ("host", "xenpool_ha_event") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let event: xenpool_ha::arming::HaEvent = serde_json::from_str(p.string("event")?)
+                    .map_err(|e| {
+                    XenApiError::new("INVALID_VALUE", ["event", &e.to_string()])
+                })?;
+                match node.ha_event(event)? {
+                    Some(crate::ha_pool::HaFollowUp::Restart(restarts)) => {
+                        let api = self.clone();
+                        tokio::spawn(async move { api.ha_restart(restarts).await });
+                    }
+                    Some(crate::ha_pool::HaFollowUp::BecomeCoordinator) => {
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            // Retried while still elected: the heartbeat SR may be slow
+                            // to answer for a moment.
+                            for _ in 0..60 {
+                                match node.ha_become_coordinator() {
+                                    Ok(()) => return,
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "could not take the coordinator role")
+                                    }
+                                }
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                                if !node.ha.is_armed() {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                    None => {}
+                }
+                void()
             }
             ("pool", "xenpool_reset_master") => {
                 let mut p = req.reader(2)?;

@@ -423,7 +423,7 @@ impl Api {
             .write(|txn| refresh_vm_allowed_operations(txn, vm).map(|_| ()));
     }
 
-    async fn power_op(
+    pub(super) async fn power_op(
         &self,
         cx: &Ctx,
         vm: &Ref,
