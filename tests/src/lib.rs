@@ -728,9 +728,12 @@ pub mod ha {
         /// its own ([`HaPool::links`]) and labels its stderr with its name.
         pub async fn start(net: Net<'_>, o: &HaOptions) -> HaPool {
             let n = o.hosts;
+            // xenpoold runs the HA daemon found next to it: build it too if it is missing.
+            crate::binary("xenpool-had");
             let dir = tempfile::tempdir().unwrap();
             let shared = dir.path().join("shared");
             std::fs::create_dir_all(&shared).unwrap();
+            let shared_text = shared.to_str().unwrap().to_string();
             let addrs: Vec<IpAddr> = (0..n).map(|i| net.addr(i)).collect();
             let (http, https, ha) = match &net {
                 Net::Loopback(_) => (
@@ -754,12 +757,15 @@ pub mod ha {
                 let mut flags = vec![
                     "--sim-delay-ms",
                     "0",
-                    "--shared-sr",
+                    "--heartbeat-sr-dir",
                     link_text.as_str(),
                     "--ha-port",
                     ha_port.as_str(),
                 ];
-                if i > 0 {
+                if i == 0 {
+                    // The pool's shared SR; members get a PBD for it when they join.
+                    flags.extend(["--shared-sr", shared_text.as_str()]);
+                } else {
                     flags.push("--no-demo");
                 }
                 flags.extend(o.extra.iter().map(String::as_str));
