@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 DIR=${XENPOOL_LOCAL_DIR:-$PWD/target/local-pool}
 HTTP_PORT=${XENPOOL_HTTP_PORT:-8080}
 HTTPS_PORT=${XENPOOL_HTTPS_PORT:-8443}
+# HA heartbeats (xha's port is 694, which needs root).
+HA_PORT=${XENPOOL_HA_PORT:-8694}
 
-cargo build --release --locked -p xenpoold -p xenpool-cli
+cargo build --release --locked -p xenpoold -p xenpool-had -p xenpool-cli
 BIN=$PWD/target/release
 
 rm -rf "$DIR"
@@ -25,7 +27,8 @@ trap cleanup EXIT INT TERM
 start() { # index, extra flags...
     local i=$1; shift
     "$BIN/xenpoold" --data-dir "$DIR/host$i" --address "127.0.0.$i" \
-        --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" --host-name "host$i" "$@" \
+        --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" --ha-port "$HA_PORT" \
+        --host-name "host$i" "$@" \
         > "$DIR/host$i.out" 2> "$DIR/host$i.log" &
     pids+=($!)
     for _ in $(seq 1 100); do

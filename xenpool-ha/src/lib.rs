@@ -208,6 +208,7 @@
 //!   figures.
 //! - [`arming`]: what a host's toolstack and HA daemon tell each other ([`arming::Arming`],
 //!   [`arming::HaEvent`], [`arming::HealthReport`]).
+//! - [`wire`]: the byte codecs of heartbeats and statefile slots, tagged with the arming.
 //! - `error`: [`HaError`].
 #![deny(missing_docs)]
 
@@ -229,6 +230,7 @@ pub mod survival;
 mod timeouts;
 mod tolerance;
 mod tool;
+pub mod wire;
 
 pub use contact::ContactLiveness;
 pub use error::HaError;
