@@ -922,25 +922,39 @@ pub mod ha {
         pub async fn wait_armed(&self, which: &[usize]) {
             let alive: Vec<usize> = which.to_vec();
             let c = self.coordinator_client(&alive).await;
-            let ok = wait_for(WAIT, || async {
-                for &i in which {
-                    self.hosts[i].ha_daemon()?;
-                    if !host_live(&c, &self.host_refs[i]).await? {
-                        return None;
-                    }
+            let mut last = String::new();
+            let start = Instant::now();
+            while start.elapsed() < WAIT {
+                let (armed, state) = self.arming_state(&c, which).await;
+                if armed {
+                    return;
                 }
-                let pool = first(call(&c, "pool.get_all", vec![]).await.ok()?);
-                (call(&c, "pool.get_ha_enabled", vec![s(&pool)]).await.ok()? == Value::Bool(true))
-                    .then_some(())
-            })
-            .await;
-            if ok.is_none() {
-                let state: Vec<String> = which
-                    .iter()
-                    .map(|&i| format!("{}: had {:?}", self.names[i], self.hosts[i].ha_daemon()))
-                    .collect();
-                panic!("HA did not arm: {state:?}");
+                last = state;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            panic!("HA did not arm on {which:?}: {last}");
+        }
+
+        /// Whether every host of `which` runs its HA daemon and is live, and HA is on; and
+        /// what each of these says.
+        async fn arming_state(&self, c: &Client, which: &[usize]) -> (bool, String) {
+            let mut ok = true;
+            let mut state = Vec::new();
+            for &i in which {
+                let had = self.hosts[i].ha_daemon();
+                let live = host_live(c, &self.host_refs[i]).await;
+                ok &= had.is_some() && live == Some(true);
+                state.push(format!("{}: had {had:?}, live {live:?}", self.names[i]));
+            }
+            let enabled = match call(c, "pool.get_all", vec![]).await {
+                Ok(pools) => call(c, "pool.get_ha_enabled", vec![s(&first(pools))])
+                    .await
+                    .map_err(|e| api_code(&e)),
+                Err(e) => Err(api_code(&e)),
+            };
+            ok &= matches!(enabled, Ok(Value::Bool(true)));
+            state.push(format!("ha_enabled {enabled:?}"));
+            (ok, state.join("; "))
         }
 
         /// Of the hosts `alive`, waits until exactly one accepts a login and every other

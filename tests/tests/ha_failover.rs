@@ -301,11 +301,13 @@ fn ha_heartbeat_sr_lost_nobody_fences_while_the_network_holds() {
         pool.none_fenced(&all);
         // Every host loses it.
         let moved = pool.shared.with_extension("away");
+        let lost = Instant::now();
         std::fs::rename(&pool.shared, &moved).unwrap();
         tokio::time::sleep(observe).await;
         pool.none_fenced(&all);
         assert_eq!(pool.one_coordinator(&all).await, 0);
         // Back.
+        let back = Instant::now();
         std::fs::rename(&moved, &pool.shared).unwrap();
         std::os::unix::fs::symlink(&pool.shared, &pool.links[2]).unwrap();
         let restored = Instant::now();
@@ -317,11 +319,16 @@ fn ha_heartbeat_sr_lost_nobody_fences_while_the_network_holds() {
                 assert!(pool.hosts[i].domains().contains(uuid));
             }
         }
+        let while_lost = writer
+            .acked()
+            .iter()
+            .filter(|(_, at)| *at > lost && *at < back)
+            .count();
         let writes = writer.finish(&pool, &all).await;
         checker.finish();
         report(&format!(
             "heartbeat SR lost for one host then all, {} each (T = {T} s): no fence; \
-             {writes} writes kept",
+             {while_lost} writes acknowledged while no host reached it; {writes} writes kept",
             secs(observe)
         ));
     });
