@@ -25,9 +25,19 @@ pub const REDO_DIR: &str = "ha-redo-log";
 /// Prefix of statefile names inside the heartbeat SR.
 const STATEFILE_PREFIX: &str = "ha-statefile-";
 
-/// Work an HA decision leaves for the caller to run apart.
+/// Work an HA decision leaves for the caller to run apart, in order: it writes to the
+/// database, which waits for the HA daemon's next lease report.
 #[derive(Debug)]
 pub enum HaFollowUp {
+    /// Record this liveset (`host.uuid`s).
+    Liveset(Vec<String>),
+    /// Raise this message (and act on `HA_HOST_FAILED`).
+    Message {
+        /// Its name.
+        name: String,
+        /// The host or VM it is about (UUID).
+        obj: String,
+    },
     /// Replay the redo log and take the coordinator role.
     BecomeCoordinator,
     /// Start these VMs on these hosts, in order.
@@ -143,9 +153,10 @@ impl Node {
 
     /// The answer to the HA daemon's health check.
     pub fn ha_health(&self) -> xenpool_ha::arming::HealthReport {
-        let running = {
+        let (running, vms) = {
             let db = self.state.db();
-            db.all::<VmRecord>()
+            let running = db
+                .all::<VmRecord>()
                 .filter(|(_, v)| {
                     matches!(v.power_state, VmPowerState::Running | VmPowerState::Paused)
                         && !v.resident_on.is_null()
@@ -154,9 +165,12 @@ impl Node {
                     let host = db.get::<HostRecord>(&v.resident_on).ok()?;
                     Some((v.uuid.clone(), host.uuid.clone()))
                 })
-                .collect()
+                .collect();
+            (running, armed_vms(&db))
         };
-        self.ha.health(running)
+        let mut report = self.ha.health(running);
+        report.vms = vms;
+        report
     }
 
     /// Carries out one decision of this host's HA daemon. What takes time is returned for
@@ -168,13 +182,18 @@ impl Node {
                 tracing::info!(%generation, "HA armed");
                 self.ha.set_armed(generation);
             }
-            HaEvent::Lease { write_until_ms, .. } => self.ha.set_lease(write_until_ms),
+            HaEvent::Lease {
+                write_until_ms,
+                watchdog_ms,
+            } => {
+                // A host past its watchdog deadline is fenced, whatever its lease says.
+                self.ha
+                    .set_lease(write_until_ms.map(|w| w.min(watchdog_ms)))
+            }
             HaEvent::Liveset { epoch, live } => {
                 tracing::info!(epoch, ?live, "HA liveset changed");
                 self.ha.set_liveset(live.clone());
-                if self.is_coordinator() {
-                    self.record_liveset(&live);
-                }
+                return Ok(Some(HaFollowUp::Liveset(live)));
             }
             HaEvent::BecomeCoordinator => return Ok(Some(HaFollowUp::BecomeCoordinator)),
             HaEvent::FollowCoordinator { host } => {
@@ -207,7 +226,7 @@ impl Node {
                 }
                 return Ok(Some(HaFollowUp::Restart(out)));
             }
-            HaEvent::Message { name, obj } => self.ha_message(&name, &obj),
+            HaEvent::Message { name, obj } => return Ok(Some(HaFollowUp::Message { name, obj })),
             HaEvent::Fencing { reason } => {
                 tracing::error!(%reason, "HA: this host fences now");
             }
@@ -217,7 +236,10 @@ impl Node {
 
     /// Records a liveset on the coordinator: `host_metrics.live` and
     /// `host.ha_network_peers` of every host.
-    fn record_liveset(&self, live: &[String]) {
+    pub fn record_liveset(&self, live: &[String]) {
+        if !self.is_coordinator() {
+            return;
+        }
         let live: BTreeSet<&str> = live.iter().map(String::as_str).collect();
         let inputs = self.state.inputs();
         let result = self.state.write(|txn| {
@@ -258,7 +280,7 @@ impl Node {
 
     /// A message of the HA daemon; `HA_HOST_FAILED` also means the host is surely fenced
     /// now: it is not live and its VMs are halted.
-    fn ha_message(&self, name: &str, obj: &str) {
+    pub fn ha_message(&self, name: &str, obj: &str) {
         if !self.is_coordinator() {
             tracing::warn!(message = name, %obj, "HA message on a member (not recorded)");
             return;

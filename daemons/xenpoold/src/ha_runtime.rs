@@ -224,6 +224,7 @@ impl HaRuntime {
         HealthReport {
             running,
             failed_starts: std::mem::take(&mut *lock(&self.failed_starts)),
+            vms: Vec::new(),
         }
     }
 
