@@ -831,3 +831,24 @@ pub async fn statefile_in_use(node: &Node) -> bool {
     let after = read(&files);
     before != after
 }
+
+/// Watches this host's HA daemon: if it exits while armed (killed, crashed) nothing would
+/// fence this host any more, so the toolstack fences it itself, as the HA daemon would:
+/// every domain destroyed, then exit.
+pub fn watch_ha_daemon(node: std::sync::Arc<Node>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if node.ha.daemon_exited() {
+                eprintln!("xenpoold: the HA daemon of this host exited while armed; fencing");
+                tracing::error!("the HA daemon exited while armed: fencing this host");
+                if let Ok(domains) = node.hypervisor.list() {
+                    for d in domains.iter().filter(|d| d.domid != xenpool_xen::DomId(0)) {
+                        let _ = node.hypervisor.destroy(d.domid);
+                    }
+                }
+                std::process::exit(75);
+            }
+        }
+    });
+}
