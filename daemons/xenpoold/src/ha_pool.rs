@@ -704,10 +704,18 @@ pub async fn rearm_if_needed(node: &Node) {
     if !node.is_coordinator() || !xenpool_core::ha_enable::ha_enabled(&node.state.db()) {
         return;
     }
-    let Some(arming) = node.ha.arming() else {
-        return;
+    let armed = node.ha.arming();
+    let live: BTreeSet<String> = match &armed {
+        Some(_) => node.ha.liveset().into_iter().collect(),
+        // HA is on but nothing is armed: the whole pool was down. Arm again once another
+        // host is back.
+        None => node
+            .state
+            .db()
+            .get::<HostRecord>(&node.state.host)
+            .map(|h| BTreeSet::from([h.uuid.clone()]))
+            .unwrap_or_default(),
     };
-    let live: BTreeSet<String> = node.ha.liveset().into_iter().collect();
     if live.is_empty() {
         return;
     }
@@ -732,21 +740,38 @@ pub async fn rearm_if_needed(node: &Node) {
             .map(|(r, _)| r.clone())
             .collect()
     };
-    let (timeout, external_manager, sr) = {
+    let heartbeat_sr = {
+        let db = node.state.db();
+        let from_arming = armed
+            .as_ref()
+            .and_then(|a| db.ref_by_uuid(Class::SR, &a.heartbeat_sr).ok().cloned());
+        // After a restart: the SR holding the statefile VDI the pool records.
+        from_arming.or_else(|| {
+            db.all::<PoolRecord>().next().and_then(|(_, p)| {
+                p.ha_statefiles
+                    .iter()
+                    .filter_map(|v| db.get::<VdiRecord>(&Ref::from_string(v.clone())).ok())
+                    .map(|v| v.SR.clone())
+                    .next()
+            })
+        })
+    };
+    let Some(heartbeat_sr) = heartbeat_sr else {
+        tracing::warn!("HA is on but no heartbeat SR is recorded; not arming");
+        return;
+    };
+    let (timeout, external_manager) = {
         let db = node.state.db();
         let Some((_, pool)) = db.all::<PoolRecord>().next() else {
             return;
         };
-        let Ok((timeout, external)) =
-            xenpool_core::ha_enable::parse_configuration(&pool.ha_configuration)
+        let Ok(settings) = xenpool_core::ha_enable::parse_configuration(&pool.ha_configuration)
         else {
             return;
         };
-        let Ok(sr) = db.ref_by_uuid(Class::SR, &arming.heartbeat_sr) else {
-            return;
-        };
-        (timeout, external, sr.clone())
+        settings
     };
+    let sr = heartbeat_sr;
     tracing::info!(
         hosts = returned.len(),
         "HA: arming the pool again with returning hosts"
@@ -767,8 +792,8 @@ pub async fn rearm_if_needed(node: &Node) {
         tracing::warn!(error = %e, "cannot arm the pool again");
         return;
     }
-    if let Ok(dir) = node.heartbeat_sr_dir() {
-        let _ = std::fs::write(dir.join(format!("{}.superseded", arming.statefile)), b"");
+    if let (Ok(dir), Some(old)) = (node.heartbeat_sr_dir(), &armed) {
+        let _ = std::fs::write(dir.join(format!("{}.superseded", old.statefile)), b"");
     }
     let _ = node.state.write(|txn| {
         let all: Vec<Ref> = txn
@@ -784,6 +809,13 @@ pub async fn rearm_if_needed(node: &Node) {
             .unwrap_or_default();
         for h in all {
             txn.update::<HostRecord>(&h, |r| r.ha_statefiles = statefiles.clone())?;
+        }
+        // The statefile VDI now names the new arming's file.
+        for v in &statefiles {
+            let v = Ref::from_string(v.clone());
+            if txn.db().exists(Class::VDI, &v) {
+                txn.update::<VdiRecord>(&v, |d| d.location = new.statefile.clone())?;
+            }
         }
         Ok(())
     });

@@ -263,6 +263,11 @@ impl Api {
                 // objects and receives the pool database and the pool secret.
                 let mut p = req.reader(2)?;
                 p.value()?;
+                // xapi refuses to grow a pool while HA is on: the new host would be in no
+                // liveset and protected by no plan.
+                if xenpool_core::ha_enable::ha_enabled(&node.state.db()) {
+                    return Err(api_error(CoreError::HaIsEnabled));
+                }
                 let objects: Vec<xenpool_core::persist::StoredObject> =
                     serde_json::from_str(p.string("objects")?).map_err(|e| {
                         XenApiError::new("INVALID_VALUE", ["objects", &e.to_string()])
