@@ -792,6 +792,21 @@ pub async fn rearm_if_needed(node: &Node) {
         tracing::warn!(error = %e, "cannot arm the pool again");
         return;
     }
+    for host in &returned {
+        let uuid = node
+            .state
+            .db()
+            .get::<HostRecord>(host)
+            .map(|h| h.uuid.clone())
+            .unwrap_or_default();
+        let _ = node.raise_message(
+            "HA_HOST_WAS_FENCED",
+            message_priority("HA_HOST_WAS_FENCED"),
+            MessageClass::Host,
+            &uuid,
+            "The host was given up by the pool and fenced; it has rejoined and is protected again.",
+        );
+    }
     if let (Ok(dir), Some(old)) = (node.heartbeat_sr_dir(), &armed) {
         let _ = std::fs::write(dir.join(format!("{}.superseded", old.statefile)), b"");
     }
