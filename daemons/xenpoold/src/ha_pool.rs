@@ -792,7 +792,7 @@ pub async fn rearm_if_needed(node: &Node) {
         tracing::warn!(error = %e, "cannot arm the pool again");
         return;
     }
-    for host in &returned {
+    for host in returned.iter().filter(|_| armed.is_some()) {
         let uuid = node
             .state
             .db()
