@@ -75,6 +75,22 @@ pub struct Arming {
 }
 
 impl Arming {
+    /// A VM as the state machine takes it; `None` for a bad priority.
+    pub fn vm_spec(&self, v: &ArmedVm) -> Option<VmSpec> {
+        let on = match &v.on {
+            Some(h) => Some(self.index_of(h)?),
+            None => None,
+        };
+        Some(VmSpec {
+            name: v.uuid.clone(),
+            memory: v.memory,
+            on,
+            priority: v.priority.parse().ok()?,
+            order: v.order,
+            start_delay: v.start_delay,
+        })
+    }
+
     /// Index of a host in the arming.
     pub fn index_of(&self, host_uuid: &str) -> Option<usize> {
         self.hosts.iter().position(|h| h.uuid == host_uuid)
@@ -277,6 +293,9 @@ pub struct HealthReport {
     pub running: Vec<(String, String)>,
     /// VMs whose ordered restart failed since the last report.
     pub failed_starts: Vec<String>,
+    /// Every VM's HA settings now, as [`armed_vms`] gives them.
+    #[serde(default)]
+    pub vms: Vec<ArmedVm>,
 }
 
 #[cfg(test)]

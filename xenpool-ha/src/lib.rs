@@ -24,7 +24,7 @@
 //! - Inputs ([`Input`]): a heartbeat (from whom, on which path, with the sender's epoch,
 //!   liveset and acknowledgements), the statefile slots read (or the read failing), the
 //!   result of writing the own slot, the toolstack health answer, VM-running / start-failed
-//!   reports from the pool database, a tick.
+//!   reports and VM HA settings from the pool database, a tick.
 //! - Outputs ([`Action`]): send a heartbeat, write the own slot, read the statefile, check
 //!   the toolstack, arm/feed/stop the watchdog, fence now, liveset changed, become
 //!   coordinator / follow coordinator X, restart these VMs on these hosts, raise a message.

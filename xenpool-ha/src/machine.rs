@@ -132,6 +132,9 @@ pub enum Input {
         /// Host index.
         host: usize,
     },
+    /// The pool database changed a VM's HA settings (priority, order, start delay,
+    /// memory), or HA learns of a VM created since it was armed.
+    VmSpec(VmSpec),
     /// A start ordered by [`Action::RestartVms`] failed.
     VmStartFailed {
         /// VM name.
@@ -360,6 +363,7 @@ impl HostMachine {
             }
             Input::VmRunning { vm, host } => self.book.running(&vm, host),
             Input::VmStartFailed { vm } => self.book.start_failed(&vm, now),
+            Input::VmSpec(spec) => self.book.update(spec),
             Input::Tick => {}
         }
         if self.phase == Phase::Fenced {

@@ -120,6 +120,31 @@ impl RestartBook {
         self.queue.retain(|(_, v, _)| v != vm);
     }
 
+    /// New HA settings of a VM; where it runs is learnt from running reports, not here.
+    pub(crate) fn update(&mut self, spec: VmSpec) {
+        match self.vms.get_mut(&spec.name) {
+            Some(r) => {
+                r.spec.priority = spec.priority;
+                r.spec.order = spec.order;
+                r.spec.start_delay = spec.start_delay;
+                r.spec.memory = spec.memory;
+                // Halted by its owner since: nothing to restart if its host fails.
+                if spec.on.is_none() && matches!(r.state, VmState::Running(_)) {
+                    r.state = VmState::Halted;
+                }
+            }
+            None => {
+                let state = match spec.on {
+                    Some(h) if h < self.hosts.len() => VmState::Running(h),
+                    _ => VmState::Halted,
+                };
+                let home = spec.on.unwrap_or(0);
+                self.vms
+                    .insert(spec.name.clone(), VmRec { spec, state, home });
+            }
+        }
+    }
+
     pub(crate) fn start_failed(&mut self, vm: &str, now: Duration) {
         if let Some(r) = self.vms.get_mut(vm) {
             if let VmState::InFlight(_) = r.state {

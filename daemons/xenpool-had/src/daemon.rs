@@ -120,6 +120,7 @@ pub async fn run(config: HadConfig) -> Result<(), HadError> {
         health_in_flight: false,
         armed_sent: false,
         running: HashMap::new(),
+        specs: HashMap::new(),
         pending: VecDeque::new(),
     };
     d.pending.push_back(Input::Tick);
@@ -189,6 +190,8 @@ struct Daemon {
     armed_sent: bool,
     /// Where the toolstack last said each VM runs, to pass on changes only.
     running: HashMap<String, usize>,
+    /// The VMs' HA settings as last passed on.
+    specs: HashMap<String, xenpool_ha::arming::ArmedVm>,
     pending: VecDeque<Input>,
 }
 
@@ -268,6 +271,15 @@ impl Daemon {
         }
         for vm in report.failed_starts {
             self.pending.push_back(Input::VmStartFailed { vm });
+        }
+        for v in &report.vms {
+            if self.specs.get(&v.uuid) == Some(v) {
+                continue;
+            }
+            self.specs.insert(v.uuid.clone(), v.clone());
+            if let Some(spec) = self.arming.vm_spec(v) {
+                self.pending.push_back(Input::VmSpec(spec));
+            }
         }
     }
 

@@ -25,9 +25,19 @@ pub const REDO_DIR: &str = "ha-redo-log";
 /// Prefix of statefile names inside the heartbeat SR.
 const STATEFILE_PREFIX: &str = "ha-statefile-";
 
-/// Work an HA decision leaves for the caller to run apart.
+/// Work an HA decision leaves for the caller to run apart, in order: it writes to the
+/// database, which waits for the HA daemon's next lease report.
 #[derive(Debug)]
 pub enum HaFollowUp {
+    /// Record this liveset (`host.uuid`s).
+    Liveset(Vec<String>),
+    /// Raise this message (and act on `HA_HOST_FAILED`).
+    Message {
+        /// Its name.
+        name: String,
+        /// The host or VM it is about (UUID).
+        obj: String,
+    },
     /// Replay the redo log and take the coordinator role.
     BecomeCoordinator,
     /// Start these VMs on these hosts, in order.
@@ -143,9 +153,10 @@ impl Node {
 
     /// The answer to the HA daemon's health check.
     pub fn ha_health(&self) -> xenpool_ha::arming::HealthReport {
-        let running = {
+        let (running, vms) = {
             let db = self.state.db();
-            db.all::<VmRecord>()
+            let running = db
+                .all::<VmRecord>()
                 .filter(|(_, v)| {
                     matches!(v.power_state, VmPowerState::Running | VmPowerState::Paused)
                         && !v.resident_on.is_null()
@@ -154,9 +165,12 @@ impl Node {
                     let host = db.get::<HostRecord>(&v.resident_on).ok()?;
                     Some((v.uuid.clone(), host.uuid.clone()))
                 })
-                .collect()
+                .collect();
+            (running, armed_vms(&db))
         };
-        self.ha.health(running)
+        let mut report = self.ha.health(running);
+        report.vms = vms;
+        report
     }
 
     /// Carries out one decision of this host's HA daemon. What takes time is returned for
@@ -168,13 +182,18 @@ impl Node {
                 tracing::info!(%generation, "HA armed");
                 self.ha.set_armed(generation);
             }
-            HaEvent::Lease { write_until_ms, .. } => self.ha.set_lease(write_until_ms),
+            HaEvent::Lease {
+                write_until_ms,
+                watchdog_ms,
+            } => {
+                // A host past its watchdog deadline is fenced, whatever its lease says.
+                self.ha
+                    .set_lease(write_until_ms.map(|w| w.min(watchdog_ms)))
+            }
             HaEvent::Liveset { epoch, live } => {
                 tracing::info!(epoch, ?live, "HA liveset changed");
                 self.ha.set_liveset(live.clone());
-                if self.is_coordinator() {
-                    self.record_liveset(&live);
-                }
+                return Ok(Some(HaFollowUp::Liveset(live)));
             }
             HaEvent::BecomeCoordinator => return Ok(Some(HaFollowUp::BecomeCoordinator)),
             HaEvent::FollowCoordinator { host } => {
@@ -207,7 +226,7 @@ impl Node {
                 }
                 return Ok(Some(HaFollowUp::Restart(out)));
             }
-            HaEvent::Message { name, obj } => self.ha_message(&name, &obj),
+            HaEvent::Message { name, obj } => return Ok(Some(HaFollowUp::Message { name, obj })),
             HaEvent::Fencing { reason } => {
                 tracing::error!(%reason, "HA: this host fences now");
             }
@@ -217,7 +236,10 @@ impl Node {
 
     /// Records a liveset on the coordinator: `host_metrics.live` and
     /// `host.ha_network_peers` of every host.
-    fn record_liveset(&self, live: &[String]) {
+    pub fn record_liveset(&self, live: &[String]) {
+        if !self.is_coordinator() {
+            return;
+        }
         let live: BTreeSet<&str> = live.iter().map(String::as_str).collect();
         let inputs = self.state.inputs();
         let result = self.state.write(|txn| {
@@ -258,7 +280,7 @@ impl Node {
 
     /// A message of the HA daemon; `HA_HOST_FAILED` also means the host is surely fenced
     /// now: it is not live and its VMs are halted.
-    fn ha_message(&self, name: &str, obj: &str) {
+    pub fn ha_message(&self, name: &str, obj: &str) {
         if !self.is_coordinator() {
             tracing::warn!(message = name, %obj, "HA message on a member (not recorded)");
             return;
@@ -682,10 +704,18 @@ pub async fn rearm_if_needed(node: &Node) {
     if !node.is_coordinator() || !xenpool_core::ha_enable::ha_enabled(&node.state.db()) {
         return;
     }
-    let Some(arming) = node.ha.arming() else {
-        return;
+    let armed = node.ha.arming();
+    let live: BTreeSet<String> = match &armed {
+        Some(_) => node.ha.liveset().into_iter().collect(),
+        // HA is on but nothing is armed: the whole pool was down. Arm again once another
+        // host is back.
+        None => node
+            .state
+            .db()
+            .get::<HostRecord>(&node.state.host)
+            .map(|h| BTreeSet::from([h.uuid.clone()]))
+            .unwrap_or_default(),
     };
-    let live: BTreeSet<String> = node.ha.liveset().into_iter().collect();
     if live.is_empty() {
         return;
     }
@@ -710,21 +740,38 @@ pub async fn rearm_if_needed(node: &Node) {
             .map(|(r, _)| r.clone())
             .collect()
     };
-    let (timeout, external_manager, sr) = {
+    let heartbeat_sr = {
+        let db = node.state.db();
+        let from_arming = armed
+            .as_ref()
+            .and_then(|a| db.ref_by_uuid(Class::SR, &a.heartbeat_sr).ok().cloned());
+        // After a restart: the SR holding the statefile VDI the pool records.
+        from_arming.or_else(|| {
+            db.all::<PoolRecord>().next().and_then(|(_, p)| {
+                p.ha_statefiles
+                    .iter()
+                    .filter_map(|v| db.get::<VdiRecord>(&Ref::from_string(v.clone())).ok())
+                    .map(|v| v.SR.clone())
+                    .next()
+            })
+        })
+    };
+    let Some(heartbeat_sr) = heartbeat_sr else {
+        tracing::warn!("HA is on but no heartbeat SR is recorded; not arming");
+        return;
+    };
+    let (timeout, external_manager) = {
         let db = node.state.db();
         let Some((_, pool)) = db.all::<PoolRecord>().next() else {
             return;
         };
-        let Ok((timeout, external)) =
-            xenpool_core::ha_enable::parse_configuration(&pool.ha_configuration)
+        let Ok(settings) = xenpool_core::ha_enable::parse_configuration(&pool.ha_configuration)
         else {
             return;
         };
-        let Ok(sr) = db.ref_by_uuid(Class::SR, &arming.heartbeat_sr) else {
-            return;
-        };
-        (timeout, external, sr.clone())
+        settings
     };
+    let sr = heartbeat_sr;
     tracing::info!(
         hosts = returned.len(),
         "HA: arming the pool again with returning hosts"
@@ -745,8 +792,23 @@ pub async fn rearm_if_needed(node: &Node) {
         tracing::warn!(error = %e, "cannot arm the pool again");
         return;
     }
-    if let Ok(dir) = node.heartbeat_sr_dir() {
-        let _ = std::fs::write(dir.join(format!("{}.superseded", arming.statefile)), b"");
+    for host in returned.iter().filter(|_| armed.is_some()) {
+        let uuid = node
+            .state
+            .db()
+            .get::<HostRecord>(host)
+            .map(|h| h.uuid.clone())
+            .unwrap_or_default();
+        let _ = node.raise_message(
+            "HA_HOST_WAS_FENCED",
+            message_priority("HA_HOST_WAS_FENCED"),
+            MessageClass::Host,
+            &uuid,
+            "The host was given up by the pool and fenced; it has rejoined and is protected again.",
+        );
+    }
+    if let (Ok(dir), Some(old)) = (node.heartbeat_sr_dir(), &armed) {
+        let _ = std::fs::write(dir.join(format!("{}.superseded", old.statefile)), b"");
     }
     let _ = node.state.write(|txn| {
         let all: Vec<Ref> = txn
@@ -762,6 +824,13 @@ pub async fn rearm_if_needed(node: &Node) {
             .unwrap_or_default();
         for h in all {
             txn.update::<HostRecord>(&h, |r| r.ha_statefiles = statefiles.clone())?;
+        }
+        // The statefile VDI now names the new arming's file.
+        for v in &statefiles {
+            let v = Ref::from_string(v.clone());
+            if txn.db().exists(Class::VDI, &v) {
+                txn.update::<VdiRecord>(&v, |d| d.location = new.statefile.clone())?;
+            }
         }
         Ok(())
     });
@@ -808,4 +877,25 @@ pub async fn statefile_in_use(node: &Node) -> bool {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = read(&files);
     before != after
+}
+
+/// Watches this host's HA daemon: if it exits while armed (killed, crashed) nothing would
+/// fence this host any more, so the toolstack fences it itself, as the HA daemon would:
+/// every domain destroyed, then exit.
+pub fn watch_ha_daemon(node: std::sync::Arc<Node>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if node.ha.daemon_exited() {
+                eprintln!("xenpoold: the HA daemon of this host exited while armed; fencing");
+                tracing::error!("the HA daemon exited while armed: fencing this host");
+                if let Ok(domains) = node.hypervisor.list() {
+                    for d in domains.iter().filter(|d| d.domid != xenpool_xen::DomId(0)) {
+                        let _ = node.hypervisor.destroy(d.domid);
+                    }
+                }
+                std::process::exit(75);
+            }
+        }
+    });
 }

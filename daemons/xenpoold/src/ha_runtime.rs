@@ -224,6 +224,7 @@ impl HaRuntime {
         HealthReport {
             running,
             failed_starts: std::mem::take(&mut *lock(&self.failed_starts)),
+            vms: Vec::new(),
         }
     }
 
@@ -407,4 +408,101 @@ fn had_binary() -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join("xenpool-had")))
         .unwrap_or_else(|| PathBuf::from("xenpool-had"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use xenpool_core::{Database, HostRecord};
+
+    fn state() -> State {
+        State::new(
+            Database::new(),
+            Ref::from_string("OpaqueRef:me".to_string()),
+        )
+    }
+
+    fn create_host(state: &State, i: u32) -> Result<(), CoreError> {
+        state.write(|t| {
+            t.create(
+                Ref::from_string(format!("OpaqueRef:h{i}")),
+                HostRecord {
+                    uuid: format!("h{i}"),
+                    ..Default::default()
+                },
+            )
+        })
+    }
+
+    #[test]
+    fn an_acknowledged_write_is_in_the_redo_log_and_a_new_coordinator_replays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = state();
+        let ha = HaRuntime::default();
+        ha.guard_writes(&coordinator, dir.path().join("redo"));
+        ha.set_lease(Some(monotonic_ms() + 60_000));
+        for i in 0..5 {
+            create_host(&coordinator, i).unwrap();
+        }
+        // A member that saw none of it (its replication lagged) replays the log.
+        let member = state();
+        member.set_write_gate(Some("coordinator".into()));
+        let other = HaRuntime::default();
+        other.guard_writes(&member, dir.path().join("redo"));
+        let g = other.replay_redo(&member).unwrap();
+        assert_eq!(g, coordinator.db().generation());
+        for i in 0..5 {
+            let r = Ref::from_string(format!("OpaqueRef:h{i}"));
+            assert!(
+                member.db().get::<HostRecord>(&r).is_ok(),
+                "host {i} replayed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_coordinator_without_a_lease_acknowledges_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state();
+        let ha = HaRuntime::default();
+        ha.guard_writes(&s, dir.path().join("redo"));
+        ha.set_lease(Some(monotonic_ms().saturating_sub(1)));
+        let e = create_host(&s, 1).unwrap_err();
+        assert_eq!(e.code(), "HA_SHOULD_BE_FENCED");
+        ha.set_lease(None);
+        assert_eq!(
+            create_host(&s, 2).unwrap_err().code(),
+            "HA_SHOULD_BE_FENCED"
+        );
+        ha.set_lease(Some(monotonic_ms() + 60_000));
+        create_host(&s, 3).unwrap();
+        s.set_ack_guard(None);
+        create_host(&s, 4).unwrap();
+    }
+
+    #[test]
+    fn a_heartbeat_sr_that_cannot_be_written_refuses_writes_then_recovers_with_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"file").unwrap();
+        let s = state();
+        let ha = HaRuntime::default();
+        ha.guard_writes(&s, blocker.join("redo"));
+        ha.set_lease(Some(monotonic_ms() + 60_000));
+        assert_eq!(create_host(&s, 1).unwrap_err().code(), "HA_LOST_STATEFILE");
+        // The SR is back (here: a log directory that works): the next write starts the log
+        // from a snapshot holding the one refused before, which did commit locally.
+        ha.guard_writes(&s, dir.path().join("redo"));
+        create_host(&s, 2).unwrap();
+        let replica = state();
+        replica.set_write_gate(Some("c".into()));
+        let other = HaRuntime::default();
+        other.guard_writes(&replica, dir.path().join("redo"));
+        other.replay_redo(&replica).unwrap();
+        for i in [1, 2] {
+            let r = Ref::from_string(format!("OpaqueRef:h{i}"));
+            assert!(replica.db().get::<HostRecord>(&r).is_ok());
+        }
+    }
 }

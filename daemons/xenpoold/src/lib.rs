@@ -261,6 +261,7 @@ pub async fn run(
         ));
     }
     crate::pool::start_background(&node, stop_rx.clone());
+    crate::ha_pool::watch_ha_daemon(node.clone());
     ready(started);
     shutdown.await;
     let _ = stop_tx.send(true);

@@ -30,6 +30,9 @@ pub use xenpool_core::rbac::Role;
 pub struct Api {
     node: Arc<Node>,
     parking: Arc<events::ParkingLot>,
+    /// Work left by the HA daemon's decisions, run in order by one task.
+    ha_queue:
+        Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::ha_pool::HaFollowUp>>>,
 }
 
 /// Everything one call needs besides its parameters.
@@ -56,7 +59,11 @@ impl Api {
             node.config.max_parked_per_session,
             node.config.max_parked_per_user,
         ));
-        Api { node, parking }
+        Api {
+            node,
+            parking,
+            ha_queue: Arc::new(std::sync::OnceLock::new()),
+        }
     }
 
     /// The node served.

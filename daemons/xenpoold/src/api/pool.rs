@@ -263,6 +263,11 @@ impl Api {
                 // objects and receives the pool database and the pool secret.
                 let mut p = req.reader(2)?;
                 p.value()?;
+                // xapi refuses to grow a pool while HA is on: the new host would be in no
+                // liveset and protected by no plan.
+                if xenpool_core::ha_enable::ha_enabled(&node.state.db()) {
+                    return Err(api_error(CoreError::HaIsEnabled));
+                }
                 let objects: Vec<xenpool_core::persist::StoredObject> =
                     serde_json::from_str(p.string("objects")?).map_err(|e| {
                         XenApiError::new("INVALID_VALUE", ["objects", &e.to_string()])
@@ -422,6 +427,56 @@ impl Api {
         Ok(recovered)
     }
 
+    /// Queues work an HA decision left, for one worker to run in order: it writes to the
+    /// database, and a write waits for the HA daemon's next lease report, which must not
+    /// queue behind the report being answered.
+    fn ha_work(&self, work: crate::ha_pool::HaFollowUp) {
+        let tx = self.ha_queue.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let api = self.clone();
+            tokio::spawn(async move {
+                while let Some(work) = rx.recv().await {
+                    api.run_ha_work(work).await;
+                }
+            });
+            tx
+        });
+        let _ = tx.send(work);
+    }
+
+    async fn run_ha_work(&self, work: crate::ha_pool::HaFollowUp) {
+        use crate::ha_pool::HaFollowUp;
+        let node = self.node().clone();
+        match work {
+            HaFollowUp::Liveset(live) => {
+                node.record_liveset(&live);
+            }
+            HaFollowUp::Message { name, obj } => {
+                node.ha_message(&name, &obj);
+            }
+            HaFollowUp::Restart(restarts) => {
+                let api = self.clone();
+                tokio::spawn(async move { api.ha_restart(restarts).await });
+            }
+            HaFollowUp::BecomeCoordinator => {
+                // Retried while still elected: the heartbeat SR may be slow to answer
+                // for a moment.
+                for _ in 0..60 {
+                    match node.ha_become_coordinator() {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not take the coordinator role")
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    if !node.ha.is_armed() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Starts VMs where HA placed them, one after the other in the order given (the HA
     /// daemon spaces them by their `start_delay`). Forced: the plan already accounts for
     /// them. A failure is reported back at the next health check.
@@ -561,31 +616,8 @@ impl Api {
                     .map_err(|e| {
                     XenApiError::new("INVALID_VALUE", ["event", &e.to_string()])
                 })?;
-                match node.ha_event(event)? {
-                    Some(crate::ha_pool::HaFollowUp::Restart(restarts)) => {
-                        let api = self.clone();
-                        tokio::spawn(async move { api.ha_restart(restarts).await });
-                    }
-                    Some(crate::ha_pool::HaFollowUp::BecomeCoordinator) => {
-                        let node = node.clone();
-                        tokio::spawn(async move {
-                            // Retried while still elected: the heartbeat SR may be slow
-                            // to answer for a moment.
-                            for _ in 0..60 {
-                                match node.ha_become_coordinator() {
-                                    Ok(()) => return,
-                                    Err(e) => {
-                                        tracing::error!(error = %e, "could not take the coordinator role")
-                                    }
-                                }
-                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                                if !node.ha.is_armed() {
-                                    return;
-                                }
-                            }
-                        });
-                    }
-                    None => {}
+                if let Some(work) = node.ha_event(event)? {
+                    self.ha_work(work);
                 }
                 void()
             }
