@@ -143,7 +143,11 @@ impl Node {
             statefile_path: statefile_path.to_string_lossy().into_owned(),
             arming,
         };
-        self.ha.arm(&self.state, config, &data_dir, redo_dir).await
+        let hosts: Vec<String> = config.arming.hosts.iter().map(|h| h.uuid.clone()).collect();
+        self.ha.arm(&self.state, config, &data_dir, redo_dir).await?;
+        // An arming starts with every host of it in the liveset.
+        self.ha.set_liveset(hosts);
+        Ok(())
     }
 
     /// Stops this host's HA daemon.
@@ -792,6 +796,8 @@ pub async fn rearm_if_needed(node: &Node) {
         tracing::warn!(error = %e, "cannot arm the pool again");
         return;
     }
+    let live: Vec<String> = new.hosts.iter().map(|h| h.uuid.clone()).collect();
+    node.record_liveset(&live);
     for host in returned.iter().filter(|_| armed.is_some()) {
         let uuid = node
             .state
