@@ -68,7 +68,7 @@
 //!
 //! ## Survival rule (at least as strong as xha's), and why two partitions never both live
 //! When P's lease runs out it enters a **rendezvous**: it claims `C(P)` = itself plus the
-//! members with two-way contact (heard within `T` and acknowledging within `T`), stops
+//! members with two-way contact (heard within `T/2` and acknowledging within `T/2`), stops
 //! acknowledging everyone else, and writes the claim into its statefile slot. It then:
 //! - fences at once if a fresh slot (updated within `T`) shows a newer epoch whose liveset
 //!   lacks P, or a better claim of the same epoch that lacks P;

@@ -655,8 +655,8 @@ impl HostMachine {
         claim.insert(self.me);
         for h in self.liveset.iter() {
             if h != self.me
-                && now < self.heard[h] + self.t.timeout
-                && now < self.acked_at[h] + self.t.timeout
+                && now < self.heard[h] + self.t.contact
+                && now < self.acked_at[h] + self.t.contact
             {
                 claim.insert(h);
             }

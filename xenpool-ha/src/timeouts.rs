@@ -27,6 +27,12 @@ pub struct HaTimeouts {
     /// `T/2`: the furthest ahead a feed sets the watchdog, so a frozen host's watchdog fires
     /// before its statefile slot can look stale to anyone (`T/2 + G + I < T`).
     pub feed_horizon: Duration,
+    /// `T/2`: a peer heard from and acknowledging within this long is in two-way contact,
+    /// and goes into this host's survival claim. Much shorter than `T`: when a lease runs
+    /// out at about `T` after a cut, a peer on the far side of the cut has been silent for
+    /// nearly `T` and must not be claimed, while a connected peer was heard within an
+    /// interval or two.
+    pub contact: Duration,
     /// Period of the toolstack health check (`T/4`); no healthy answer for `T` fences.
     pub health_interval: Duration,
 }
@@ -51,6 +57,7 @@ impl HaTimeouts {
             grace: interval * 4,
             slack: interval,
             feed_horizon: timeout / 2,
+            contact: timeout / 2,
             health_interval: timeout / 4,
         })
     }
