@@ -144,7 +144,9 @@ impl Node {
             arming,
         };
         let hosts: Vec<String> = config.arming.hosts.iter().map(|h| h.uuid.clone()).collect();
-        self.ha.arm(&self.state, config, &data_dir, redo_dir).await?;
+        self.ha
+            .arm(&self.state, config, &data_dir, redo_dir)
+            .await?;
         // An arming starts with every host of it in the liveset.
         self.ha.set_liveset(hosts);
         Ok(())
