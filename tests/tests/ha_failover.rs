@@ -360,3 +360,110 @@ fn ha_hung_toolstack_fences_its_host() {
         ));
     });
 }
+
+/// External-manager mode (seed 002): the pool elects and fences, but restarts nothing; a
+/// cloud manager watching `event.from` sees `HA_HOST_FAILED` and the dead host's VMs halted.
+#[test]
+fn ha_external_manager_sees_the_failure_and_nothing_restarts() {
+    let _serial = serial();
+    runtime().block_on(async {
+        let mut pool = HaPool::start(
+            Net::Loopback(69),
+            &HaOptions {
+                hosts: 3,
+                timeout_secs: T,
+                vms_per_host: 1,
+                enable_ha: false,
+                ..HaOptions::default()
+            },
+        )
+        .await;
+        let c = pool.coordinator_client(&[0]).await;
+        let sr = xenpool_tests::ha::heartbeat_sr(&c).await;
+        must(
+            &c,
+            "pool.enable_ha",
+            vec![
+                xenpool_rpc::Value::Array(vec![s(&sr)]),
+                xenpool_rpc::Value::Struct(vec![
+                    ("timeout".into(), s(&T.to_string())),
+                    ("external_manager".into(), s("true")),
+                ]),
+            ],
+        )
+        .await;
+        pool.wait_armed(&[0, 1, 2]).await;
+        let checker = Checker::start(&pool);
+        // The manager's watch starts now: everything after this token.
+        let first = must(
+            &c,
+            "event.from",
+            vec![
+                xenpool_rpc::Value::Array(vec![s("message"), s("vm")]),
+                s(""),
+                xenpool_rpc::Value::Double(0.1),
+            ],
+        )
+        .await;
+        let mut token = text(xenpool_tests::wire::field(&first, "token"));
+        checker.exclude(2);
+        pool.hosts[2].kill9_host();
+        let (vm, uuid) = pool.vms[2][0].clone();
+        let mut saw_failed = false;
+        let mut saw_halted = false;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !(saw_failed && saw_halted) {
+            assert!(Instant::now() < deadline, "the manager never saw the failure");
+            let batch = must(
+                &c,
+                "event.from",
+                vec![
+                    xenpool_rpc::Value::Array(vec![s("message"), s("vm")]),
+                    s(&token),
+                    xenpool_rpc::Value::Double(5.0),
+                ],
+            )
+            .await;
+            token = text(xenpool_tests::wire::field(&batch, "token"));
+            let xenpool_rpc::Value::Array(events) = xenpool_tests::wire::field(&batch, "events")
+            else {
+                continue;
+            };
+            for e in events {
+                let class = get(e, "class").map(text).unwrap_or_default();
+                let Some(snapshot) = get(e, "snapshot") else {
+                    continue;
+                };
+                let name = get(snapshot, "name").map(text).unwrap_or_default();
+                if class == "message" && name == "HA_HOST_FAILED" {
+                    saw_failed = true;
+                }
+                let power = get(snapshot, "power_state").map(text).unwrap_or_default();
+                if class == "vm" && get(e, "ref").map(text) == Some(vm.clone()) && power == "Halted"
+                {
+                    saw_halted = true;
+                }
+            }
+        }
+        // Well past the moment HA would have restarted it: it runs nowhere.
+        tokio::time::sleep(Duration::from_secs(T + 3)).await;
+        for i in [0, 1] {
+            assert!(
+                !pool.hosts[i].domains().contains(&uuid),
+                "the pool restarted a VM an external manager owns"
+            );
+        }
+        let power = must(&c, "VM.get_power_state", vec![s(&vm)]).await;
+        assert_eq!(text(&power), "Halted");
+        checker.finish();
+        report("external manager: HA_HOST_FAILED and the halted VM seen through event.from; nothing restarted");
+    });
+}
+
+/// A field of a struct, if there.
+fn get<'a>(v: &'a xenpool_rpc::Value, name: &str) -> Option<&'a xenpool_rpc::Value> {
+    match v {
+        xenpool_rpc::Value::Struct(m) => m.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+        _ => None,
+    }
+}
