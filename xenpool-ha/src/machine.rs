@@ -249,6 +249,8 @@ pub struct HostMachine {
     last_now: Duration,
     /// Since when, after a silence, the machine waits for a statefile read before acting.
     waking: Option<Duration>,
+    /// Per peer: `HA_HEARTBEAT_APPROACHING_TIMEOUT` raised since it was last heard.
+    warned: Vec<bool>,
     book: RestartBook,
     actions: VecDeque<Action>,
 }
@@ -294,6 +296,7 @@ impl HostMachine {
             watchdog,
             last_now: now,
             waking: None,
+            warned: vec![false; n],
             book: RestartBook::new(config),
             actions: VecDeque::new(),
         };
@@ -489,6 +492,23 @@ impl HostMachine {
         self.write_slot();
         self.actions.push_back(Action::ReadStatefile);
         self.feed(now);
+        // The coordinator warns once per silence when a member has not been heard for
+        // half the timeout (xapi's HA_HEARTBEAT_APPROACHING_TIMEOUT).
+        if self.is_coordinator(now) {
+            for h in self.liveset.iter() {
+                if h != self.me
+                    && h < self.n
+                    && !self.warned[h]
+                    && now >= self.heard[h] + self.t.timeout / 2
+                {
+                    self.warned[h] = true;
+                    self.actions.push_back(Action::Message {
+                        name: "HA_HEARTBEAT_APPROACHING_TIMEOUT",
+                        obj: self.book.host_name(h),
+                    });
+                }
+            }
+        }
     }
 
     /// Feeds the watchdog if no member may give us up yet. Each feed sets the deadline no
@@ -572,6 +592,7 @@ impl HostMachine {
             return;
         }
         self.heard[p] = now;
+        self.warned[p] = false;
         self.last_seq[p] = self.last_seq[p].max(hb.seq);
         let acked = hb.acks.get(self.me).copied().unwrap_or(0);
         // `sent` holds consecutive sequence numbers, so the ack indexes it directly.

@@ -309,6 +309,9 @@ impl Node {
         let body = match name {
             "HA_HOST_FAILED" => "The host failed and was fenced; its VMs are halted.",
             "HA_STATEFILE_LOST" => "The host lost access to the HA statefile.",
+            "HA_HEARTBEAT_APPROACHING_TIMEOUT" => {
+                "The host has not been heard on the network for half the HA timeout."
+            }
             "HA_PROTECTED_VM_RESTART_FAILED" => "A protected VM could not be restarted.",
             "HA_PROTECTED_VM_STRANDED" => {
                 "A protected VM is halted on a failed host; the external manager restarts it."
