@@ -50,6 +50,14 @@ impl<K: Ord + Clone> ContactLiveness<K> {
         self.listening_since = now;
     }
 
+    /// Whether `host` was actually heard from within `within` before `now` (the grace of
+    /// a fresh listener does not count).
+    pub fn heard_within(&self, host: &K, now: Duration, within: Duration) -> bool {
+        self.last
+            .get(host)
+            .is_some_and(|t| now.saturating_sub(*t) < within)
+    }
+
     /// Whether `host` counts as live at `now`: heard from (or, never heard from, listened
     /// for) less than the timeout ago.
     pub fn is_live(&self, host: &K, now: Duration) -> bool {

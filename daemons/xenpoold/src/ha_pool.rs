@@ -55,6 +55,12 @@ fn api(e: CoreError) -> XenApiError {
     crate::conv::api_error(e)
 }
 
+/// The address of the host with `uuid`.
+fn address_of(db: &xenpool_core::Database, uuid: &str) -> Result<String, XenApiError> {
+    let host = db.ref_by_uuid(Class::Host, uuid).map_err(api)?.clone();
+    crate::pool::host_address(db, &host)
+}
+
 /// The priority xapi gives each HA message.
 fn message_priority(name: &str) -> i64 {
     match name {
@@ -154,7 +160,7 @@ impl Node {
 
     /// Stops this host's HA daemon.
     pub fn ha_disarm(&self) {
-        self.ha.disarm(&self.state, false);
+        self.ha.disarm(&self.state);
     }
 
     /// The answer to the HA daemon's health check.
@@ -174,9 +180,7 @@ impl Node {
                 .collect();
             (running, armed_vms(&db))
         };
-        let mut report = self.ha.health(running);
-        report.vms = vms;
-        report
+        self.ha.health(running, vms)
     }
 
     /// Carries out one decision of this host's HA daemon. What takes time is returned for
@@ -203,11 +207,7 @@ impl Node {
             }
             HaEvent::BecomeCoordinator => return Ok(Some(HaFollowUp::BecomeCoordinator)),
             HaEvent::FollowCoordinator { host } => {
-                let address = {
-                    let db = self.state.db();
-                    let r = db.ref_by_uuid(Class::Host, &host).map_err(api)?.clone();
-                    db.get::<HostRecord>(&r).map_err(api)?.address.clone()
-                };
+                let address = address_of(&self.state.db(), &host)?;
                 let following = self.role()
                     == Role::Member {
                         coordinator: address.clone(),
@@ -573,11 +573,7 @@ async fn arm_everywhere(node: &Node, arming: &Arming) -> Result<(), XenApiError>
         if h.uuid == me {
             continue;
         }
-        let address = {
-            let db = node.state.db();
-            let r = db.ref_by_uuid(Class::Host, &h.uuid).map_err(api)?.clone();
-            db.get::<HostRecord>(&r).map_err(api)?.address.clone()
-        };
+        let address = address_of(&node.state.db(), &h.uuid)?;
         let transport = node.transport.clone();
         let params = vec![Wire::String(secret.clone()), Wire::String(text.clone())];
         calls.push(async move {

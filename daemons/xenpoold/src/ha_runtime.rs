@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use xenpool_core::persist::WriteBatch;
 use xenpool_core::{CoreError, Ref};
-use xenpool_ha::arming::{Arming, HadConfig, HealthReport};
+use xenpool_ha::arming::{ArmedVm, Arming, HadConfig, HealthReport};
 
 use crate::state::{AckGuard, State};
 
@@ -218,13 +218,13 @@ impl HaRuntime {
         lock(&self.failed_starts).push(vm);
     }
 
-    /// The answer to a health check: the running VMs, and the failed restarts since the
-    /// last check.
-    pub fn health(&self, running: Vec<(String, String)>) -> HealthReport {
+    /// The answer to a health check: the running VMs, the failed restarts since the last
+    /// check, and every VM's HA settings.
+    pub fn health(&self, running: Vec<(String, String)>, vms: Vec<ArmedVm>) -> HealthReport {
         HealthReport {
             running,
             failed_starts: std::mem::take(&mut *lock(&self.failed_starts)),
-            vms: Vec::new(),
+            vms,
         }
     }
 
@@ -319,7 +319,7 @@ impl HaRuntime {
         data_dir: &Path,
         redo_dir: PathBuf,
     ) -> Result<(), CoreError> {
-        self.disarm(state, false);
+        self.disarm(state);
         let dir = data_dir.join("ha");
         let path = dir.join("had.json");
         let text = serde_json::to_string_pretty(&config)
@@ -351,16 +351,14 @@ impl HaRuntime {
             .is_err()
         {
             tracing::error!("xenpool-had did not report armed");
-            self.disarm(state, false);
+            self.disarm(state);
             return Err(CoreError::HaDaemonStartupFailed);
         }
         Ok(())
     }
 
     /// Stops the HA daemon cleanly (it stops its watchdog) and lifts the write guard.
-    /// With `mark_superseded`, HA daemons of this arming that cannot be told (a host out
-    /// of reach) find a marker next to the statefile and disarm too.
-    pub fn disarm(&self, state: &State, _mark_superseded: bool) {
+    pub fn disarm(&self, state: &State) {
         let child = lock(&self.process).take();
         if let Some(mut child) = child {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);

@@ -15,8 +15,6 @@ pub struct Liveness {
     contacts: Mutex<ContactLiveness<Ref>>,
     /// Generation each member reported it holds.
     member_generation: Mutex<HashMap<Ref, u64>>,
-    /// When each member was last heard from.
-    last_contact: Mutex<HashMap<Ref, Duration>>,
 }
 
 impl Default for Liveness {
@@ -25,7 +23,6 @@ impl Default for Liveness {
             origin: Instant::now(),
             contacts: Mutex::new(ContactLiveness::new(Duration::ZERO, Duration::from_secs(5))),
             member_generation: Mutex::new(HashMap::new()),
-            last_contact: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -43,10 +40,6 @@ impl Liveness {
     pub fn contact(&self, host: &Ref, generation: u64) {
         let now = self.now();
         self.contacts().contact(host.clone(), now);
-        self.last_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.clone(), now);
         self.member_generation
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -56,11 +49,7 @@ impl Liveness {
     /// Whether `host` was heard from within `within` (never heard from: no).
     pub fn heard_within(&self, host: &Ref, within: Duration) -> bool {
         let now = self.now();
-        self.last_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-            .is_some_and(|t| now.saturating_sub(*t) < within)
+        self.contacts().heard_within(host, now, within)
     }
 
     /// The generation a member last reported.
