@@ -769,6 +769,16 @@ pub mod ha {
                     flags.push("--no-demo");
                 }
                 flags.extend(o.extra.iter().map(String::as_str));
+                // A second path in the topology carries heartbeats too.
+                let second = match &net {
+                    Net::Namespaces(t) => t
+                        .second_addr(u8::try_from(i + 1).unwrap())
+                        .map(|a| a.to_string()),
+                    Net::Loopback(_) => None,
+                };
+                if let Some(second) = &second {
+                    flags.extend(["--ha-extra-address", second.as_str()]);
+                }
                 let options = RunOptions {
                     netns: match &net {
                         Net::Namespaces(t) => Some(t.ns(u8::try_from(i + 1).unwrap())),

@@ -8,6 +8,10 @@
 //! the net number, so tests with different numbers never meet, and a topology first removes
 //! leftovers of a crashed earlier run with the same names. Needs root and `/usr/sbin/ip`.
 //!
+//! A topology may give every host a second path ([`Topology::with_second_path`]): an `eth1`
+//! (10.<second>.0.<i>/24) on a second bridge, so a host can lose one path and keep the
+//! other (multi-homed heartbeats).
+//!
 //! Declare the topology before the daemons that run in it, so they are dropped first.
 
 use std::net::IpAddr;
@@ -25,6 +29,8 @@ pub const IP: &str = "/usr/sbin/ip";
 pub struct Topology {
     net: u8,
     hosts: u8,
+    /// The second path's net number, if hosts have one.
+    second: Option<u8>,
 }
 
 /// Runs `ip` with `args`; its stderr in the error.
@@ -54,44 +60,63 @@ fn ip_output(args: &[&str]) -> String {
 impl Topology {
     /// Creates the bridge and `hosts` namespaces (hosts are numbered from 1; at most 253).
     pub fn new(net: u8, hosts: u8) -> anyhow::Result<Topology> {
+        Topology::build(net, hosts, None)
+    }
+
+    /// As [`Topology::new`], and every host also gets an `eth1` on a second bridge, net
+    /// `second`.
+    pub fn with_second_path(net: u8, hosts: u8, second: u8) -> anyhow::Result<Topology> {
+        if second == net {
+            bail!("the second path needs a net number of its own, not {net} again");
+        }
+        Topology::build(net, hosts, Some(second))
+    }
+
+    fn build(net: u8, hosts: u8, second: Option<u8>) -> anyhow::Result<Topology> {
         if hosts == 0 || hosts > 253 {
             bail!("a topology has 1 to 253 hosts, not {hosts}");
         }
-        let t = Topology { net, hosts };
+        let t = Topology { net, hosts, second };
         // Leftovers of an earlier run that did not get to clean up.
         t.remove();
         // From here on, an error drops `t`, which removes what was made.
-        let br = t.bridge();
-        ip(&["link", "add", &br, "type", "bridge"])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", t.bridge_addr()),
-            "dev",
-            &br,
-        ])?;
-        ip(&["link", "set", &br, "up"])?;
         for i in 1..=hosts {
-            let (ns, veth, peer) = (t.ns(i), t.veth(i), t.peer(i));
+            let ns = t.ns(i);
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        t.add_path(net, "eth0")?;
+        if let Some(second) = second {
+            t.add_path(second, "eth1")?;
+        }
+        Ok(t)
+    }
+
+    /// A bridge for net `net` and, in every namespace, an interface `dev` on it.
+    fn add_path(&self, net: u8, dev: &str) -> anyhow::Result<()> {
+        let br = bridge_of(net);
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("10.{net}.0.254/24"), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
+        for i in 1..=self.hosts {
+            let (ns, veth, peer) = (self.ns(i), veth_of(net, i), peer_of(net, i));
             ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])?;
             ip(&["link", "set", &peer, "netns", &ns])?;
-            ip(&["-n", &ns, "link", "set", &peer, "name", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", &peer, "name", dev])?;
             ip(&[
                 "-n",
                 &ns,
                 "addr",
                 "add",
-                &format!("{}/24", t.addr(i)),
+                &format!("10.{net}.0.{i}/24"),
                 "dev",
-                "eth0",
+                dev,
             ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", dev, "up"])?;
             ip(&["link", "set", &veth, "master", &br])?;
             ip(&["link", "set", &veth, "up"])?;
         }
-        Ok(t)
+        Ok(())
     }
 
     /// The net number (the second byte of every address).
@@ -106,7 +131,7 @@ impl Topology {
 
     /// The bridge's name.
     pub fn bridge(&self) -> String {
-        format!("xpbr{}", self.net)
+        bridge_of(self.net)
     }
 
     /// Host `i`'s namespace.
@@ -116,17 +141,17 @@ impl Topology {
 
     /// Host `i`'s veth end in the root namespace (its bridge port).
     pub fn veth(&self, i: u8) -> String {
-        format!("xpv{}h{i}", self.net)
-    }
-
-    /// Host `i`'s veth end before it moves into the namespace (then `eth0`).
-    fn peer(&self, i: u8) -> String {
-        format!("xpp{}h{i}", self.net)
+        veth_of(self.net, i)
     }
 
     /// Host `i`'s address (10.<net>.0.<i>).
     pub fn addr(&self, i: u8) -> IpAddr {
         IpAddr::from([10, self.net, 0, i])
+    }
+
+    /// Host `i`'s address on the second path (10.<second>.0.<i>), if hosts have one.
+    pub fn second_addr(&self, i: u8) -> Option<IpAddr> {
+        self.second.map(|net| IpAddr::from([10, net, 0, i]))
     }
 
     /// The bridge's address in the root namespace (10.<net>.0.254), where this process
@@ -141,9 +166,25 @@ impl Topology {
         ip(&["link", "set", &self.veth(i), "down"])
     }
 
-    /// Reconnects host `i`.
+    /// Reconnects host `i` (on its first path).
     pub fn heal(&self, i: u8) -> anyhow::Result<()> {
         ip(&["link", "set", &self.veth(i), "up"])
+    }
+
+    /// Cuts host `i`'s second path only.
+    pub fn isolate_second(&self, i: u8) -> anyhow::Result<()> {
+        let Some(net) = self.second else {
+            bail!("this topology has no second path");
+        };
+        ip(&["link", "set", &veth_of(net, i), "down"])
+    }
+
+    /// Reconnects host `i`'s second path.
+    pub fn heal_second(&self, i: u8) -> anyhow::Result<()> {
+        let Some(net) = self.second else {
+            bail!("this topology has no second path");
+        };
+        ip(&["link", "set", &veth_of(net, i), "up"])
     }
 
     /// A command that runs `program` inside host `i`'s namespace.
@@ -174,15 +215,18 @@ impl Topology {
     /// Every name this topology creates (namespaces, then links), to check they are gone.
     pub fn names(&self) -> (Vec<String>, Vec<String>) {
         let ns = (1..=self.hosts).map(|i| self.ns(i)).collect();
-        let mut links: Vec<String> = (1..=self.hosts).map(|i| self.veth(i)).collect();
-        links.extend((1..=self.hosts).map(|i| self.peer(i)));
-        links.push(self.bridge());
+        let mut links = Vec::new();
+        for net in std::iter::once(self.net).chain(self.second) {
+            links.extend((1..=self.hosts).map(|i| veth_of(net, i)));
+            links.extend((1..=self.hosts).map(|i| peer_of(net, i)));
+            links.push(bridge_of(net));
+        }
         (ns, links)
     }
 
     /// Which of this topology's namespaces and links exist.
     pub fn leftovers(&self) -> Vec<String> {
-        leftovers(self.net, self.hosts)
+        present(self.names())
     }
 
     /// Kills what runs in the namespaces (only processes this run started there: the names
@@ -199,11 +243,27 @@ impl Topology {
                 }
             }
             let _ = ip(&["netns", "del", &ns]);
-            let _ = ip(&["link", "del", &self.veth(i)]);
-            let _ = ip(&["link", "del", &self.peer(i)]);
         }
-        let _ = ip(&["link", "del", &self.bridge()]);
+        for net in std::iter::once(self.net).chain(self.second) {
+            for i in 1..=self.hosts {
+                let _ = ip(&["link", "del", &veth_of(net, i)]);
+                let _ = ip(&["link", "del", &peer_of(net, i)]);
+            }
+            let _ = ip(&["link", "del", &bridge_of(net)]);
+        }
     }
+}
+
+fn bridge_of(net: u8) -> String {
+    format!("xpbr{net}")
+}
+
+fn veth_of(net: u8, i: u8) -> String {
+    format!("xpv{net}h{i}")
+}
+
+fn peer_of(net: u8, i: u8) -> String {
+    format!("xpp{net}h{i}")
 }
 
 impl Drop for Topology {
@@ -216,16 +276,24 @@ impl Drop for Topology {
 /// check a dropped topology left nothing behind).
 pub fn leftovers(net: u8, hosts: u8) -> Vec<String> {
     // A description only: built without creating anything and never dropped.
-    let t = std::mem::ManuallyDrop::new(Topology { net, hosts });
-    let (ns, links) = t.names();
+    let t = std::mem::ManuallyDrop::new(Topology {
+        net,
+        hosts,
+        second: None,
+    });
+    present(t.names())
+}
+
+/// Which of these namespaces and links exist now.
+fn present((ns, links): (Vec<String>, Vec<String>)) -> Vec<String> {
     let ns_list = ip_output(&["netns", "list"]);
-    let present: Vec<&str> = ns_list
+    let listed: Vec<&str> = ns_list
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     let mut out: Vec<String> = ns
         .into_iter()
-        .filter(|n| present.contains(&n.as_str()))
+        .filter(|n| listed.contains(&n.as_str()))
         .collect();
     out.extend(links.into_iter().filter(|l| {
         Command::new(IP)

@@ -425,6 +425,27 @@ impl HostMachine {
             && now < self.lease_end()
     }
 
+    /// The survival claim this host is proving on the statefile, if its lease ran out.
+    pub fn rendezvous_claim(&self) -> Option<HostSet> {
+        match self.phase {
+            Phase::Rendezvous { claim, .. } => Some(claim),
+            _ => None,
+        }
+    }
+
+    /// Per host: how long ago it was last heard, and how long ago this host sent the
+    /// latest heartbeat it acknowledged (for logs: what a claim was made from).
+    pub fn contact_ages(&self, now: Duration) -> Vec<(Duration, Duration)> {
+        (0..self.n)
+            .map(|h| {
+                (
+                    now.saturating_sub(self.heard[h]),
+                    now.saturating_sub(self.acked_at[h]),
+                )
+            })
+            .collect()
+    }
+
     /// The coordinator this host follows.
     pub fn coordinator(&self) -> usize {
         self.coordinator

@@ -288,7 +288,22 @@ impl Daemon {
     fn step(&mut self) {
         while let Some(input) = self.pending.pop_front() {
             let now = self.now();
+            let claimed = self.machine.rendezvous_claim();
             self.machine.handle(now, input);
+            let claim = self.machine.rendezvous_claim();
+            if claim.is_some() && claim != claimed {
+                let ages: Vec<String> = self
+                    .machine
+                    .contact_ages(now)
+                    .iter()
+                    .map(|(heard, acked)| format!("{}/{}", heard.as_millis(), acked.as_millis()))
+                    .collect();
+                tracing::info!(
+                    claim = ?claim.map(|c| c.iter().collect::<Vec<_>>()),
+                    ages_ms = ?ages,
+                    "lease ran out: proving survival on the statefile (ages: heard/acknowledged)"
+                );
+            }
             while let Some(action) = self.machine.poll_action() {
                 self.execute(action);
             }

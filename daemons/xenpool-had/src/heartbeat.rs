@@ -25,7 +25,10 @@ pub struct Received {
 /// This host's heartbeat sockets and every other host's addresses.
 #[derive(Debug)]
 pub struct Heartbeats {
+    /// Receiving (and, with injected jitter, delayed sending) sockets, one per path.
     sockets: Vec<Arc<UdpSocket>>,
+    /// The same sockets for immediate sends.
+    senders: Vec<std::net::UdpSocket>,
     /// Per other host, its addresses in path order.
     peers: Vec<Vec<SocketAddr>>,
     generation: [u8; 16],
@@ -63,15 +66,21 @@ impl Heartbeats {
             )));
         }
         let mut sockets = Vec::with_capacity(own.len());
+        let mut senders = Vec::with_capacity(own.len());
         for (path, address) in own.iter().enumerate() {
             let addr = parse(address)?;
-            let socket = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| HadError::Bind {
-                    address: address.clone(),
-                    source,
-                })?;
-            let socket = Arc::new(socket);
+            let bind_error = |source| HadError::Bind {
+                address: address.clone(),
+                source,
+            };
+            // Sending goes through a plain non-blocking clone of the socket: tokio's
+            // `try_send_to` refuses with `WouldBlock` until the reactor has seen the socket
+            // writable, which loses the first heartbeat after arming; the kernel itself
+            // only refuses when the send buffer is full.
+            let std_socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+            std_socket.set_nonblocking(true).map_err(bind_error)?;
+            let sender = std_socket.try_clone().map_err(bind_error)?;
+            let socket = Arc::new(UdpSocket::from_std(std_socket).map_err(bind_error)?);
             let path = u8::try_from(path).unwrap_or(u8::MAX);
             tokio::spawn(receive(
                 Arc::clone(&socket),
@@ -82,6 +91,7 @@ impl Heartbeats {
                 received.clone(),
             ));
             sockets.push(socket);
+            senders.push(sender);
         }
         let mut peers = Vec::new();
         for (i, host) in arming.hosts.iter().enumerate() {
@@ -99,6 +109,7 @@ impl Heartbeats {
         }
         Ok(Heartbeats {
             sockets,
+            senders,
             peers,
             generation,
             jitter_ms,
@@ -116,7 +127,8 @@ impl Heartbeats {
                     continue;
                 };
                 if self.jitter_ms == 0 {
-                    if let Err(e) = socket.try_send_to(&bytes, to) {
+                    let sender = self.senders.get(path).or(self.senders.first());
+                    if let Some(Err(e)) = sender.map(|s| s.send_to(&bytes, to)) {
                         tracing::debug!(%to, error = %e, "heartbeat not sent");
                     }
                 } else {
