@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use xenpool_tests::ha::{host_live, must, some_writes, Checker, HaOptions, HaPool, Net, Writer};
 use xenpool_tests::netns::{self, Topology};
-use xenpool_tests::wire::{s, text};
+use xenpool_tests::wire::{field, s, text};
 
 /// A datagram from host `from` to host `to` of the topology arrives (retrying for `within`).
 fn udp_reaches(t: &Topology, from: u8, to: u8, within: Duration) -> bool {
@@ -367,6 +367,26 @@ fn ha_heartbeat_sr_lost_nobody_fences_while_the_network_holds() {
             .iter()
             .filter(|(_, at)| *at > lost && *at < back)
             .count();
+        // Without the redo log, writes are acknowledged once every live host holds them.
+        assert!(
+            while_lost > 0,
+            "no write acknowledged while the SR was lost"
+        );
+        let c = pool.coordinator_client(&all).await;
+        let messages = must(&c, "message.get_all_records", vec![]).await;
+        let xenpool_rpc::Value::Struct(messages) = messages else {
+            panic!("message.get_all_records: {messages:?}")
+        };
+        let names: Vec<String> = messages
+            .iter()
+            .map(|(_, m)| text(field(m, "name")))
+            .collect();
+        for wanted in ["METADATA_LUN_BROKEN", "METADATA_LUN_HEALTHY"] {
+            assert!(
+                names.iter().any(|n| n == wanted),
+                "no {wanted} in {names:?}"
+            );
+        }
         let writes = writer.finish(&pool, &all).await;
         checker.finish();
         report(&format!(

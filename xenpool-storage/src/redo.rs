@@ -466,6 +466,16 @@ impl RedoLog {
             self.broken = Some(format!("sync: {e}"));
             return Err(StorageError::io("syncing the redo log", &self.path, e));
         }
+        // An open file outlives the path it was opened by: if the SR's directory was
+        // detached, moved or replaced, the record went where no new coordinator will look.
+        if let Err(e) = self.still_at_its_path() {
+            self.broken = Some(format!("gone: {e}"));
+            return Err(StorageError::io(
+                "checking the redo log is reachable",
+                &self.path,
+                e,
+            ));
+        }
         self.len += buf.len() as u64;
         Ok(())
     }
@@ -518,6 +528,21 @@ impl RedoLog {
             }
         }
         Ok(())
+    }
+
+    /// Whether the segment's path still names the open file.
+    fn still_at_its_path(&self) -> Result<(), std::io::Error> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.file.metadata()?;
+        let named = fs::metadata(&self.path)?;
+        if (open.dev(), open.ino()) == (named.dev(), named.ino()) {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                ErrorKind::NotFound,
+                "the segment's path names another file",
+            ))
+        }
     }
 
     /// Bytes in the current segment.
@@ -658,6 +683,23 @@ mod tests {
         log.append(&[&batch(1)]).unwrap();
         let read = read_latest(dir.path()).unwrap().unwrap();
         assert_eq!((read.sequence, read.batches), (1, vec![batch(1)]));
+    }
+
+    #[test]
+    fn an_append_fails_once_the_directory_is_gone_though_the_file_is_open() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("sr");
+        let mut log = RedoLog::start(&dir, &StoredState::default()).unwrap();
+        log.append(&[&batch(1)]).unwrap();
+        let away = top.path().join("away");
+        fs::rename(&dir, &away).unwrap();
+        let err = log.append(&[&batch(2)]).unwrap_err();
+        assert!(err.to_string().contains("reachable"), "{err}");
+        // Back where it was: the writer still refuses until a new snapshot restarts it.
+        fs::rename(&away, &dir).unwrap();
+        assert!(log.append(&[&batch(2)]).is_err());
+        log.compact(&StoredState::default()).unwrap();
+        log.append(&[&batch(2)]).unwrap();
     }
 
     proptest! {

@@ -323,6 +323,36 @@ impl Node {
         }
     }
 
+    /// `METADATA_LUN_BROKEN` when the redo log on the heartbeat SR goes out of reach,
+    /// `METADATA_LUN_HEALTHY` when it is back, as xapi raises for its redo log.
+    fn redo_log_message(&self, healthy: bool) {
+        if !self.is_coordinator() {
+            return;
+        }
+        let (name, priority, body) = if healthy {
+            (
+                "METADATA_LUN_HEALTHY",
+                4,
+                "The redo log on the heartbeat SR is reachable again.",
+            )
+        } else {
+            (
+                "METADATA_LUN_BROKEN",
+                3,
+                "The redo log on the heartbeat SR is out of reach: writes are acknowledged once every live host holds them.",
+            )
+        };
+        let pool = {
+            let db = self.state.db();
+            let uuid = db.all::<PoolRecord>().next().map(|(_, p)| p.uuid.clone());
+            uuid
+        };
+        let Some(pool) = pool else { return };
+        if let Err(e) = self.raise_message(name, priority, MessageClass::Pool, &pool, body) {
+            tracing::warn!(error = %e, message = name, "could not raise a redo log message");
+        }
+    }
+
     fn halt_vms_of_failed_host(&self, host_uuid: &str) -> Result<(), CoreError> {
         let inputs = self.state.inputs();
         self.state.write(|txn| {
@@ -893,6 +923,11 @@ pub fn watch_ha_daemon(node: std::sync::Arc<Node>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(healthy) = node.ha.take_redo_health_change() {
+                let node = node.clone();
+                // A message is a write, which itself waits on the acknowledgement rules.
+                tokio::task::spawn_blocking(move || node.redo_log_message(healthy));
+            }
             if node.ha.daemon_exited() {
                 eprintln!("xenpoold: the HA daemon of this host exited while armed; fencing");
                 tracing::error!("the HA daemon exited while armed: fencing this host");

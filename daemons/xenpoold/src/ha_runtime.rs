@@ -14,15 +14,21 @@
 //! coordinator was in the log before the new one read it. A member never appends. A
 //! coordinator of an older term appending late writes to its own, older, segment: the new
 //! coordinator starts a new term and readers take the newest.
+//!
+//! While the redo log is out of reach (the heartbeat SR lost), (2) becomes: every other
+//! host of the liveset said, by its replication poll, that it holds the write. Whoever
+//! takes over is in the liveset and so holds it; its replay of the log only ever moves its
+//! copy forward. With no other live host, writes are refused (`HA_LOST_STATEFILE`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use xenpool_core::persist::WriteBatch;
-use xenpool_core::{CoreError, Ref};
+use xenpool_core::{Class, CoreError, Ref};
 use xenpool_ha::arming::{ArmedVm, Arming, HadConfig, HealthReport};
 
 use crate::state::{AckGuard, State};
@@ -31,6 +37,10 @@ use crate::state::{AckGuard, State};
 const COMPACT_AT: u64 = 32 << 20;
 /// How long a write waits for a lease report before it gives up.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a write waits for every live member to hold it while the redo log is out of
+/// reach (members poll again as soon as they have applied a batch).
+const REPLICA_WAIT: Duration = Duration::from_secs(2);
 
 /// Milliseconds of the host's monotonic clock, the clock the HA daemon reports in.
 pub fn monotonic_ms() -> u64 {
@@ -50,9 +60,18 @@ pub struct HaRuntime {
     /// End of the coordinator's lease (monotonic ms); 0 when this host may not acknowledge.
     write_until_ms: Arc<AtomicU64>,
     /// The liveset the HA daemon reported last (`host.uuid`s).
-    liveset: Mutex<Vec<String>>,
+    liveset: Arc<Mutex<Vec<String>>>,
     failed_starts: Mutex<Vec<String>>,
     redo: Arc<Mutex<RedoState>>,
+    /// The generation each member last said it holds (its replication polls).
+    replicas: Arc<Replicas>,
+}
+
+/// What members hold, for acknowledging writes while the redo log is unreachable.
+#[derive(Debug, Default)]
+struct Replicas {
+    held: Mutex<HashMap<Ref, u64>>,
+    changed: Condvar,
 }
 
 impl Default for HaRuntime {
@@ -62,9 +81,10 @@ impl Default for HaRuntime {
             arming: Mutex::new(None),
             armed: tokio::sync::watch::channel(None).0,
             write_until_ms: Arc::new(AtomicU64::new(0)),
-            liveset: Mutex::new(Vec::new()),
+            liveset: Arc::new(Mutex::new(Vec::new())),
             failed_starts: Mutex::new(Vec::new()),
             redo: Arc::new(Mutex::new(RedoState::default())),
+            replicas: Arc::new(Replicas::default()),
         }
     }
 }
@@ -81,6 +101,9 @@ struct RedoState {
     logged: u64,
     /// An append failed: the next one starts from a snapshot, as batches may be missing.
     broken: bool,
+    /// The log became unreachable (`false`) or reachable again (`true`) since this was
+    /// last taken: the coordinator raises `METADATA_LUN_BROKEN` / `_HEALTHY`.
+    health_change: Option<bool>,
 }
 
 /// The write guard of an armed host.
@@ -88,11 +111,59 @@ struct HaGuard {
     host: Ref,
     write_until_ms: Arc<AtomicU64>,
     redo: Arc<Mutex<RedoState>>,
+    liveset: Arc<Mutex<Vec<String>>>,
+    replicas: Arc<Replicas>,
+}
+
+impl HaGuard {
+    /// Waits until every other host of the liveset holds `generation`. Any host that may
+    /// become coordinator is in the liveset, so the write survives this coordinator's
+    /// death without the redo log (a new coordinator's replay never rolls a newer copy
+    /// back). Refused when there is no other host to hold it.
+    fn wait_replicated(&self, state: &State, generation: u64) -> Result<(), CoreError> {
+        let members: Vec<Ref> = {
+            let live = lock(&self.liveset).clone();
+            let db = state.db();
+            live.iter()
+                .filter_map(|uuid| db.ref_by_uuid(Class::Host, uuid).ok().cloned())
+                .filter(|h| *h != self.host)
+                .collect()
+        };
+        if members.is_empty() {
+            return Err(CoreError::HaLostStatefile);
+        }
+        let deadline = std::time::Instant::now() + REPLICA_WAIT;
+        let mut held = lock(&self.replicas.held);
+        loop {
+            if members
+                .iter()
+                .all(|m| held.get(m).is_some_and(|g| *g >= generation))
+            {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(CoreError::HaLostStatefile);
+            }
+            held = self
+                .replicas
+                .changed
+                .wait_timeout(held, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 impl AckGuard for HaGuard {
     fn before_ack(&self, state: &State, generation: u64) -> Result<(), CoreError> {
-        append_through(&self.redo, state, generation)?;
+        match append_through(&self.redo, state, generation) {
+            Ok(()) => {}
+            // The heartbeat SR is out of reach: the write must be held by every host that
+            // could take over instead.
+            Err(CoreError::HaLostStatefile) => self.wait_replicated(state, generation)?,
+            Err(e) => return Err(e),
+        }
         // The append is complete now; it counts only if the lease still runs.
         let deadline = monotonic_ms() + LEASE_WAIT.as_millis() as u64;
         loop {
@@ -155,6 +226,10 @@ fn append_through(
     };
     match result {
         Ok(g) => {
+            if r.broken {
+                tracing::warn!("the redo log is reachable again");
+                r.health_change = Some(true);
+            }
             r.logged = g;
             r.broken = false;
             if r.log.as_ref().is_some_and(|l| l.len() > COMPACT_AT) {
@@ -173,7 +248,13 @@ fn append_through(
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot append to the redo log");
+            // Once per outage: every write fails the same way until the SR is back.
+            if r.broken {
+                tracing::debug!(error = %e, "the redo log is still unreachable");
+            } else {
+                tracing::warn!(error = %e, "cannot append to the redo log: writes are acknowledged once every live member holds them, until it is reachable again");
+                r.health_change = Some(false);
+            }
             r.broken = true;
             r.log = None;
             Err(CoreError::HaLostStatefile)
@@ -228,6 +309,22 @@ impl HaRuntime {
         }
     }
 
+    /// A member said (by polling for what follows) that it holds every write up to
+    /// `generation`.
+    pub fn member_holds(&self, host: &Ref, generation: u64) {
+        let mut held = lock(&self.replicas.held);
+        let g = held.entry(host.clone()).or_insert(generation);
+        *g = (*g).max(generation);
+        drop(held);
+        self.replicas.changed.notify_all();
+    }
+
+    /// Whether the redo log became unreachable (`Some(false)`) or reachable again
+    /// (`Some(true)`) since the last call.
+    pub fn take_redo_health_change(&self) -> Option<bool> {
+        lock(&self.redo).health_change.take()
+    }
+
     /// Points the redo log at `dir` and makes every write pass the HA guard. The log itself
     /// starts (with a snapshot) on the first write, or at once with [`HaRuntime::start_redo_term`].
     pub fn guard_writes(&self, state: &State, dir: PathBuf) {
@@ -243,6 +340,8 @@ impl HaRuntime {
             host: state.host.clone(),
             write_until_ms: self.write_until_ms.clone(),
             redo: self.redo.clone(),
+            liveset: self.liveset.clone(),
+            replicas: self.replicas.clone(),
         })));
     }
 
@@ -431,6 +530,48 @@ mod tests {
                 },
             )
         })
+    }
+
+    #[test]
+    fn without_the_redo_log_a_write_is_acknowledged_only_once_every_live_member_holds_it() {
+        let top = tempfile::tempdir().unwrap();
+        // A plain file where the SR's directory should be: the log cannot be reached.
+        let blocker = top.path().join("gone");
+        std::fs::write(&blocker, b"").unwrap();
+        let s = state();
+        create_host(&s, 1).unwrap();
+        let member = Ref::from_string("OpaqueRef:h1".to_string());
+        let ha = HaRuntime::default();
+        ha.guard_writes(&s, blocker.join("redo"));
+        ha.set_lease(Some(monotonic_ms() + 60_000));
+        // Alone in the liveset: nobody could take the write over.
+        ha.set_liveset(vec!["me".into()]);
+        assert!(matches!(
+            create_host(&s, 2),
+            Err(CoreError::HaLostStatefile)
+        ));
+        assert_eq!(ha.take_redo_health_change(), Some(false));
+        ha.set_liveset(vec!["me".into(), "h1".into()]);
+        // The member already polled past the next write.
+        let next = s.db().generation() + 1;
+        ha.member_holds(&member, next);
+        create_host(&s, 3).unwrap();
+        // It holds nothing newer: the next write is refused once the wait runs out.
+        assert!(matches!(
+            create_host(&s, 4),
+            Err(CoreError::HaLostStatefile)
+        ));
+        // It catches up while a write waits: that write is acknowledged.
+        let g = s.db().generation();
+        let waiting = std::thread::scope(|scope| {
+            let w = scope.spawn(|| create_host(&s, 5));
+            while s.db().generation() == g {
+                std::thread::yield_now();
+            }
+            ha.member_holds(&member, g + 1);
+            w.join().unwrap()
+        });
+        waiting.unwrap();
     }
 
     #[test]

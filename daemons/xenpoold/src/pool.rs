@@ -275,6 +275,7 @@ pub async fn serve_replication(
         ]));
     };
     node.liveness.contact(host, from);
+    node.ha.member_holds(host, from);
     let mut rx = node.state.generation.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 30.0));
     loop {
