@@ -42,6 +42,9 @@ use crate::NetError;
 /// the driver's default of 0 would never notice a failed member).
 pub const BOND_MIIMON_MS: u32 = 100;
 
+const ESRCH: i32 = 3;
+const EADDRNOTAVAIL: i32 = 99;
+
 type Job = Box<dyn FnOnce(Handle) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// The thread that owns the netlink socket.
@@ -491,7 +494,18 @@ async fn take_step(
                 Ok(())
             }
         };
-        sent.map_err(|e| netlink_error(format!("{action:?}"), e))?;
+        match sent.map_err(|e| netlink_error(format!("{action:?}"), e)) {
+            // Already gone: the kernel drops routes and addresses along with what they
+            // depended on, and what is wanted is that they be gone.
+            Err(NetError::Netlink {
+                errno: Some(ESRCH | EADDRNOTAVAIL),
+                ..
+            }) if matches!(
+                action,
+                NetAction::RemoveGateway { .. } | NetAction::RemoveAddress { .. }
+            ) => {}
+            r => r?,
+        }
     }
     Ok(())
 }

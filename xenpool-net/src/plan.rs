@@ -607,23 +607,29 @@ pub fn ip_steps(now: &LinkSnapshot, link: &str, ip: &IpConfig) -> Result<Vec<Net
         .filter(|r| r.link == link)
         .collect();
     let mut out = Vec::new();
-    let clear_all = |out: &mut Vec<NetAction>| {
-        for a in &l.addresses {
-            out.push(NetAction::RemoveAddress {
-                link: link.to_string(),
-                address: a.clone(),
-            });
-        }
-        for r in &gateways {
+    // Default routes go before the addresses they leave through: the kernel drops a
+    // route whose gateway an address removal makes unreachable, and the plan must say
+    // so to stay in step with it.
+    let remove_gateways = |out: &mut Vec<NetAction>, keep: Option<&str>| {
+        for r in gateways.iter().filter(|r| Some(r.gateway.as_str()) != keep) {
             out.push(NetAction::RemoveGateway {
                 link: link.to_string(),
                 gateway: r.gateway.clone(),
             });
         }
     };
+    let remove_addresses = |out: &mut Vec<NetAction>, keep: Option<&str>| {
+        for a in l.addresses.iter().filter(|a| Some(a.as_str()) != keep) {
+            out.push(NetAction::RemoveAddress {
+                link: link.to_string(),
+                address: a.clone(),
+            });
+        }
+    };
     match ip {
         IpConfig::None => {
-            clear_all(&mut out);
+            remove_gateways(&mut out, None);
+            remove_addresses(&mut out, None);
             if dhcp {
                 out.push(NetAction::StopDhcp {
                     link: link.to_string(),
@@ -633,7 +639,8 @@ pub fn ip_steps(now: &LinkSnapshot, link: &str, ip: &IpConfig) -> Result<Vec<Net
         // Addresses on a DHCP link are the client's: leave them.
         IpConfig::Dhcp if dhcp => {}
         IpConfig::Dhcp => {
-            clear_all(&mut out);
+            remove_gateways(&mut out, None);
+            remove_addresses(&mut out, None);
             out.push(NetAction::StartDhcp {
                 link: link.to_string(),
             });
@@ -645,31 +652,31 @@ pub fn ip_steps(now: &LinkSnapshot, link: &str, ip: &IpConfig) -> Result<Vec<Net
                 });
             }
             let want = canonical_cidr(address)?;
-            for a in l.addresses.iter().filter(|a| **a != want) {
-                out.push(NetAction::RemoveAddress {
-                    link: link.to_string(),
-                    address: a.clone(),
-                });
-            }
+            let gw = gateway
+                .as_deref()
+                .map(|g| g.parse::<IpAddr>().map(|a| a.to_string()))
+                .transpose()
+                .map_err(|_| NetError::InvalidAddress(gateway.clone().unwrap_or_default()))?;
+            let addresses_change = l.addresses != [want.clone()];
+            // When the addresses change every route out of the link is set again, since
+            // removing the old address may take the kernel's copy with it.
+            remove_gateways(
+                &mut out,
+                if addresses_change {
+                    None
+                } else {
+                    gw.as_deref()
+                },
+            );
+            remove_addresses(&mut out, Some(&want));
             if !l.addresses.contains(&want) {
                 out.push(NetAction::SetAddress {
                     link: link.to_string(),
                     address: want.clone(),
                 });
             }
-            let gw = gateway
-                .as_deref()
-                .map(|g| g.parse::<IpAddr>().map(|a| a.to_string()))
-                .transpose()
-                .map_err(|_| NetError::InvalidAddress(gateway.clone().unwrap_or_default()))?;
-            for r in gateways.iter().filter(|r| Some(&r.gateway) != gw.as_ref()) {
-                out.push(NetAction::RemoveGateway {
-                    link: link.to_string(),
-                    gateway: r.gateway.clone(),
-                });
-            }
             if let Some(g) = gw {
-                if !gateways.iter().any(|r| r.gateway == g) {
+                if addresses_change || !gateways.iter().any(|r| r.gateway == g) {
                     out.push(NetAction::SetGateway {
                         link: link.to_string(),
                         gateway: g,
