@@ -42,8 +42,9 @@ use crate::NetError;
 /// the driver's default of 0 would never notice a failed member).
 pub const BOND_MIIMON_MS: u32 = 100;
 
-const ESRCH: i32 = 3;
-const EADDRNOTAVAIL: i32 = 99;
+const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
+const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
+const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
 
 type Job = Box<dyn FnOnce(Handle) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -456,8 +457,7 @@ async fn index_of(h: &Handle, name: &str) -> Result<u32, NetError> {
     match links.try_next().await {
         Ok(Some(m)) => Ok(m.header.index),
         Ok(None) => Err(NetError::NoSuchDevice(name.to_string())),
-        // ENODEV
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -19 => {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -ENODEV => {
             Err(NetError::NoSuchDevice(name.to_string()))
         }
         Err(e) => Err(netlink_error(format!("look up link {name}"), e)),

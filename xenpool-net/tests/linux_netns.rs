@@ -52,6 +52,12 @@ impl Netns {
             ));
             return None;
         }
+        if Command::new("ip").arg("-V").output().is_err() {
+            skip(&format!(
+                "{test}: the `ip` command (iproute2) is not installed"
+            ));
+            return None;
+        }
         let name = format!(
             "xpnet-{}-{}",
             std::process::id(),
@@ -503,4 +509,21 @@ fn namespace_is_removed_when_a_test_fails() {
 fn a_missing_namespace_is_a_clear_error() {
     let b = LinuxBridgeBackend::in_netns("xpnet-does-not-exist");
     assert!(matches!(b.snapshot(), Err(NetError::Namespace { .. })));
+}
+
+#[test]
+fn callable_from_inside_an_async_runtime() {
+    let Some(ns) = Netns::create("callable_from_inside_an_async_runtime") else {
+        return;
+    };
+    // The daemon is a tokio program: the backend's own runtime lives on its netlink
+    // thread, so a call made on a runtime thread does not nest one runtime in another.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let b = ns.backend();
+    runtime.block_on(async {
+        b.ensure_bridge(&net("xenbr0", 1500, None)).unwrap();
+    });
+    assert_eq!(ns.link("xenbr0")["linkinfo"]["info_kind"], "bridge");
 }
