@@ -71,6 +71,18 @@ impl DryRunBackend {
         Ok(this)
     }
 
+    /// A host that starts as `snapshot` describes, such as the real links read by the
+    /// Linux backend (reading needs no privilege), so that a daemon without
+    /// `CAP_NET_ADMIN` still scans the host's real NICs while it only records changes.
+    pub fn from_snapshot(snapshot: LinkSnapshot) -> Self {
+        DryRunBackend {
+            model: Mutex::new(Model {
+                links: snapshot,
+                log: Vec::new(),
+            }),
+        }
+    }
+
     /// Every step taken so far, oldest first.
     pub fn actions(&self) -> Vec<NetAction> {
         self.lock().log.clone()

@@ -13,6 +13,10 @@
 //! [`scan`](NetworkBackend::scan); `host.management_reconfigure` →
 //! [`management_reconfigure`](NetworkBackend::management_reconfigure).
 //!
+//! A daemon with `CAP_NET_ADMIN` (`has_cap_net_admin` tells, on Linux) uses
+//! `LinuxBridgeBackend`; one without keeps a [`DryRunBackend`], which can start from the
+//! host's real links ([`DryRunBackend::from_snapshot`]) since reading needs no privilege.
+//!
 //! This crate never decides policy: which networks a host should have, which PIF is the
 //! management interface, or whether a change is allowed is decided in `xenpool-core`.
 //! Backends validate names and numbers the kernel would reject, and apply; nothing more.
@@ -49,6 +53,6 @@ pub use backend::{BridgeInfo, IpMode, IpState, NetworkBackend, PhysicalInterface
 pub use dryrun::DryRunBackend;
 pub use error::NetError;
 #[cfg(all(feature = "linux", target_os = "linux"))]
-pub use linux::LinuxBridgeBackend;
+pub use linux::{has_cap_net_admin, LinuxBridgeBackend};
 pub use plan::{LinkSnapshot, NetAction};
 pub use spec::{BondMode, BondSpec, IpConfig, LinuxBondMode, NetworkSpec, PifSpec};

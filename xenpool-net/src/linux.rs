@@ -46,6 +46,24 @@ const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
 const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
 const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
 
+/// Whether this process may change network devices in its namespace (holds
+/// `CAP_NET_ADMIN`), so the daemon can choose this backend or the dry run.
+pub fn has_cap_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| cap_net_admin_in_status(&s))
+        .unwrap_or(false)
+}
+
+/// Reads the `CapEff:` line of a `/proc/PID/status` text.
+pub fn cap_net_admin_in_status(status: &str) -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
 type Job = Box<dyn FnOnce(Handle) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// The thread that owns the netlink socket.
@@ -827,6 +845,17 @@ mod tests {
             }),
             Request::Dhcp { on: true, .. }
         ));
+    }
+
+    #[test]
+    fn net_admin_capability_is_read_from_status() {
+        let status = |eff: &str| format!("Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t{eff}\n");
+        assert!(cap_net_admin_in_status(&status("000001ffffffffff")));
+        assert!(cap_net_admin_in_status(&status("0000000000001000")));
+        assert!(!cap_net_admin_in_status(&status("0000000000000000")));
+        assert!(!cap_net_admin_in_status(&status("0000000000000fff")));
+        assert!(!cap_net_admin_in_status("Name:\tx\n"));
+        assert!(!cap_net_admin_in_status("CapEff:\tnot-hex\n"));
     }
 
     #[test]

@@ -570,3 +570,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_dry_run_can_start_from_what_a_host_has() {
+    let real = DryRunBackend::with_devices(["eth0", "eth1"]).unwrap();
+    real.ensure_bridge(&net("xenbr0", None)).unwrap();
+    let b = DryRunBackend::from_snapshot(real.snapshot());
+    assert_eq!(b.scan().unwrap().len(), 2);
+    b.ensure_bridge(&net("xenbr0", None)).unwrap();
+    assert_eq!(b.actions(), vec![], "the bridge is already there");
+}

@@ -527,3 +527,15 @@ fn callable_from_inside_an_async_runtime() {
     });
     assert_eq!(ns.link("xenbr0")["linkinfo"]["info_kind"], "bridge");
 }
+
+#[test]
+fn reading_the_own_namespace_needs_no_privilege() {
+    // Runs as any user: a daemon without CAP_NET_ADMIN can still scan the host's NICs.
+    let snap = LinuxBridgeBackend::new().snapshot().unwrap();
+    assert!(snap.links.get("lo").is_some_and(|l| l.loopback), "{snap:?}");
+    assert!(LinuxBridgeBackend::new()
+        .scan()
+        .unwrap()
+        .iter()
+        .all(|p| p.device != "lo"));
+}
