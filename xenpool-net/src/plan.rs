@@ -585,27 +585,53 @@ pub fn detach_pif(
         }
     }
     if pif.ip != IpConfig::None && now.links.contains_key(bridge) {
-        out.extend(ip_steps(now, bridge, &IpConfig::None)?);
+        out.extend(clear_ip_steps(now, bridge)?);
     }
     Ok(out)
 }
 
 /// Steps to give a link exactly this IP configuration (`PIF.reconfigure_ip` applies it
-/// to the PIF's bridge): other addresses are removed, the default route of the address's
-/// family goes through the gateway, and DHCP is recorded or cleared.
+/// to the PIF's bridge) in one address family: a static configuration governs the family
+/// of its address, `None` and `Dhcp` govern IPv4, as `PIF.reconfigure_ip` does (IPv6 has
+/// `PIF.reconfigure_ipv6`), so addresses of the other family, such as the kernel's IPv6
+/// autoconfiguration, stay. Within the family, other addresses are removed, the default
+/// route goes through the gateway, and DHCP is recorded or cleared.
 pub fn ip_steps(now: &LinkSnapshot, link: &str, ip: &IpConfig) -> Result<Vec<NetAction>, NetError> {
     validate_ifname(link)?;
     ip.validate()?;
+    let v4 = match ip {
+        IpConfig::Static { address, .. } => is_v4(address),
+        IpConfig::None | IpConfig::Dhcp => true,
+    };
+    family_steps(now, link, ip, Some(v4))
+}
+
+/// Steps to take every address, default route and DHCP record off a link.
+pub fn clear_ip_steps(now: &LinkSnapshot, link: &str) -> Result<Vec<NetAction>, NetError> {
+    validate_ifname(link)?;
+    family_steps(now, link, &IpConfig::None, None)
+}
+
+/// `ip_steps` within one family (`Some(true)` for IPv4), or all of them (`None`).
+fn family_steps(
+    now: &LinkSnapshot,
+    link: &str,
+    ip: &IpConfig,
+    v4: Option<bool>,
+) -> Result<Vec<NetAction>, NetError> {
     let l = now
         .links
         .get(link)
         .ok_or_else(|| NetError::NoSuchDevice(link.to_string()))?;
-    let dhcp = now.dhcp.contains(link);
+    let in_family = |ip: &str| v4.is_none_or(|v4| is_v4(ip) == v4);
+    // DHCP is the IPv4 client's.
+    let dhcp = now.dhcp.contains(link) && v4 != Some(false);
     let gateways: Vec<&DefaultRoute> = now
         .default_routes
         .iter()
-        .filter(|r| r.link == link)
+        .filter(|r| r.link == link && in_family(&r.gateway))
         .collect();
+    let addresses: Vec<&String> = l.addresses.iter().filter(|a| in_family(a)).collect();
     let mut out = Vec::new();
     // Default routes go before the addresses they leave through: the kernel drops a
     // route whose gateway an address removal makes unreachable, and the plan must say
@@ -619,10 +645,10 @@ pub fn ip_steps(now: &LinkSnapshot, link: &str, ip: &IpConfig) -> Result<Vec<Net
         }
     };
     let remove_addresses = |out: &mut Vec<NetAction>, keep: Option<&str>| {
-        for a in l.addresses.iter().filter(|a| Some(a.as_str()) != keep) {
+        for a in addresses.iter().filter(|a| Some(a.as_str()) != keep) {
             out.push(NetAction::RemoveAddress {
                 link: link.to_string(),
-                address: a.clone(),
+                address: (*a).clone(),
             });
         }
     };
@@ -657,7 +683,7 @@ pub fn ip_steps(now: &LinkSnapshot, link: &str, ip: &IpConfig) -> Result<Vec<Net
                 .map(|g| g.parse::<IpAddr>().map(|a| a.to_string()))
                 .transpose()
                 .map_err(|_| NetError::InvalidAddress(gateway.clone().unwrap_or_default()))?;
-            let addresses_change = l.addresses != [want.clone()];
+            let addresses_change = addresses != [&want];
             // When the addresses change every route out of the link is set again, since
             // removing the old address may take the kernel's copy with it.
             remove_gateways(
@@ -669,7 +695,7 @@ pub fn ip_steps(now: &LinkSnapshot, link: &str, ip: &IpConfig) -> Result<Vec<Net
                 },
             );
             remove_addresses(&mut out, Some(&want));
-            if !l.addresses.contains(&want) {
+            if !addresses.contains(&&want) {
                 out.push(NetAction::SetAddress {
                     link: link.to_string(),
                     address: want.clone(),

@@ -580,3 +580,21 @@ fn a_dry_run_can_start_from_what_a_host_has() {
     b.ensure_bridge(&net("xenbr0", None)).unwrap();
     assert_eq!(b.actions(), vec![], "the bridge is already there");
 }
+
+#[test]
+fn each_address_family_is_configured_on_its_own() {
+    let b = DryRunBackend::new();
+    b.ensure_bridge(&net("xenbr0", None)).unwrap();
+    b.reconfigure_ip("xenbr0", &static_ip("10.0.0.5/24", Some("10.0.0.1")))
+        .unwrap();
+    b.reconfigure_ip("xenbr0", &static_ip("fd00::5/64", Some("fd00::1")))
+        .unwrap();
+    let st = b.ip_state("xenbr0").unwrap();
+    assert_eq!(st.addresses, vec!["10.0.0.5/24", "fd00::5/64"]);
+    assert_eq!(st.gateways, vec!["10.0.0.1", "fd00::1"]);
+    // IPv4 off (what `PIF.reconfigure_ip` with mode None asks) leaves IPv6 alone.
+    b.reconfigure_ip("xenbr0", &IpConfig::None).unwrap();
+    let st = b.ip_state("xenbr0").unwrap();
+    assert_eq!(st.addresses, vec!["fd00::5/64"]);
+    assert_eq!(st.gateways, vec!["fd00::1"]);
+}

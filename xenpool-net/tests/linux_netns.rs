@@ -276,26 +276,41 @@ fn reconfigure_ip_static_dhcp_none() {
     assert_eq!(st.mode, IpMode::Static);
     assert_eq!(st.gateways, vec!["198.51.100.1".to_string()]);
 
-    // IPv6, written loosely, compares equal to what the kernel reports.
+    // IPv6, written loosely, compares equal to what the kernel reports. It is a family
+    // of its own: the IPv4 address and route stay.
     b.reconfigure_ip("xenbr0", &static_ip("2001:db8:0::5/64", None))
         .unwrap();
-    assert_eq!(ns.addresses("xenbr0"), vec!["2001:db8::5/64".to_string()]);
-    assert!(ns.default_gateways("-4").is_empty());
+    assert_eq!(
+        ns.addresses("xenbr0"),
+        vec!["198.51.100.7/24".to_string(), "2001:db8::5/64".to_string()]
+    );
+    assert_eq!(ns.default_gateways("-4").len(), 1);
     assert_eq!(
         b.apply(&|s| plan::ip_steps(s, "xenbr0", &static_ip("2001:db8::5/64", None)))
             .unwrap(),
         vec![]
     );
 
-    // DHCP is recorded; no client is run, so no address appears.
+    // DHCP (IPv4) is recorded; no client is run, so no IPv4 address appears.
     b.reconfigure_ip("xenbr0", &IpConfig::Dhcp).unwrap();
-    assert!(ns.addresses("xenbr0").is_empty());
+    assert_eq!(ns.addresses("xenbr0"), vec!["2001:db8::5/64".to_string()]);
+    assert!(ns.default_gateways("-4").is_empty());
     assert_eq!(b.ip_state("xenbr0").unwrap().mode, IpMode::Dhcp);
     assert_eq!(b.dhcp_links(), vec!["xenbr0".to_string()]);
 
     b.reconfigure_ip("xenbr0", &IpConfig::None).unwrap();
-    assert_eq!(b.ip_state("xenbr0").unwrap().mode, IpMode::None);
     assert!(b.dhcp_links().is_empty());
+    assert_eq!(
+        b.ip_state("xenbr0").unwrap().mode,
+        IpMode::Static,
+        "IPv6 stays"
+    );
+
+    // Unplugging the PIF clears both families.
+    b.detach_pif(&n, &pif("eth0", None, IpConfig::Dhcp))
+        .unwrap();
+    assert!(ns.addresses("xenbr0").is_empty());
+    assert_eq!(b.ip_state("xenbr0").unwrap().mode, IpMode::None);
 }
 
 #[test]
