@@ -1,11 +1,12 @@
 //! A backend that changes nothing on the host: it keeps a model of the host's links and
-//! records every step it would take.
+//! records every step it would take. For hosts where the daemon has no privileges, and
+//! for tests and the simulated pool.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::backend::{BridgeInfo, NetworkBackend};
-use crate::plan::{self, Link, LinkSnapshot, NetAction};
-use crate::spec::{validate_ifname, NetworkSpec, PifSpec};
+use crate::backend::{NetworkBackend, PhysicalInterface, Plan};
+use crate::plan::{Link, LinkSnapshot, NetAction};
+use crate::spec::{validate_ifname, validate_mac};
 use crate::NetError;
 
 #[derive(Debug, Default)]
@@ -15,7 +16,7 @@ struct Model {
 }
 
 /// Records instead of acting. Its physical devices are the ones given to
-/// [`DryRunBackend::with_devices`].
+/// [`DryRunBackend::with_devices`] or [`DryRunBackend::with_interfaces`].
 #[derive(Debug, Default)]
 pub struct DryRunBackend {
     model: Mutex<Model>,
@@ -27,26 +28,59 @@ impl DryRunBackend {
         Self::default()
     }
 
-    /// A host with these physical devices (down, MTU 1500).
+    /// A host with these physical devices (down, MTU 1500, no carrier, MACs
+    /// `02:00:00:00:00:01` onwards in the order given).
     pub fn with_devices<'a>(devices: impl IntoIterator<Item = &'a str>) -> Result<Self, NetError> {
+        let nics = devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| PhysicalInterface {
+                device: d.to_string(),
+                mac: format!("02:00:00:00:{:02x}:{:02x}", (i + 1) / 256, (i + 1) % 256),
+                mtu: 1500,
+                carrier: false,
+                up: false,
+                master: None,
+            })
+            .collect::<Vec<_>>();
+        Self::with_interfaces(nics)
+    }
+
+    /// A host with these physical devices, as described (their `master` is ignored).
+    pub fn with_interfaces(
+        nics: impl IntoIterator<Item = PhysicalInterface>,
+    ) -> Result<Self, NetError> {
         let this = Self::new();
         {
             let mut m = this.lock();
-            for d in devices {
-                validate_ifname(d)?;
+            for n in nics {
+                validate_ifname(&n.device)?;
+                validate_mac(&n.mac)?;
                 m.links.links.insert(
-                    d.to_string(),
+                    n.device,
                     Link {
-                        mtu: 1500,
-                        bridge: false,
-                        vlan: false,
-                        master: None,
-                        up: false,
+                        mtu: n.mtu,
+                        up: n.up,
+                        mac: n.mac.to_ascii_lowercase(),
+                        carrier: n.carrier,
+                        ..Link::default()
                     },
                 );
             }
         }
         Ok(this)
+    }
+
+    /// A host that starts as `snapshot` describes, such as the real links read by the
+    /// Linux backend (reading needs no privilege), so that a daemon without
+    /// `CAP_NET_ADMIN` still scans the host's real NICs while it only records changes.
+    pub fn from_snapshot(snapshot: LinkSnapshot) -> Self {
+        DryRunBackend {
+            model: Mutex::new(Model {
+                links: snapshot,
+                log: Vec::new(),
+            }),
+        }
     }
 
     /// Every step taken so far, oldest first.
@@ -64,39 +98,36 @@ impl DryRunBackend {
         self.lock().links.clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Model> {
-        // The model is only changed by `run`, which cannot panic halfway through.
-        self.model.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Sets the modelled carrier of a device, as a cable being plugged or pulled would.
+    pub fn set_carrier(&self, device: &str, carrier: bool) -> Result<(), NetError> {
+        let mut m = self.lock();
+        let l = m
+            .links
+            .links
+            .get_mut(device)
+            .ok_or_else(|| NetError::NoSuchDevice(device.to_string()))?;
+        l.carrier = carrier;
+        Ok(())
     }
 
-    fn run(
-        &self,
-        make: impl FnOnce(&LinkSnapshot) -> Result<Vec<NetAction>, NetError>,
-    ) -> Result<(), NetError> {
-        let mut m = self.lock();
-        let steps = make(&m.links)?;
-        for s in &steps {
-            m.links.apply(s);
-        }
-        m.log.extend(steps);
-        Ok(())
+    fn lock(&self) -> MutexGuard<'_, Model> {
+        // The model is only changed by `apply`, which cannot panic halfway through.
+        self.model.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl NetworkBackend for DryRunBackend {
-    fn ensure_bridge(&self, network: &NetworkSpec) -> Result<(), NetError> {
-        self.run(|now| plan::ensure_bridge(now, network))
+    fn read_links(&self) -> Result<LinkSnapshot, NetError> {
+        Ok(self.snapshot())
     }
 
-    fn remove_bridge(&self, bridge: &str) -> Result<(), NetError> {
-        self.run(|now| plan::remove_bridge(now, bridge))
-    }
-
-    fn attach_pif(&self, network: &NetworkSpec, pif: &PifSpec) -> Result<(), NetError> {
-        self.run(|now| plan::attach_pif(now, network, pif))
-    }
-
-    fn list_bridges(&self) -> Result<Vec<BridgeInfo>, NetError> {
-        Ok(self.lock().links.bridges())
+    fn apply(&self, plan: &Plan<'_>) -> Result<Vec<NetAction>, NetError> {
+        let mut m = self.lock();
+        let steps = plan(&m.links)?;
+        for s in &steps {
+            m.links.apply(s);
+        }
+        m.log.extend(steps.iter().cloned());
+        Ok(steps)
     }
 }
