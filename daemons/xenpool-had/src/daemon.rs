@@ -69,6 +69,7 @@ pub async fn run(config: HadConfig) -> Result<(), HadError> {
     let watchdog = Watchdog::start(
         Arc::clone(&fencer),
         config.watchdog_device.as_deref().map(Path::new),
+        timeouts.feed_horizon + timeouts.grace,
     )?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|source| HadError::Setup {
         context: "handling SIGTERM",

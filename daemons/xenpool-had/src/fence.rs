@@ -215,22 +215,74 @@ impl Alive {
 pub struct Watchdog {
     deadline_ms: Arc<AtomicU64>,
     device: Option<Mutex<File>>,
+    /// The timeout programmed into the device, ms.
+    device_timeout_ms: u64,
+}
+
+/// The one ioctl the watchdog device needs, kept apart so the unsafe call is small.
+mod ioctl {
+    #![allow(unsafe_code, missing_docs)]
+
+    // WDIOC_SETTIMEOUT of <linux/watchdog.h>: _IOWR('W', 6, int).
+    nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, libc::c_int);
+
+    /// Asks the device behind `fd` for a timeout of `secs`; returns the timeout it took.
+    pub fn set_timeout(
+        fd: &impl std::os::fd::AsRawFd,
+        secs: libc::c_int,
+    ) -> nix::Result<libc::c_int> {
+        let mut secs = secs;
+        // SAFETY: `fd` is an open descriptor for the duration of the call, and `secs` a
+        // valid int the kernel reads and writes back.
+        unsafe { wdioc_settimeout(fd.as_raw_fd(), &mut secs) }?;
+        Ok(secs)
+    }
+}
+
+/// The device timeout for feeds that set deadlines up to `horizon` ahead: whole seconds
+/// (what devices count in), rounded down so the hardware never outlasts a deadline, and at
+/// least one.
+pub fn device_timeout_secs(horizon: Duration) -> u64 {
+    horizon.as_secs().max(1)
+}
+
+/// Whether a feed at `now_ms` may be passed to a device that then fires `timeout_ms`
+/// later: only if that is no later than the new deadline. Otherwise the device keeps the
+/// expiry of an earlier feed, which was no later than that feed's (earlier) deadline.
+pub fn device_feed_allowed(now_ms: u64, deadline_ms: u64, timeout_ms: u64) -> bool {
+    now_ms.saturating_add(timeout_ms) <= deadline_ms
 }
 
 impl Watchdog {
     /// Starts the watchdog thread, stopped (no deadline). Opens `device` if given: only
     /// ever the device the configuration names.
-    pub fn start(fencer: Arc<Fencer>, device: Option<&Path>) -> Result<Watchdog, HadError> {
+    ///
+    /// The device's timeout is set to [`device_timeout_secs`] of `horizon` (how far ahead
+    /// any feed sets the deadline), so a host whose daemon stops altogether is reset no
+    /// later than the process watchdog would have fenced it.
+    pub fn start(
+        fencer: Arc<Fencer>,
+        device: Option<&Path>,
+        horizon: Duration,
+    ) -> Result<Watchdog, HadError> {
+        let device_timeout = device_timeout_secs(horizon);
         let device = match device {
-            Some(path) => Some(Mutex::new(
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|source| HadError::WatchdogDevice {
-                        path: path.to_path_buf(),
-                        source,
-                    })?,
-            )),
+            Some(path) => {
+                let error = |source| HadError::WatchdogDevice {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                let file = OpenOptions::new().write(true).open(path).map_err(error)?;
+                let asked = libc::c_int::try_from(device_timeout).unwrap_or(libc::c_int::MAX);
+                let secs =
+                    ioctl::set_timeout(&file, asked).map_err(|e| error(std::io::Error::from(e)))?;
+                if u64::try_from(secs).map_or(true, |s| s > device_timeout) {
+                    return Err(error(std::io::Error::other(format!(
+                        "the device took a timeout of {secs} s, longer than the {device_timeout} s asked"
+                    ))));
+                }
+                Some(Mutex::new(file))
+            }
             None => None,
         };
         let deadline_ms = Arc::new(AtomicU64::new(STOPPED));
@@ -251,6 +303,7 @@ impl Watchdog {
         Ok(Watchdog {
             deadline_ms,
             device,
+            device_timeout_ms: device_timeout.saturating_mul(1000),
         })
     }
 
@@ -258,7 +311,9 @@ impl Watchdog {
     pub fn set(&self, deadline_ms: u64) {
         self.deadline_ms
             .store(deadline_ms.min(STOPPED - 1), Ordering::SeqCst);
-        self.write_device(b"\0");
+        if device_feed_allowed(monotonic_ms(), deadline_ms, self.device_timeout_ms) {
+            self.write_device(b"\0");
+        }
     }
 
     /// Stops the watchdog (clean disarm), with the magic close on a device.
@@ -283,6 +338,62 @@ impl Watchdog {
             let mut f = d.lock().unwrap_or_else(PoisonError::into_inner);
             if let Err(e) = f.write_all(byte).and_then(|()| f.flush()) {
                 tracing::error!(error = %e, "writing to the watchdog device");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_device_timeout_is_whole_seconds_rounded_down() {
+        assert_eq!(device_timeout_secs(Duration::from_millis(3500)), 3);
+        assert_eq!(device_timeout_secs(Duration::from_millis(16_000)), 16);
+        assert_eq!(device_timeout_secs(Duration::from_millis(400)), 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_watchdog_device_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-watchdog");
+        std::fs::write(&path, b"").unwrap();
+        let fencer = Arc::new(Fencer {
+            host: "h".into(),
+            // Never used: nothing fences here.
+            toolstack_pid: u32::MAX,
+            domains_dir: None,
+            notice: None,
+        });
+        let err = Watchdog::start(fencer, Some(&path), Duration::from_secs(3)).unwrap_err();
+        assert!(matches!(err, HadError::WatchdogDevice { .. }), "{err}");
+    }
+
+    proptest! {
+        /// Whatever the feeds, the device (fed only when allowed) never fires after the
+        /// deadline of the latest feed: the hardware reset comes no later than the fence.
+        #[test]
+        fn the_device_never_outlasts_the_deadline(
+            feeds in proptest::collection::vec((0u64..2_000, 0u64..20_000), 1..50),
+            timeout_s in 1u64..20,
+        ) {
+            let timeout = timeout_s * 1000;
+            let mut now = 0u64;
+            let mut deadline = 0u64;
+            let mut device_fires: Option<u64> = None;
+            for (dt, ahead) in feeds {
+                now += dt;
+                // Deadlines only move forward, as the state machine feeds.
+                deadline = deadline.max(now + ahead);
+                if device_feed_allowed(now, deadline, timeout) {
+                    device_fires = Some(now + timeout);
+                }
+                if let Some(at) = device_fires {
+                    prop_assert!(at <= deadline);
+                }
             }
         }
     }
