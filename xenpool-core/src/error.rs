@@ -280,6 +280,19 @@ pub enum CoreError {
     /// progress, or towards a host of an older version.
     #[error("NOT_SUPPORTED_DURING_UPGRADE")]
     NotSupportedDuringUpgrade,
+    /// `VM_MIGRATE_FAILED [vm, source, destination, msg]`: the hypervisors could not move
+    /// the VM; `msg` says why and where the VM is.
+    #[error("VM_MIGRATE_FAILED: {vm} from {source_host} to {destination}: {msg}")]
+    VmMigrateFailed {
+        /// the VM
+        vm: Ref,
+        /// the host it was leaving
+        source_host: Ref,
+        /// the host it was going to
+        destination: Ref,
+        /// what went wrong
+        msg: String,
+    },
     /// `VM_HOST_INCOMPATIBLE_VERSION [host, vm]`: during a rolling upgrade the host's
     /// version differs from the coordinator's.
     #[error("VM_HOST_INCOMPATIBLE_VERSION: {host} for {vm}")]
@@ -352,6 +365,7 @@ impl CoreError {
             CoreError::CannotEvacuateHost(_) => "CANNOT_EVACUATE_HOST",
             CoreError::NotSupportedDuringUpgrade => "NOT_SUPPORTED_DURING_UPGRADE",
             CoreError::VmHostIncompatibleVersion { .. } => "VM_HOST_INCOMPATIBLE_VERSION",
+            CoreError::VmMigrateFailed { .. } => "VM_MIGRATE_FAILED",
         }
     }
 
@@ -487,6 +501,17 @@ impl CoreError {
                 out.push(host.as_str().to_string());
                 out.push(vm.as_str().to_string());
             }
+            CoreError::VmMigrateFailed {
+                vm,
+                source_host,
+                destination,
+                msg,
+            } => {
+                out.push(vm.as_str().to_string());
+                out.push(source_host.as_str().to_string());
+                out.push(destination.as_str().to_string());
+                out.push(msg.clone());
+            }
         }
         out
     }
@@ -554,6 +579,7 @@ pub mod codes {
     pub const HOST_EVACUATE_VM_NOT_HA_PROTECTED: &str = "HOST_EVACUATE_VM_NOT_HA_PROTECTED";
     pub const NOT_SUPPORTED_DURING_UPGRADE: &str = "NOT_SUPPORTED_DURING_UPGRADE";
     pub const VM_HOST_INCOMPATIBLE_VERSION: &str = "VM_HOST_INCOMPATIBLE_VERSION";
+    pub const VM_MIGRATE_FAILED: &str = "VM_MIGRATE_FAILED";
     pub const HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN: &str =
         "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN";
 }

@@ -118,6 +118,25 @@ fn a_running_agile_vm_may_migrate() {
 }
 
 #[test]
+fn a_failed_move_is_reported_as_xapi_does() {
+    let f = fixture();
+    let plan = migrate(&f, &f.h2).unwrap();
+    assert_eq!(
+        plan.failed("copying round 2 failed; the VM stays on the source")
+            .to_description(),
+        err(
+            "VM_MIGRATE_FAILED",
+            &[
+                s(&f.vm),
+                s(&f.h1),
+                s(&f.h2),
+                "copying round 2 failed; the VM stays on the source"
+            ]
+        )
+    );
+}
+
+#[test]
 fn only_running_vms_migrate() {
     let mut f = fixture();
     let vm = f.vm.clone();

@@ -21,9 +21,16 @@
 //!    is being evacuated, rebooted or shut down (`OTHER_OPERATION_IN_PROGRESS`).
 //!
 //! # The daemon's sequence
-//! [`check_pool_migrate`] then, in the same transaction, [`begin_pool_migrate`] (the VM is
-//! charged to both hosts while its memory is in flight); the hypervisors move the domain;
-//! [`end_pool_migrate`] records where it ended, whatever happened.
+//! 1. On the coordinator, in one write: [`check_pool_migrate`] then [`begin_pool_migrate`]
+//!    (the VM is charged to both hosts while its memory is in flight).
+//! 2. On the source host, `xenpool_xen::migrate_domain` with a target that speaks to the
+//!    destination host (its `MigrationReceiver`) over the pool's HTTP(S); progress goes to
+//!    the task, a cancelled task breaks the observer.
+//! 3. On the coordinator, [`end_pool_migrate`] with the outcome: success →
+//!    [`MigrationOutcome::Moved`]; a failure whose aftermath is "source restored" →
+//!    [`MigrationOutcome::StayedOnSource`]; "source paused" or "unknown" →
+//!    [`MigrationOutcome::PausedOnSource`]. A failure is returned as
+//!    [`MigrationPlan::failed`] (`VM_MIGRATE_FAILED`).
 
 use crate::db::{Database, Txn};
 use crate::error::CoreError;
@@ -141,6 +148,19 @@ pub enum MigrationOutcome {
     /// The VM is paused on the source: resuming it failed, or the destination could not
     /// confirm it dropped its copy. It must not be resumed before someone checks.
     PausedOnSource,
+}
+
+impl MigrationPlan {
+    /// `VM_MIGRATE_FAILED [vm; source; destination; msg]` for this migration, the error
+    /// `VM.pool_migrate` returns when the hypervisors could not move the VM.
+    pub fn failed(&self, msg: impl Into<String>) -> CoreError {
+        CoreError::VmMigrateFailed {
+            vm: self.vm.clone(),
+            source_host: self.source.clone(),
+            destination: self.destination.clone(),
+            msg: msg.into(),
+        }
+    }
 }
 
 /// Records the end of a migration started with [`begin_pool_migrate`]: the operations are

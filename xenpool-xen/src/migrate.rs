@@ -22,6 +22,16 @@
 //!   domain when the stream is complete. [`LocalTarget`] joins it to the sender in one
 //!   process; a daemon joins them over HTTP(S) instead.
 //!
+//! # Over HTTP(S)
+//! A daemon maps the four [`MigrationTarget`] calls to requests to the destination host,
+//! which keeps one [`MigrationReceiver`] per migration between them (it holds no reference
+//! to the hypervisor, so it can live in the daemon's state): `prepare` creates it from the
+//! [`DomainSpec`], each `send` chunk is fed to [`MigrationReceiver::feed`] (one streamed
+//! request body, or one request per chunk), `resume` calls [`MigrationReceiver::finish`],
+//! `abort` calls [`MigrationReceiver::abort`]. An answer lost on the way must come back as
+//! an error: for `resume` that makes the sender wait for `abort` to succeed before it
+//! resumes the source, which is what keeps the rule above.
+//!
 //! Nothing here reads a clock: figures are pages and bytes, and a caller that wants times
 //! takes them from the events [`migrate_domain`] reports.
 

@@ -9,6 +9,14 @@
 //! toolstack crash, not a host crash: the domains survive it. To simulate the host itself
 //! going down (a fence, a power cut, a reboot), call [`SimulatedHypervisor::reset`] or delete
 //! the file; without a state directory every restart is a fresh host.
+//!
+//! Each domain also has a memory image ([`crate::memory::GuestMemory`], sparse, all zeros
+//! until written) and optionally a seeded workload writing to it, for live migration. The
+//! images live only in memory: a daemon that restarts finds its domains with zeroed
+//! memory. A running guest takes [`SimulatedHypervisor::set_steps_per_read`] workload steps
+//! each time a migration reads a batch of its pages, so how fast it dirties memory
+//! relative to the copy is a setting, not a matter of timing; [`SimulatedHypervisor::step_guests`]
+//! lets time pass otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
