@@ -162,11 +162,14 @@ pub fn plan_evacuation(
             );
             continue;
         }
-        let checks = BootChecks::new(db, vm, inputs)?;
-        match targets
-            .iter()
-            .find_map(|t| checks.check_ignoring_memory(t).err())
-        {
+        // A VM whose devices cannot be read is refused alone, not the whole plan.
+        let refusal = match BootChecks::new(db, vm, inputs) {
+            Ok(checks) => targets
+                .iter()
+                .find_map(|t| checks.check_ignoring_memory(t).err()),
+            Err(e) => Some(e),
+        };
+        match refusal {
             Some(e) => {
                 plan.vms
                     .insert((*vm).clone(), EvacuationVerdict::Blocked(e));

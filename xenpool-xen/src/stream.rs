@@ -97,6 +97,8 @@ enum Expect {
     Header,
     Records,
     Ended,
+    /// A bad record was seen: nothing after it can be trusted.
+    Failed,
 }
 
 /// Reads a stream given in chunks, handing each complete record to a callback.
@@ -171,10 +173,8 @@ impl Decoder {
         self.buf.drain(..at);
         self.offset += at as u64;
         if result.is_err() {
-            // Poison: nothing after a bad record can be trusted.
-            self.expect = Expect::Ended;
+            self.expect = Expect::Failed;
             self.buf.clear();
-            self.buf.push(0);
         }
         result
     }
@@ -187,6 +187,7 @@ impl Decoder {
         loop {
             let rest = &self.buf[*at..];
             match self.expect {
+                Expect::Failed => return Err(self.bad(*at, "the stream already failed")),
                 Expect::Ended => {
                     return if rest.is_empty() {
                         Ok(())
@@ -249,15 +250,15 @@ impl Decoder {
                                 format!("page {index} outside a guest of {page_count} pages"),
                             ));
                         }
-                        let mut data = [0u8; PAGE_SIZE];
-                        data.copy_from_slice(&record[13..13 + PAGE_SIZE]);
-                        let round = u32_at(record, 1);
-                        self.pages += 1;
+                        let data: &[u8; PAGE_SIZE] = record[13..13 + PAGE_SIZE]
+                            .try_into()
+                            .map_err(|_| self.bad(*at, "short page record"))?;
                         on_record(Record::Page {
-                            round,
+                            round: u32_at(record, 1),
                             index,
-                            data: &data,
+                            data,
                         })?;
+                        self.pages += 1;
                     } else {
                         let rounds = u32_at(record, 1);
                         let pages = u64_at(record, 5);
