@@ -260,6 +260,48 @@ pub enum CoreError {
     /// up by the pool and must not acknowledge anything.
     #[error("HA_SHOULD_BE_FENCED: {0}")]
     HaShouldBeFenced(Ref),
+    /// `NO_HOSTS_AVAILABLE [vm]`: evacuation found no other host to take any VM (the
+    /// per-VM form `host.evacuate` reports; `VM.start` uses [`CoreError::NoHostsAvailable`]).
+    #[error("NO_HOSTS_AVAILABLE: {0}")]
+    NoHostsAvailableFor(Ref),
+    /// `HOST_NOT_ENOUGH_FREE_MEMORY [vm]`: evacuation could not pack this VM onto the other
+    /// hosts' free memory (the per-VM form; placement uses
+    /// [`CoreError::HostNotEnoughFreeMemory`] with byte counts).
+    #[error("HOST_NOT_ENOUGH_FREE_MEMORY: {0}")]
+    EvacuateNotEnoughMemory(Ref),
+    /// `HOST_EVACUATE_VM_NOT_HA_PROTECTED [vm]`: with HA on, only protected VMs are moved
+    /// by an evacuation; others must be stopped or suspended first.
+    #[error("HOST_EVACUATE_VM_NOT_HA_PROTECTED: {0}")]
+    HostEvacuateVmNotHaProtected(Ref),
+    /// `CANNOT_EVACUATE_HOST [errors]`: every VM's refusal as `code,param,...`, joined by `|`.
+    #[error("CANNOT_EVACUATE_HOST: {0}")]
+    CannotEvacuateHost(String),
+    /// `NOT_SUPPORTED_DURING_UPGRADE []`: refused while a rolling pool upgrade is in
+    /// progress, or towards a host of an older version.
+    #[error("NOT_SUPPORTED_DURING_UPGRADE")]
+    NotSupportedDuringUpgrade,
+    /// `VM_MIGRATE_FAILED [vm, source, destination, msg]`: the hypervisors could not move
+    /// the VM; `msg` says why and where the VM is.
+    #[error("VM_MIGRATE_FAILED: {vm} from {source_host} to {destination}: {msg}")]
+    VmMigrateFailed {
+        /// the VM
+        vm: Ref,
+        /// the host it was leaving
+        source_host: Ref,
+        /// the host it was going to
+        destination: Ref,
+        /// what went wrong
+        msg: String,
+    },
+    /// `VM_HOST_INCOMPATIBLE_VERSION [host, vm]`: during a rolling upgrade the host's
+    /// version differs from the coordinator's.
+    #[error("VM_HOST_INCOMPATIBLE_VERSION: {host} for {vm}")]
+    VmHostIncompatibleVersion {
+        /// the host
+        host: Ref,
+        /// the VM
+        vm: Ref,
+    },
 }
 
 impl CoreError {
@@ -317,6 +359,13 @@ impl CoreError {
             CoreError::HaCannotAccessStatefile => "HA_HOST_CANNOT_ACCESS_STATEFILE",
             CoreError::HaLostStatefile => "HA_LOST_STATEFILE",
             CoreError::HaShouldBeFenced(_) => "HA_SHOULD_BE_FENCED",
+            CoreError::NoHostsAvailableFor(_) => "NO_HOSTS_AVAILABLE",
+            CoreError::EvacuateNotEnoughMemory(_) => "HOST_NOT_ENOUGH_FREE_MEMORY",
+            CoreError::HostEvacuateVmNotHaProtected(_) => "HOST_EVACUATE_VM_NOT_HA_PROTECTED",
+            CoreError::CannotEvacuateHost(_) => "CANNOT_EVACUATE_HOST",
+            CoreError::NotSupportedDuringUpgrade => "NOT_SUPPORTED_DURING_UPGRADE",
+            CoreError::VmHostIncompatibleVersion { .. } => "VM_HOST_INCOMPATIBLE_VERSION",
+            CoreError::VmMigrateFailed { .. } => "VM_MIGRATE_FAILED",
         }
     }
 
@@ -442,7 +491,27 @@ impl CoreError {
             | CoreError::HaLostStatefile => {}
             CoreError::HaSrNotShared(r)
             | CoreError::HostOffline(r)
-            | CoreError::HaShouldBeFenced(r) => out.push(r.as_str().to_string()),
+            | CoreError::HaShouldBeFenced(r)
+            | CoreError::NoHostsAvailableFor(r)
+            | CoreError::EvacuateNotEnoughMemory(r)
+            | CoreError::HostEvacuateVmNotHaProtected(r) => out.push(r.as_str().to_string()),
+            CoreError::CannotEvacuateHost(errors) => out.push(errors.clone()),
+            CoreError::NotSupportedDuringUpgrade => {}
+            CoreError::VmHostIncompatibleVersion { host, vm } => {
+                out.push(host.as_str().to_string());
+                out.push(vm.as_str().to_string());
+            }
+            CoreError::VmMigrateFailed {
+                vm,
+                source_host,
+                destination,
+                msg,
+            } => {
+                out.push(vm.as_str().to_string());
+                out.push(source_host.as_str().to_string());
+                out.push(destination.as_str().to_string());
+                out.push(msg.clone());
+            }
         }
         out
     }
@@ -504,4 +573,13 @@ pub mod codes {
     pub const ONLY_REVERT_SNAPSHOT: &str = "ONLY_REVERT_SNAPSHOT";
     pub const CLUSTERED_SR_DEGRADED: &str = "CLUSTERED_SR_DEGRADED";
     pub const HOST_POWER_ON_MODE_DISABLED: &str = "HOST_POWER_ON_MODE_DISABLED";
+    pub const HOST_OFFLINE: &str = "HOST_OFFLINE";
+    pub const HA_IS_ENABLED: &str = "HA_IS_ENABLED";
+    pub const CANNOT_EVACUATE_HOST: &str = "CANNOT_EVACUATE_HOST";
+    pub const HOST_EVACUATE_VM_NOT_HA_PROTECTED: &str = "HOST_EVACUATE_VM_NOT_HA_PROTECTED";
+    pub const NOT_SUPPORTED_DURING_UPGRADE: &str = "NOT_SUPPORTED_DURING_UPGRADE";
+    pub const VM_HOST_INCOMPATIBLE_VERSION: &str = "VM_HOST_INCOMPATIBLE_VERSION";
+    pub const VM_MIGRATE_FAILED: &str = "VM_MIGRATE_FAILED";
+    pub const HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN: &str =
+        "HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN";
 }

@@ -19,6 +19,11 @@
 //! - [`devices`]: when VBDs and VIFs may come and go, and when a disk or SR plug is in use.
 //! - [`rbac`]: the XenAPI roles and the role each call needs.
 //! - [`membership`]: join and eject preconditions, forgetting a host, what a member serves.
+//! - [`migration`]: the checks of `VM.pool_migrate` and what a migration records.
+//! - [`evacuate`]: the evacuation plan of a host and the VMs that prevent it.
+//! - [`maintenance`]: the guards of host reboot, shutdown and destroy, and of ejecting a
+//!   dead host.
+//! - [`upgrade`]: rolling pool upgrade: the mode, version comparison, what it forbids.
 //! - [`ha_enable`]: the preconditions and settings of `pool.enable_ha` and `pool.disable_ha`.
 //! - [`error`]: [`CoreError`] and the XenAPI codes.
 #![deny(missing_docs)]
@@ -26,17 +31,31 @@
 pub mod db;
 pub mod devices;
 pub mod error;
+pub mod evacuate;
 pub mod genesis;
 pub mod ha_enable;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod membership;
+pub mod migration;
 pub mod model;
 pub mod ops;
 pub mod persist;
 pub mod placement;
 pub mod rbac;
 pub mod record;
+pub mod upgrade;
 pub mod value;
+
+// The shared pool builder of the integration tests, reused by the unit tests of the
+// maintenance rules: it names this crate by its package name.
+#[cfg(test)]
+extern crate self as xenpool_core;
+#[cfg(test)]
+mod maintenance_tests;
+#[cfg(test)]
+#[path = "../tests/ops_support/mod.rs"]
+mod ops_support;
 
 pub use db::{Change, ChangeKind, Database, Txn};
 pub use error::CoreError;

@@ -25,6 +25,8 @@
 //!    not `nomigrate` or `nested-virt` (from `VM_metrics` when present, else `platform`).
 //! 8. A control domain allows only start, start_on, metadata_export and destroy (destroy not
 //!    on dom0): `OPERATION_NOT_ALLOWED [reason]`.
+//! 9. During a rolling pool upgrade, only the operations xapi lists
+//!    ([`crate::upgrade::RPU_ALLOWED_VM_OPERATIONS`]): `NOT_SUPPORTED_DURING_UPGRADE []`.
 //!
 //! Operations xenpool does not serve yet (outside [`SERVED`]) always fail with
 //! `OPERATION_NOT_ALLOWED`, so the "listed ⟺ passes" rule holds for every operation and
@@ -381,7 +383,7 @@ fn vm_operation_error(
             ));
         }
     }
-    Ok(())
+    crate::upgrade::check_vm_operation_during_upgrade(db, op)
 }
 
 /// Checks that `op` may start on the VM now; the error is what the XenAPI call returns.

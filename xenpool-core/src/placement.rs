@@ -166,6 +166,12 @@ impl<'a> Placement<'a> {
     }
 
     fn check(&self, host_ref: &Ref) -> Result<i64, CoreError> {
+        self.check_with(host_ref, true)
+    }
+
+    /// The checks in order; without `memory`, all but the last (evacuation packs memory
+    /// itself, over all the VMs it moves at once).
+    fn check_with(&self, host_ref: &Ref, memory: bool) -> Result<i64, CoreError> {
         let db = self.db;
         let host = db.get::<HostRecord>(host_ref)?;
         if !host_is_live(db, host_ref, self.inputs) {
@@ -209,7 +215,7 @@ impl<'a> Placement<'a> {
         }
         let needed = vm_memory_requirement(self.vm);
         let free = self.free_memory(host_ref, host);
-        if free < needed {
+        if memory && free < needed {
             return Err(CoreError::HostNotEnoughFreeMemory { needed, free });
         }
         Ok(free)
@@ -226,6 +232,36 @@ pub fn check_vm_fits_host(
     inputs: &HostOpsInputs,
 ) -> Result<(), CoreError> {
     Placement::new(db, vm, inputs)?.check(host).map(|_| ())
+}
+
+/// The start checks of one VM, worked out once to judge many hosts.
+pub struct BootChecks<'a>(Placement<'a>);
+
+impl std::fmt::Debug for BootChecks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BootChecks").field(self.0.vm_ref).finish()
+    }
+}
+
+impl<'a> BootChecks<'a> {
+    /// The checks of `vm`. `HANDLE_INVALID` for an unknown VM or a dangling device.
+    pub fn new(
+        db: &'a Database,
+        vm: &'a Ref,
+        inputs: &'a HostOpsInputs,
+    ) -> Result<BootChecks<'a>, CoreError> {
+        Placement::new(db, vm, inputs).map(BootChecks)
+    }
+
+    /// [`check_vm_fits_host`] for this VM.
+    pub fn check(&self, host: &Ref) -> Result<(), CoreError> {
+        self.0.check_with(host, true).map(|_| ())
+    }
+
+    /// Every check but free memory, for callers that pack memory themselves.
+    pub fn check_ignoring_memory(&self, host: &Ref) -> Result<(), CoreError> {
+        self.0.check_with(host, false).map(|_| ())
+    }
 }
 
 /// A host and whether the VM could start there (the reason when not).

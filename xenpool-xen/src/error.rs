@@ -69,6 +69,36 @@ pub enum XenError {
         /// What was asked.
         operation: &'static str,
     },
+    /// A migration stream is malformed, corrupted or incomplete.
+    #[error("migration stream, byte {offset}: {reason}")]
+    MigrationStream {
+        /// Offset in the stream of the bad record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A migration call named a domain that is not being sent or received.
+    #[error("{domid} is not {expected}")]
+    NotMigrating {
+        /// The domain.
+        domid: DomId,
+        /// What it should have been: "being sent" or "being received".
+        expected: &'static str,
+    },
+    /// The caller cancelled the migration before the destination resumed.
+    #[error("migration cancelled")]
+    MigrationCancelled,
+    /// A migration failed; `aftermath` says where the domain is.
+    #[error("migration failed while {step} ({aftermath}): {cause}")]
+    MigrationFailed {
+        /// The step that failed.
+        step: crate::migrate::MigrationStep,
+        /// Where the domain is now.
+        aftermath: crate::migrate::Aftermath,
+        /// Why.
+        #[source]
+        cause: Box<XenError>,
+    },
     /// The hypervisor refused a call.
     #[error("{call} failed: {source}")]
     Hypercall {

@@ -4,7 +4,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::memory::PAGE_SIZE;
 use crate::XenError;
+
+/// Where [`Hypervisor::migration_read_pages`] puts each page it reads: index and contents.
+pub type PageSink<'a> = dyn FnMut(u64, &[u8; PAGE_SIZE]) -> Result<(), XenError> + 'a;
 
 /// A domain id: 0 is the control domain; guests get fresh ids as they are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -114,5 +118,78 @@ pub trait Hypervisor: Send + Sync {
     /// The domain of the VM with this UUID, if it has one here.
     fn domain_by_uuid(&self, uuid: &str) -> Result<Option<DomainInfo>, XenError> {
         Ok(self.list()?.into_iter().find(|d| d.uuid == uuid))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Live migration, sending side. The order is fixed by [`crate::migrate::migrate_domain`]:
+    // `migration_begin`, then `migration_dirty_pages` and `migration_read_pages` per round,
+    // `pause` before the last round, and `migration_complete` once the destination runs, or
+    // `migration_abort` if it never will. Backends that cannot migrate keep the defaults,
+    // which refuse with [`XenError::Unsupported`].
+
+    /// Turns on dirty-page logging for a running or paused domain and returns the pages in
+    /// its memory. The next [`Hypervisor::migration_dirty_pages`] lists every page that
+    /// must be sent at least once.
+    fn migration_begin(&self, _domid: DomId) -> Result<u64, XenError> {
+        Err(no_migration())
+    }
+
+    /// The pages to send this round, in index order: on the first call every page holding
+    /// data, afterwards those written since the previous call. Clears the log.
+    fn migration_dirty_pages(&self, _domid: DomId) -> Result<Vec<u64>, XenError> {
+        Err(no_migration())
+    }
+
+    /// Reads the pages of a domain being sent, handing each to `sink` in the order given.
+    fn migration_read_pages(
+        &self,
+        _domid: DomId,
+        _pages: &[u64],
+        _sink: &mut PageSink<'_>,
+    ) -> Result<(), XenError> {
+        Err(no_migration())
+    }
+
+    /// The migration failed before the destination ran the domain: turns logging off and
+    /// lets the domain run again if it was running when the migration began.
+    fn migration_abort(&self, _domid: DomId) -> Result<(), XenError> {
+        Err(no_migration())
+    }
+
+    /// The destination runs the domain now: removes the paused source domain.
+    fn migration_complete(&self, domid: DomId) -> Result<(), XenError> {
+        self.destroy(domid)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Live migration, receiving side: `incoming_create`, `incoming_write_page` for every
+    // page the stream carries, then `incoming_finish`; `destroy` if the migration fails.
+
+    /// Builds a paused, all-zero domain to receive a migrating VM's memory.
+    fn incoming_create(&self, _spec: &DomainSpec) -> Result<DomId, XenError> {
+        Err(no_migration())
+    }
+
+    /// Writes one page of a domain being received.
+    fn incoming_write_page(
+        &self,
+        _domid: DomId,
+        _index: u64,
+        _data: &[u8; PAGE_SIZE],
+    ) -> Result<(), XenError> {
+        Err(no_migration())
+    }
+
+    /// Every page arrived and the source is paused: lets the received domain run.
+    fn incoming_finish(&self, _domid: DomId) -> Result<(), XenError> {
+        Err(no_migration())
+    }
+}
+
+/// What a backend without live migration answers.
+fn no_migration() -> XenError {
+    XenError::Unsupported {
+        backend: "this",
+        operation: "live migration",
     }
 }

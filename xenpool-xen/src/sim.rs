@@ -9,8 +9,16 @@
 //! toolstack crash, not a host crash: the domains survive it. To simulate the host itself
 //! going down (a fence, a power cut, a reboot), call [`SimulatedHypervisor::reset`] or delete
 //! the file; without a state directory every restart is a fresh host.
+//!
+//! Each domain also has a memory image ([`crate::memory::GuestMemory`], sparse, all zeros
+//! until written) and optionally a seeded workload writing to it, for live migration. The
+//! images live only in memory: a daemon that restarts finds its domains with zeroed
+//! memory. A running guest takes [`SimulatedHypervisor::set_steps_per_read`] workload steps
+//! each time a migration reads a batch of its pages, so how fast it dirties memory
+//! relative to the copy is a setting, not a matter of timing; [`SimulatedHypervisor::step_guests`]
+//! lets time pass otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +27,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hypervisor::{DomId, DomainInfo, DomainSpec, DomainState, HostInfo, Hypervisor};
+use crate::hypervisor::{
+    DomId, DomainInfo, DomainSpec, DomainState, HostInfo, Hypervisor, PageSink,
+};
+use crate::memory::{GuestMemory, Workload, WorkloadConfig, PAGE_SIZE};
 use crate::XenError;
 
 const STATE_FILE: &str = "domains.json";
@@ -100,6 +111,34 @@ pub struct SimulatedHypervisor {
     config: SimulatedConfig,
     state: Mutex<State>,
     op_delay: Mutex<Duration>,
+    /// Memory images by domain id. Kept apart from `state`: they are not saved to the state
+    /// file (a restarted daemon finds its domains with zeroed memory), and a lifecycle
+    /// change copies `state` whole, which an image of gigabytes must not be.
+    guests: Mutex<HashMap<u32, Guest>>,
+    /// Workload steps each running guest takes per `migration_read_pages` call.
+    steps_per_read: Mutex<u64>,
+}
+
+/// A domain's memory and what is being done to it.
+#[derive(Debug)]
+struct Guest {
+    memory: GuestMemory,
+    workload: Option<Workload>,
+    /// Being sent: whether it was running when the migration began, and whether the first
+    /// round (every populated page) is still to be listed.
+    sending: Option<Sending>,
+    /// Being received: pages may be written, and it stays paused until finished.
+    receiving: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sending {
+    was_running: bool,
+    first_round: bool,
+}
+
+fn pages_of(memory: u64) -> u64 {
+    memory.div_ceil(PAGE_SIZE as u64)
 }
 
 type Check = fn(DomainState) -> bool;
@@ -121,6 +160,8 @@ impl SimulatedHypervisor {
             op_delay: Mutex::new(config.op_delay),
             config,
             state: Mutex::new(state),
+            guests: Mutex::new(HashMap::new()),
+            steps_per_read: Mutex::new(1),
         })
     }
 
@@ -139,7 +180,130 @@ impl SimulatedHypervisor {
         self.mutate(|s| {
             s.domains.clear();
             Ok(())
+        })?;
+        self.guests().clear();
+        Ok(())
+    }
+
+    fn guests(&self) -> MutexGuard<'_, HashMap<u32, Guest>> {
+        // Each guest operation leaves its image whole before it can panic.
+        self.guests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the guest of a domain, creating its all-zero image on first use (domains
+    /// reloaded from the state file have none yet).
+    fn with_guest<R>(
+        &self,
+        domid: DomId,
+        f: impl FnOnce(&mut Guest, DomainState) -> Result<R, XenError>,
+    ) -> Result<R, XenError> {
+        if domid == DomId::CONTROL {
+            return Err(XenError::ControlDomain("touch the memory of"));
+        }
+        let (memory, state) = {
+            let s = self.lock();
+            let d = s
+                .domains
+                .get(&domid.0)
+                .ok_or(XenError::NoSuchDomain(domid))?;
+            (d.memory, d.state)
+        };
+        let mut guests = self.guests();
+        let guest = guests.entry(domid.0).or_insert_with(|| Guest {
+            memory: GuestMemory::new(pages_of(memory)),
+            workload: None,
+            sending: None,
+            receiving: false,
+        });
+        f(guest, state)
+    }
+
+    /// Fills `pages` pages from `first` of a domain's memory with seeded contents, as a guest
+    /// that has been running a while.
+    pub fn populate_guest(
+        &self,
+        domid: DomId,
+        first: u64,
+        pages: u64,
+        seed: u64,
+    ) -> Result<(), XenError> {
+        self.with_guest(domid, |g, _| {
+            crate::memory::populate(&mut g.memory, first, pages, seed);
+            Ok(())
         })
+    }
+
+    /// Gives a domain a workload that writes to its memory on every step (`None`: idle).
+    pub fn set_guest_workload(
+        &self,
+        domid: DomId,
+        workload: Option<WorkloadConfig>,
+    ) -> Result<(), XenError> {
+        self.with_guest(domid, |g, _| {
+            g.workload = workload.map(Workload::new);
+            Ok(())
+        })
+    }
+
+    /// How many workload steps a running guest takes each time a migration reads a batch of
+    /// its pages: the ratio of the guest's write rate to the migration's bandwidth.
+    pub fn set_steps_per_read(&self, steps: u64) {
+        *self
+            .steps_per_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = steps;
+    }
+
+    /// Runs `steps` workload steps in every running guest that has a workload, as that much
+    /// guest time passing. Returns the stores made.
+    pub fn step_guests(&self, steps: u64) -> u64 {
+        let running: Vec<u32> = self
+            .lock()
+            .domains
+            .iter()
+            .filter(|(_, d)| d.state == DomainState::Running)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut guests = self.guests();
+        let mut stored = 0;
+        for id in running {
+            if let Some(Guest {
+                memory,
+                workload: Some(w),
+                ..
+            }) = guests.get_mut(&id)
+            {
+                stored += w.step(memory, steps);
+            }
+        }
+        stored
+    }
+
+    /// Runs `f` on a domain's memory image (all zeros if it was never touched).
+    pub fn with_guest_memory<R>(
+        &self,
+        domid: DomId,
+        f: impl FnOnce(&GuestMemory) -> R,
+    ) -> Result<R, XenError> {
+        self.with_guest(domid, |g, _| Ok(f(&g.memory)))
+    }
+
+    fn sending(g: &Guest, domid: DomId) -> Result<Sending, XenError> {
+        g.sending.ok_or(XenError::NotMigrating {
+            domid,
+            expected: "being sent",
+        })
+    }
+
+    fn receiving(g: &Guest, domid: DomId) -> Result<(), XenError> {
+        if g.receiving {
+            Ok(())
+        } else {
+            Err(XenError::NotMigrating {
+                domid,
+                expected: "being received",
+            })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -442,7 +606,9 @@ impl Hypervisor for SimulatedHypervisor {
             Self::check(s, domid, "destroy", |_| true)?;
             s.domains.remove(&domid.0);
             Ok(())
-        })
+        })?;
+        self.guests().remove(&domid.0);
+        Ok(())
     }
 
     fn list(&self) -> Result<Vec<DomainInfo>, XenError> {
@@ -457,6 +623,127 @@ impl Hypervisor for SimulatedHypervisor {
             vcpus: d.vcpus,
         }));
         Ok(out)
+    }
+
+    fn migration_begin(&self, domid: DomId) -> Result<u64, XenError> {
+        self.with_guest(domid, |g, state| {
+            if !matches!(state, DomainState::Running | DomainState::Paused)
+                || g.sending.is_some()
+                || g.receiving
+            {
+                return Err(XenError::InvalidState {
+                    domid,
+                    state,
+                    operation: "begin migrating",
+                });
+            }
+            g.memory.start_logging();
+            g.sending = Some(Sending {
+                was_running: state == DomainState::Running,
+                first_round: true,
+            });
+            Ok(g.memory.page_count())
+        })
+    }
+
+    fn migration_dirty_pages(&self, domid: DomId) -> Result<Vec<u64>, XenError> {
+        self.with_guest(domid, |g, _| {
+            let sending = Self::sending(g, domid)?;
+            let dirty = g.memory.take_dirty();
+            if sending.first_round {
+                g.sending = Some(Sending {
+                    first_round: false,
+                    ..sending
+                });
+                return Ok(g.memory.populated());
+            }
+            Ok(dirty)
+        })
+    }
+
+    fn migration_read_pages(
+        &self,
+        domid: DomId,
+        pages: &[u64],
+        sink: &mut PageSink<'_>,
+    ) -> Result<(), XenError> {
+        let steps = *self
+            .steps_per_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.with_guest(domid, |g, state| {
+            Self::sending(g, domid)?;
+            // The guest keeps writing while a running domain is copied; a paused one cannot.
+            if state == DomainState::Running {
+                if let Some(w) = &mut g.workload {
+                    w.step(&mut g.memory, steps);
+                }
+            }
+            for &index in pages {
+                let data = g.memory.read(index).ok_or(XenError::MigrationStream {
+                    offset: 0,
+                    reason: format!(
+                        "page {index} outside a guest of {} pages",
+                        g.memory.page_count()
+                    ),
+                })?;
+                sink(index, data)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn migration_abort(&self, domid: DomId) -> Result<(), XenError> {
+        let (was_running, state) = self.with_guest(domid, |g, state| {
+            let sending = Self::sending(g, domid)?;
+            g.memory.stop_logging();
+            g.sending = None;
+            Ok((sending.was_running, state))
+        })?;
+        if was_running && state == DomainState::Paused {
+            self.unpause(domid)?;
+        }
+        Ok(())
+    }
+
+    fn incoming_create(&self, spec: &DomainSpec) -> Result<DomId, XenError> {
+        let domid = self.create_domain(spec)?;
+        self.with_guest(domid, |g, _| {
+            g.receiving = true;
+            Ok(())
+        })?;
+        Ok(domid)
+    }
+
+    fn incoming_write_page(
+        &self,
+        domid: DomId,
+        index: u64,
+        data: &[u8; PAGE_SIZE],
+    ) -> Result<(), XenError> {
+        self.with_guest(domid, |g, _| {
+            Self::receiving(g, domid)?;
+            if g.memory.write_page(index, data) {
+                Ok(())
+            } else {
+                Err(XenError::MigrationStream {
+                    offset: 0,
+                    reason: format!(
+                        "page {index} outside a guest of {} pages",
+                        g.memory.page_count()
+                    ),
+                })
+            }
+        })
+    }
+
+    fn incoming_finish(&self, domid: DomId) -> Result<(), XenError> {
+        self.with_guest(domid, |g, _| Self::receiving(g, domid))?;
+        self.unpause(domid)?;
+        self.with_guest(domid, |g, _| {
+            g.receiving = false;
+            Ok(())
+        })
     }
 }
 
