@@ -122,6 +122,7 @@ pub const VM_OPERATIONS: &[VmOperation] = &[
     VmOperation::Suspend,
     VmOperation::Resume,
     VmOperation::ResumeOn,
+    VmOperation::PoolMigrate,
     VmOperation::Destroy,
 ];
 
@@ -130,8 +131,10 @@ pub const VM_OPERATIONS: &[VmOperation] = &[
 /// and `VM.resume_on`); `provision` that a template may be provisioned there.
 pub const HOST_OPERATIONS: &[HostOperation] = &[
     HostOperation::Provision,
+    HostOperation::Evacuate,
     HostOperation::VmStart,
     HostOperation::VmResume,
+    HostOperation::VmMigrate,
     HostOperation::Enable,
     HostOperation::Disable,
 ];

@@ -44,6 +44,7 @@ pub mod ha_runtime;
 pub mod host_files;
 pub mod host_work;
 pub mod liveness;
+pub mod migration;
 pub mod node;
 pub mod passwords;
 pub mod pool;
@@ -135,6 +136,7 @@ pub fn open_node_with(
         transferring: tokio::sync::watch::channel(false).0,
         local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         ha: crate::ha_runtime::HaRuntime::default(),
+        migrations: crate::migration::Incoming::default(),
     });
     if let Role::Member { coordinator } = &role {
         node.state.set_write_gate(Some(coordinator.clone()));

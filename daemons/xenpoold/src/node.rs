@@ -36,6 +36,8 @@ pub struct Node {
     pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::session::Caller>>,
     /// HA on this host: its HA daemon, lease and redo log.
     pub ha: crate::ha_runtime::HaRuntime,
+    /// Migrations this host is receiving.
+    pub migrations: crate::migration::Incoming,
 }
 
 impl std::fmt::Debug for Node {

@@ -5,6 +5,7 @@
 mod auth;
 mod events;
 mod generic;
+mod migrate;
 mod objects;
 mod pool;
 mod tasks;

@@ -40,6 +40,8 @@ pub const METHODS: &[(&str, &[&str])] = &[
             "get_server_localtime",
             "disable",
             "enable",
+            "evacuate",
+            "get_vms_which_prevent_evacuation",
         ],
     ),
     ("PBD", &["plug", "unplug"]),
@@ -235,6 +237,18 @@ impl Api {
             }
             ("host", "get_servertime") | ("host", "get_server_localtime") => {
                 Some(Wire::DateTime(now().as_str().to_string()))
+            }
+            ("host", "evacuate") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let host = ref_param(&mut p, "host")?;
+                Some(self.evacuate(cx, &host).await?)
+            }
+            ("host", "get_vms_which_prevent_evacuation") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let host = ref_param(&mut p, "self")?;
+                Some(self.vms_which_prevent_evacuation(&host)?)
             }
             ("host", "disable") | ("host", "enable") => {
                 let mut p = req.reader(2)?;

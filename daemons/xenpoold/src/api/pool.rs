@@ -554,6 +554,31 @@ impl Api {
                 let domid = node.local_domain_op(vm, op).await?;
                 Ok(Wire::Int(domid))
             }
+            ("host", "xenpool_migrate_receive") => {
+                let mut p = req.reader(4)?;
+                p.value()?;
+                let id = p.string("id")?;
+                let op = p.string("op")?;
+                let payload = p.string("payload")?;
+                crate::migration::receive(node, id, op, payload).await
+            }
+            ("host", "xenpool_migrate_send") => {
+                let mut p = req.reader(6)?;
+                p.value()?;
+                let vm = p.string("vm")?;
+                let destination = p.string("destination")?;
+                let id = p.string("id")?;
+                let task = p.string("task")?;
+                let coordinator = p.string("coordinator")?;
+                crate::migration::send(node, vm, destination, id, task, coordinator).await
+            }
+            ("pool", "xenpool_migration_progress") => {
+                let mut p = req.reader(3)?;
+                p.value()?;
+                let task = Ref::from_string(p.string("task")?.to_string());
+                let fraction = p.float("fraction")?.clamp(0.0, 1.0);
+                Ok(Wire::Bool(self.migration_progress(&task, fraction)))
+            }
             ("pool", "xenpool_become_coordinator") => {
                 let mut p = req.reader(2)?;
                 p.value()?;

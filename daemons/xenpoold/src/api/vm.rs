@@ -36,6 +36,7 @@ pub const MESSAGES: &[&str] = &[
     "provision",
     "create",
     "assert_can_boot_here",
+    "pool_migrate",
     "set_ha_restart_priority",
     "set_memory_limits",
     "set_memory",
@@ -144,6 +145,13 @@ impl Api {
                 let fields = p.structure("args")?;
                 let vm = self.create_vm(fields)?;
                 Wire::String(vm.as_str().to_string())
+            }
+            "pool_migrate" => {
+                let mut p = req.reader(4)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "vm")?;
+                let host = ref_param(&mut p, "host")?;
+                self.pool_migrate(cx, &vm, &host).await?
             }
             "assert_can_boot_here" => {
                 let mut p = req.reader(3)?;

@@ -1,0 +1,194 @@
+//! Live migration and evacuation on a pool of real processes: the VM moves host to host
+//! through the hosts' own HTTP, its task reports progress, and at no sample of the hosts'
+//! own hypervisors does it run on two of them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xenpool_rpc::{Client, Value};
+use xenpool_tests::ha::{call, must, HaOptions, HaPool, Net};
+use xenpool_tests::wire::{field, s, text};
+
+/// UUIDs of the domains in state `Running` in a host's simulated hypervisor.
+fn running_in(data_dir: &std::path::Path) -> Vec<String> {
+    let path = data_dir.join("domains").join("domains.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Vec::new();
+    };
+    // Read while the host rewrites it: a torn read is skipped, the next sample counts.
+    let Ok(state) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(doms) = state.get("domains").and_then(|d| d.as_object()) {
+        for d in doms.values() {
+            if d.get("state").and_then(|s| s.as_str()) == Some("Running") {
+                if let Some(uuid) = d.get("uuid").and_then(|u| u.as_str()) {
+                    out.push(uuid.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Samples every host's hypervisor until stopped; fails if a VM runs on two at once.
+struct TwiceChecker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl TwiceChecker {
+    fn start(dirs: Vec<PathBuf>) -> TwiceChecker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = 0u64;
+            let mut twice = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                let mut seen = std::collections::BTreeMap::<String, usize>::new();
+                for d in &dirs {
+                    for uuid in running_in(d) {
+                        *seen.entry(uuid).or_default() += 1;
+                    }
+                }
+                twice.extend(seen.into_iter().filter(|(_, n)| *n > 1).map(|(u, _)| u));
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (samples, twice)
+        });
+        TwiceChecker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        let (samples, twice) = self.thread.take().unwrap().join().unwrap();
+        assert!(twice.is_empty(), "VMs seen running on two hosts: {twice:?}");
+        samples
+    }
+}
+
+async fn wait_task(c: &Client, task: &str) -> (String, Vec<f64>) {
+    let start = Instant::now();
+    let mut progress = Vec::new();
+    loop {
+        let status = text(&must(c, "task.get_status", vec![s(task)]).await);
+        if let Value::Double(p) = must(c, "task.get_progress", vec![s(task)]).await {
+            progress.push(p);
+        }
+        if status != "pending" {
+            return (status, progress);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "task {task} still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn resident(v: &Value) -> String {
+    text(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_vm_moves_between_hosts_and_a_host_is_evacuated() {
+    let pool = HaPool::start(
+        Net::Loopback(81),
+        &HaOptions {
+            hosts: 3,
+            vms_per_host: 1,
+            enable_ha: false,
+            ..HaOptions::default()
+        },
+    )
+    .await;
+    let checker = TwiceChecker::start(pool.hosts.iter().map(|h| h.data_dir.clone()).collect());
+    let c = pool.coordinator_client(&[0, 1, 2]).await;
+    let (vm, uuid) = pool.vms[0][0].clone();
+    let ops = must(&c, "VM.get_allowed_operations", vec![s(&vm)]).await;
+    assert!(format!("{ops:?}").contains("pool_migrate"), "{ops:?}");
+
+    // h1 → h2 as a task, with progress.
+    let task = text(
+        &must(
+            &c,
+            "Async.VM.pool_migrate",
+            vec![
+                s(&vm),
+                s(&pool.host_refs[1]),
+                Value::Struct(vec![("live".into(), s("true"))]),
+            ],
+        )
+        .await,
+    );
+    let (status, progress) = wait_task(&c, &task).await;
+    assert_eq!(
+        status,
+        "success",
+        "{:?}",
+        must(&c, "task.get_error_info", vec![s(&task)]).await
+    );
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    let on = resident(&must(&c, "VM.get_resident_on", vec![s(&vm)]).await);
+    assert_eq!(on, pool.host_refs[1]);
+    assert!(pool.hosts[1].domains().contains(&uuid));
+    assert!(!pool.hosts[0].domains().contains(&uuid));
+    let power = text(&must(&c, "VM.get_power_state", vec![s(&vm)]).await);
+    assert_eq!(power, "Running");
+
+    // Refusals, in xapi's form: the host it runs on, a halted VM.
+    let e = call(
+        &c,
+        "VM.pool_migrate",
+        vec![s(&vm), s(&pool.host_refs[1]), Value::Struct(vec![])],
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:?}").contains("OPERATION_NOT_ALLOWED"), "{e:?}");
+    let ledger = pool.ledger.clone();
+    let e = call(
+        &c,
+        "VM.pool_migrate",
+        vec![s(&ledger), s(&pool.host_refs[1]), Value::Struct(vec![])],
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:?}").contains("VM_BAD_POWER_STATE"), "{e:?}");
+
+    // h2 now runs two VMs; evacuating it moves both, and nothing prevents it.
+    let prevent = must(
+        &c,
+        "host.get_vms_which_prevent_evacuation",
+        vec![s(&pool.host_refs[1])],
+    )
+    .await;
+    assert_eq!(prevent, Value::Struct(vec![]));
+    must(&c, "host.disable", vec![s(&pool.host_refs[1])]).await;
+    must(&c, "host.evacuate", vec![s(&pool.host_refs[1])]).await;
+    let mut moved = vec![vm.clone(), pool.vms[1][0].0.clone()];
+    moved.sort();
+    for v in &moved {
+        let on = resident(&must(&c, "VM.get_resident_on", vec![s(v)]).await);
+        assert!(
+            on == pool.host_refs[0] || on == pool.host_refs[2],
+            "{v} on {on}"
+        );
+        let u = text(&must(&c, "VM.get_uuid", vec![s(v)]).await);
+        let j = pool.host_refs.iter().position(|h| *h == on).unwrap();
+        assert!(pool.hosts[j].domains().contains(&u));
+    }
+    assert!(running_in(&pool.hosts[1].data_dir).is_empty());
+    let record = must(&c, "host.get_record", vec![s(&pool.host_refs[1])]).await;
+    assert_eq!(field(&record, "current_operations"), &Value::Struct(vec![]));
+    must(&c, "host.enable", vec![s(&pool.host_refs[1])]).await;
+    let samples = checker.finish();
+    assert!(samples > 10, "the checker sampled {samples} times");
+}
