@@ -254,8 +254,16 @@ fn run(guest: &Guest, policy: &PrecopyPolicy, fail: BTreeMap<u32, bool>) -> (Out
                 left_over: report.source_left_over.is_some(),
             }
         }
-        Err(XenError::MigrationFailed { aftermath, .. }) => {
+        Err(XenError::MigrationFailed {
+            aftermath,
+            destination_left_over,
+            ..
+        }) => {
             let s = domain(&a).expect("a failed migration keeps the source domain");
+            // Unless the destination said it could not remove its domain, it has none.
+            if !destination_left_over {
+                assert!(domain(&b).is_none(), "{:?}", domain(&b));
+            }
             match aftermath {
                 Aftermath::SourceRestored => {
                     assert_eq!(s.state, DomainState::Running);
@@ -516,6 +524,7 @@ fn only_a_running_domain_migrates_and_a_full_destination_refuses() {
         Err(XenError::MigrationFailed {
             step: xenpool_xen::MigrationStep::Prepare,
             aftermath: Aftermath::SourceRestored,
+            destination_left_over: false,
             cause,
         }) => assert!(matches!(*cause, XenError::NotEnoughMemory { .. })),
         other => panic!("{other:?}"),
