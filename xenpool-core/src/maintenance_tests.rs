@@ -756,3 +756,47 @@ fn before_any_host_is_upgraded_every_host_is_in_the_order_coordinator_first() {
     assert_eq!(order[0], f.h1);
     assert!(order.contains(&h3) && order.contains(&f.h2));
 }
+
+proptest! {
+    /// `check_pool_migrate` passes exactly when the destination is another host that is
+    /// live, enabled, not older, has the VM's SR attached and the memory free.
+    #[test]
+    fn pool_migrate_passes_exactly_when_every_condition_holds(
+        hosts in proptest::collection::vec(
+            (0i64..12, any::<bool>(), any::<bool>(), 0u8..3, any::<bool>(), any::<bool>()),
+            1..5,
+        ),
+        need in 1i64..8,
+        source_version in 0u8..3,
+    ) {
+        let mut pool = Pool::new();
+        let sr = pool.sr("nfs", true);
+        let version = |v: u8| format!("1.{v}.0");
+        let source = pool.host_with(16 * GIB, true, true, |h| {
+            h.software_version.insert("product_version".into(), version(source_version));
+        });
+        pool.pbd(&source, &sr, true);
+        let vm = running_vm(&mut pool, &source, need * GIB);
+        pool.disk(&vm, &sr);
+        for (used, live, enabled, v, has_pbd, attached) in hosts {
+            let h = pool.host_with(8 * GIB, live, enabled, |h| {
+                h.software_version.insert("product_version".into(), version(v));
+            });
+            if has_pbd {
+                pool.pbd(&h, &sr, attached);
+            }
+            if used > 0 {
+                running_vm(&mut pool, &h, used * GIB / 2);
+            }
+            let expected = live
+                && enabled
+                && v >= source_version
+                && has_pbd
+                && attached
+                && host_free_memory(&pool.db, &h).unwrap() >= need * GIB;
+            let r = check_pool_migrate(&pool.db, &WITH_RULES, &vm, &h, &none(), &mut no_ha);
+            prop_assert_eq!(r.is_ok(), expected, "{:?}", r);
+        }
+        prop_assert!(check_pool_migrate(&pool.db, &WITH_RULES, &vm, &source, &none(), &mut no_ha).is_err());
+    }
+}

@@ -30,6 +30,11 @@
 //!
 //! `VM.assert_can_boot_here` during the mode also wants the host at the coordinator's
 //! version: `VM_HOST_INCOMPATIBLE_VERSION [host; vm]` ([`check_boot_here_during_upgrade`]).
+//!
+//! xapi also trims `host.allowed_operations` to `evacuate` and `provision` during the mode,
+//! for hosts of a release too old to know the other values; it still accepts `disable`,
+//! `reboot` and `shutdown`, which the upgrade itself needs. Every xenpool host knows every
+//! value, so the field is left whole.
 
 use std::cmp::Ordering;
 

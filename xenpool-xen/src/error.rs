@@ -95,6 +95,9 @@ pub enum XenError {
         step: crate::migrate::MigrationStep,
         /// Where the domain is now.
         aftermath: crate::migrate::Aftermath,
+        /// The destination did not confirm it removed its incoming domain (paused, never
+        /// resumed unless the aftermath is `Unknown`): it holds memory there until removed.
+        destination_left_over: bool,
         /// Why.
         #[source]
         cause: Box<XenError>,

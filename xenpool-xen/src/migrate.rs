@@ -322,6 +322,7 @@ impl Sender<'_> {
         XenError::MigrationFailed {
             step,
             aftermath,
+            destination_left_over: !target_gone,
             cause: Box::new(cause),
         }
     }
@@ -381,20 +382,22 @@ pub fn migrate_domain(
     if let Err(e) = s.target.prepare(&spec) {
         // The incoming domain may exist if only the answer was lost; it never runs unless
         // told to resume, but it holds memory.
-        let _ = s.target.abort();
+        let gone = s.target.abort().is_ok();
         return Err(XenError::MigrationFailed {
             step: MigrationStep::Prepare,
             aftermath: Aftermath::SourceRestored,
+            destination_left_over: !gone,
             cause: Box::new(e),
         });
     }
     let memory_pages = match s.source.migration_begin(domid) {
         Ok(n) => n,
         Err(e) => {
-            let _ = s.target.abort();
+            let gone = s.target.abort().is_ok();
             return Err(XenError::MigrationFailed {
                 step: MigrationStep::Begin,
                 aftermath: Aftermath::SourceRestored,
+                destination_left_over: !gone,
                 cause: Box::new(e),
             });
         }
@@ -543,6 +546,20 @@ impl MigrationReceiver {
         Ok(self.domid)
     }
 
+    /// Removes the incoming domain of the VM `uuid`, for when `prepare` failed and its domain
+    /// id is unknown: the domain may have been created with only the answer lost. Within a
+    /// pool a VM never migrates to the host it runs on, so a domain of that VM on the
+    /// receiving host can only be the incoming one.
+    pub fn abort_by_uuid(hv: &dyn Hypervisor, uuid: &str) -> Result<(), XenError> {
+        match hv.domain_by_uuid(uuid)? {
+            Some(d) => match hv.destroy(d.domid) {
+                Ok(()) | Err(XenError::NoSuchDomain(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => Ok(()),
+        }
+    }
+
     /// Removes the incoming domain.
     pub fn abort(&mut self, hv: &dyn Hypervisor) -> Result<(), XenError> {
         match hv.destroy(self.domid) {
@@ -557,6 +574,8 @@ impl MigrationReceiver {
 pub struct LocalTarget<'h> {
     hv: &'h dyn Hypervisor,
     receiver: Option<MigrationReceiver>,
+    /// The VM being received, known from `prepare` on even if creating its domain failed.
+    uuid: Option<String>,
 }
 
 impl fmt::Debug for LocalTarget<'_> {
@@ -570,7 +589,11 @@ impl fmt::Debug for LocalTarget<'_> {
 impl<'h> LocalTarget<'h> {
     /// A target that receives on `hv`.
     pub fn new(hv: &'h dyn Hypervisor) -> Self {
-        LocalTarget { hv, receiver: None }
+        LocalTarget {
+            hv,
+            receiver: None,
+            uuid: None,
+        }
     }
 
     /// The incoming domain, once prepared.
@@ -588,6 +611,7 @@ fn not_prepared() -> XenError {
 
 impl MigrationTarget for LocalTarget<'_> {
     fn prepare(&mut self, spec: &DomainSpec) -> Result<(), XenError> {
+        self.uuid = Some(spec.uuid.clone());
         self.receiver = Some(MigrationReceiver::prepare(self.hv, spec)?);
         Ok(())
     }
@@ -611,9 +635,10 @@ impl MigrationTarget for LocalTarget<'_> {
 
     fn abort(&mut self) -> Result<(), XenError> {
         let hv = self.hv;
-        match self.receiver.as_mut() {
-            Some(r) => r.abort(hv),
-            None => Ok(()),
+        match (self.receiver.as_mut(), &self.uuid) {
+            (Some(r), _) => r.abort(hv),
+            (None, Some(uuid)) => MigrationReceiver::abort_by_uuid(hv, uuid),
+            (None, None) => Ok(()),
         }
     }
 }

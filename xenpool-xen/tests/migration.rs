@@ -13,8 +13,9 @@ use xenpool_xen::hypervisor::{
     DomId, DomainInfo, DomainSpec, DomainState, HostInfo, Hypervisor, PageSink,
 };
 use xenpool_xen::{
-    migrate_domain, Aftermath, LocalTarget, MigrationEvent, PrecopyPolicy, SimulatedConfig,
-    SimulatedHypervisor, WorkloadConfig, XenError, PAGE_SIZE,
+    migrate_domain, stream, Aftermath, LocalTarget, MigrationEvent, MigrationReceiver,
+    MigrationTarget, PrecopyPolicy, SimulatedConfig, SimulatedHypervisor, WorkloadConfig, XenError,
+    PAGE_SIZE,
 };
 
 const MIB: u64 = 1 << 20;
@@ -254,8 +255,16 @@ fn run(guest: &Guest, policy: &PrecopyPolicy, fail: BTreeMap<u32, bool>) -> (Out
                 left_over: report.source_left_over.is_some(),
             }
         }
-        Err(XenError::MigrationFailed { aftermath, .. }) => {
+        Err(XenError::MigrationFailed {
+            aftermath,
+            destination_left_over,
+            ..
+        }) => {
             let s = domain(&a).expect("a failed migration keeps the source domain");
+            // Unless the destination said it could not remove its domain, it has none.
+            if !destination_left_over {
+                assert!(domain(&b).is_none(), "{:?}", domain(&b));
+            }
             match aftermath {
                 Aftermath::SourceRestored => {
                     assert_eq!(s.state, DomainState::Running);
@@ -516,10 +525,178 @@ fn only_a_running_domain_migrates_and_a_full_destination_refuses() {
         Err(XenError::MigrationFailed {
             step: xenpool_xen::MigrationStep::Prepare,
             aftermath: Aftermath::SourceRestored,
+            destination_left_over: false,
             cause,
         }) => assert!(matches!(*cause, XenError::NotEnoughMemory { .. })),
         other => panic!("{other:?}"),
     }
     assert_eq!(domain(&a).unwrap().state, DomainState::Running);
     assert!(small.domain_by_uuid(UUID).unwrap().is_none());
+}
+
+/// A target that flips one bit of the n-th chunk on its way, as a faulty link would.
+struct Corrupting<'a> {
+    inner: LocalTarget<'a>,
+    chunk: usize,
+    seen: usize,
+}
+
+impl MigrationTarget for Corrupting<'_> {
+    fn prepare(&mut self, spec: &DomainSpec) -> Result<(), XenError> {
+        self.inner.prepare(spec)
+    }
+    fn send(&mut self, chunk: &[u8]) -> Result<(), XenError> {
+        self.seen += 1;
+        if self.seen == self.chunk {
+            let mut bad = chunk.to_vec();
+            let at = bad.len() / 2;
+            bad[at] ^= 0x10;
+            return self.inner.send(&bad);
+        }
+        self.inner.send(chunk)
+    }
+    fn resume(&mut self) -> Result<(), XenError> {
+        self.inner.resume()
+    }
+    fn abort(&mut self) -> Result<(), XenError> {
+        self.inner.abort()
+    }
+}
+
+#[test]
+fn a_corrupted_chunk_fails_the_migration_and_the_source_runs_on() {
+    let guest = Guest {
+        memory: 16 * MIB,
+        populated: 600,
+        seed: 11,
+        pages_per_step: 5,
+        working_set: 50,
+        steps_per_read: 1,
+    };
+    for chunk in [1, 2, 5] {
+        let (a, b) = (host(), host());
+        let d = start(&a, &guest);
+        let mut target = Corrupting {
+            inner: LocalTarget::new(&b),
+            chunk,
+            seen: 0,
+        };
+        let policy = PrecopyPolicy {
+            batch_pages: 100,
+            ..PrecopyPolicy::default()
+        };
+        match migrate_domain(&a, d, &mut target, &policy, &mut |_| {
+            ControlFlow::Continue(())
+        }) {
+            Err(XenError::MigrationFailed {
+                aftermath: Aftermath::SourceRestored,
+                destination_left_over: false,
+                cause,
+                ..
+            }) => assert!(
+                matches!(*cause, XenError::MigrationStream { .. }),
+                "{cause:?}"
+            ),
+            other => panic!("chunk {chunk}: {other:?}"),
+        }
+        assert_eq!(domain(&a).unwrap().state, DomainState::Running);
+        assert!(domain(&b).is_none());
+    }
+}
+
+#[test]
+fn a_receiver_refuses_a_stream_for_another_size() {
+    let b = host();
+    let spec = DomainSpec {
+        uuid: UUID.into(),
+        name: "x".into(),
+        memory: 8 * MIB,
+        vcpus: 1,
+    };
+    let mut r = MigrationReceiver::prepare(&b, &spec).unwrap();
+    let mut s = Vec::new();
+    stream::encode_header(&mut s, &stream::StreamHeader { page_count: 4 });
+    assert!(matches!(
+        r.feed(&b, &s),
+        Err(XenError::MigrationStream { .. })
+    ));
+    // Nothing runs until finished, and a broken stream never finishes.
+    assert!(r.finish(&b).is_err());
+    assert_eq!(domain(&b).unwrap().state, DomainState::Paused);
+    r.abort(&b).unwrap();
+    assert!(domain(&b).is_none());
+}
+
+/// A backend without live migration refuses every migration call.
+struct Plain;
+
+impl Hypervisor for Plain {
+    fn host_info(&self) -> Result<HostInfo, XenError> {
+        Err(XenError::NotXen("plain".into()))
+    }
+    fn create_domain(&self, _: &DomainSpec) -> Result<DomId, XenError> {
+        Ok(DomId(1))
+    }
+    fn unpause(&self, _: DomId) -> Result<(), XenError> {
+        Ok(())
+    }
+    fn pause(&self, _: DomId) -> Result<(), XenError> {
+        Ok(())
+    }
+    fn suspend(&self, _: DomId) -> Result<(), XenError> {
+        Ok(())
+    }
+    fn resume(&self, _: DomId) -> Result<(), XenError> {
+        Ok(())
+    }
+    fn shutdown(&self, _: DomId, _: bool) -> Result<(), XenError> {
+        Ok(())
+    }
+    fn reboot(&self, _: DomId) -> Result<(), XenError> {
+        Ok(())
+    }
+    fn destroy(&self, _: DomId) -> Result<(), XenError> {
+        Ok(())
+    }
+    fn list(&self) -> Result<Vec<DomainInfo>, XenError> {
+        Ok(vec![DomainInfo {
+            domid: DomId(1),
+            uuid: UUID.into(),
+            name: "plain".into(),
+            state: DomainState::Running,
+            memory: MIB,
+            vcpus: 1,
+        }])
+    }
+}
+
+#[test]
+fn a_backend_without_migration_refuses_and_nothing_moves() {
+    let b = host();
+    let mut target = LocalTarget::new(&b);
+    match migrate_domain(
+        &Plain,
+        DomId(1),
+        &mut target,
+        &PrecopyPolicy::default(),
+        &mut |_| ControlFlow::Continue(()),
+    ) {
+        Err(XenError::MigrationFailed {
+            step: xenpool_xen::MigrationStep::Begin,
+            aftermath: Aftermath::SourceRestored,
+            destination_left_over: false,
+            cause,
+        }) => assert!(matches!(*cause, XenError::Unsupported { .. })),
+        other => panic!("{other:?}"),
+    }
+    assert!(domain(&b).is_none());
+    assert!(matches!(
+        Plain.incoming_create(&DomainSpec {
+            uuid: UUID.into(),
+            name: "x".into(),
+            memory: MIB,
+            vcpus: 1
+        }),
+        Err(XenError::Unsupported { .. })
+    ));
 }
