@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xenpool_rpc::{Client, Value};
-use xenpool_tests::ha::{call, must, HaOptions, HaPool, Net};
+use xenpool_tests::ha::{call, host_live, must, HaOptions, HaPool, Net};
 use xenpool_tests::wire::{field, s, text};
 
 /// UUIDs of the domains in state `Running` in a host's simulated hypervisor.
@@ -191,4 +191,45 @@ async fn a_running_vm_moves_between_hosts_and_a_host_is_evacuated() {
     must(&c, "host.enable", vec![s(&pool.host_refs[1])]).await;
     let samples = checker.finish();
     assert!(samples > 10, "the checker sampled {samples} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_host_is_refused_by_eject_and_forgotten_by_destroy() {
+    let mut pool = HaPool::start(
+        Net::Loopback(82),
+        &HaOptions {
+            hosts: 3,
+            vms_per_host: 1,
+            enable_ha: false,
+            extra: vec!["--liveness-timeout".into(), "2".into()],
+            ..HaOptions::default()
+        },
+    )
+    .await;
+    let c = pool.coordinator_client(&[0, 1, 2]).await;
+    let h3 = pool.host_refs[2].clone();
+    // Its VM moves away first: a host with resident VMs is not forgotten.
+    let (vm, _) = pool.vms[2][0].clone();
+    let e = call(&c, "host.destroy", vec![s(&h3)]).await.unwrap_err();
+    assert!(format!("{e:?}").contains("HOST_IS_LIVE"), "{e:?}");
+    must(
+        &c,
+        "VM.pool_migrate",
+        vec![s(&vm), s(&pool.host_refs[0]), Value::Struct(vec![])],
+    )
+    .await;
+    pool.hosts[2].kill9_host();
+    let gone = xenpool_tests::wait_for(Duration::from_secs(60), || async {
+        (host_live(&c, &h3).await == Some(false)).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the killed host is still live");
+    let e = call(&c, "pool.eject", vec![s(&h3)]).await.unwrap_err();
+    assert!(format!("{e:?}").contains("HOST_OFFLINE"), "{e:?}");
+    must(&c, "host.destroy", vec![s(&h3)]).await;
+    let Value::Array(hosts) = must(&c, "host.get_all", vec![]).await else {
+        panic!("host.get_all")
+    };
+    assert_eq!(hosts.len(), 2);
+    assert!(!hosts.contains(&s(&h3)));
 }

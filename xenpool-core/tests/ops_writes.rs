@@ -149,7 +149,10 @@ fn every_served_operation_has_its_method() {
     for op in HOST_OPERATIONS {
         let marker = matches!(
             op,
-            HostOperation::Provision | HostOperation::VmStart | HostOperation::VmResume
+            HostOperation::Provision
+                | HostOperation::VmStart
+                | HostOperation::VmResume
+                | HostOperation::VmMigrate
         );
         assert_eq!(host_operation_method(*op).is_none(), marker, "{op:?}");
     }

@@ -42,6 +42,7 @@ pub const METHODS: &[(&str, &[&str])] = &[
             "enable",
             "evacuate",
             "get_vms_which_prevent_evacuation",
+            "destroy",
         ],
     ),
     ("PBD", &["plug", "unplug"]),
@@ -237,6 +238,25 @@ impl Api {
             }
             ("host", "get_servertime") | ("host", "get_server_localtime") => {
                 Some(Wire::DateTime(now().as_str().to_string()))
+            }
+            ("host", "destroy") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let host = ref_param(&mut p, "self")?;
+                let inputs = state.inputs();
+                state
+                    .write(|txn| {
+                        xenpool_core::maintenance::check_host_destroy(
+                            txn.db(),
+                            &host,
+                            &state.host,
+                            &inputs,
+                        )?;
+                        xenpool_core::membership::forget_host(txn, &host)
+                    })
+                    .map_err(api_error)?;
+                node.ha_refresh();
+                void()
             }
             ("host", "evacuate") => {
                 let mut p = req.reader(2)?;

@@ -368,8 +368,10 @@ impl Api {
     async fn eject(&self, host: &Ref) -> Result<(), XenApiError> {
         let node = self.node();
         let address = {
+            let inputs = node.state.inputs();
             let db = node.state.db();
-            xenpool_core::membership::check_can_eject(&db, host, &node.state.host)
+            // A dead host cannot clean itself up: it is forgotten with host.destroy.
+            xenpool_core::maintenance::check_pool_eject(&db, host, &node.state.host, &inputs)
                 .map_err(api_error)?;
             db.get::<xenpool_core::HostRecord>(host)
                 .map_err(api_error)?
