@@ -233,3 +233,87 @@ async fn a_dead_host_is_refused_by_eject_and_forgotten_by_destroy() {
     assert_eq!(hosts.len(), 2);
     assert!(!hosts.contains(&s(&h3)));
 }
+
+/// A session only host `i` knows (lives in that daemon's memory).
+async fn local_session(pool: &HaPool, i: usize) -> Option<(Client, String)> {
+    let c = Client::builder(&pool.url(i))
+        .max_redirects(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let session = c
+        .call(
+            "session.slave_local_login_with_password",
+            vec![s("root"), s(&pool.password)],
+        )
+        .await
+        .ok()?;
+    Some((c, text(&session)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_mode_then_reboot_and_shutdown_really_stop_the_host() {
+    let mut pool = HaPool::start(
+        Net::Loopback(83),
+        &HaOptions {
+            hosts: 3,
+            vms_per_host: 1,
+            enable_ha: false,
+            extra: vec!["--liveness-timeout".into(), "2".into()],
+            ..HaOptions::default()
+        },
+    )
+    .await;
+    let c = pool.coordinator_client(&[0, 1, 2]).await;
+    let (h2, h3) = (pool.host_refs[1].clone(), pool.host_refs[2].clone());
+    let e = call(&c, "host.reboot", vec![s(&h2)]).await.unwrap_err();
+    assert!(format!("{e:?}").contains("HOST_NOT_DISABLED"), "{e:?}");
+
+    // Maintenance mode as XenCenter does it: disable, evacuate, reboot, enable.
+    must(&c, "host.disable", vec![s(&h2)]).await;
+    let ops = must(&c, "host.get_allowed_operations", vec![s(&h2)]).await;
+    assert!(format!("{ops:?}").contains("reboot"), "{ops:?}");
+    must(&c, "host.evacuate", vec![s(&h2)]).await;
+    let (lc, before) = local_session(&pool, 1)
+        .await
+        .expect("a local session on h2");
+    must(&c, "host.reboot", vec![s(&h2)]).await;
+    // The daemon started again in the same process: what it held in memory is gone.
+    let restarted = xenpool_tests::wait_for(Duration::from_secs(60), || async {
+        let e = lc.call("host.get_all", vec![s(&before)]).await.err()?;
+        format!("{e:?}").contains("SESSION_INVALID").then_some(())
+    })
+    .await;
+    assert!(restarted.is_some(), "h2 did not come back as a new daemon");
+    assert!(
+        pool.hosts[1].running(),
+        "h2's process ended instead of rebooting"
+    );
+    let back = xenpool_tests::wait_for(Duration::from_secs(60), || async {
+        let ok = call(&c, "host.enable", vec![s(&h2)]).await.is_ok();
+        ok.then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "h2 could not be enabled after its reboot");
+    assert_eq!(host_live(&c, &h2).await, Some(true));
+
+    // Shutdown with a VM still running there: it goes down with the host.
+    let (vm3, uuid3) = pool.vms[2][0].clone();
+    must(&c, "host.disable", vec![s(&h3)]).await;
+    must(&c, "host.shutdown", vec![s(&h3)]).await;
+    let start = Instant::now();
+    let exited = loop {
+        if let Some(status) = pool.hosts[2].exited() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "h3's daemon did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "{exited:?}");
+    assert!(!pool.hosts[2].domains().contains(&uuid3));
+    let power = text(&must(&c, "VM.get_power_state", vec![s(&vm3)]).await);
+    assert_eq!(power, "Halted");
+}

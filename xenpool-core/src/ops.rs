@@ -132,6 +132,8 @@ pub const VM_OPERATIONS: &[VmOperation] = &[
 pub const HOST_OPERATIONS: &[HostOperation] = &[
     HostOperation::Provision,
     HostOperation::Evacuate,
+    HostOperation::Shutdown,
+    HostOperation::Reboot,
     HostOperation::VmStart,
     HostOperation::VmResume,
     HostOperation::VmMigrate,

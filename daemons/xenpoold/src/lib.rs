@@ -48,6 +48,7 @@ pub mod migration;
 pub mod node;
 pub mod passwords;
 pub mod pool;
+pub mod power;
 pub mod session;
 pub mod state;
 pub mod transport;

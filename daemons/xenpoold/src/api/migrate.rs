@@ -9,13 +9,16 @@ use xenpool_core::migration::{
     begin_pool_migrate, check_pool_migrate, end_pool_migrate, MigrationOutcome, PlanChange,
 };
 use xenpool_core::ops::SERVED;
-use xenpool_core::{Class, Database, HostOperation, HostRecord, Ref, TaskRecord};
+use xenpool_core::{
+    Class, CoreError, Database, HostOperation, HostRecord, Ref, TaskRecord, VmPowerState, VmRecord,
+};
 use xenpool_ha::PlannerInput;
 use xenpool_rpc::{Value as Wire, XenApiError};
 use xenpool_xen::migrate::Aftermath;
 
 use super::{api_error, Api, ApiResult, Ctx};
 use crate::migration::SendOutcome;
+use crate::power::PowerCycle;
 
 /// How long the source may take to move one VM.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -245,5 +248,85 @@ impl Api {
             })
             .collect();
         Ok(Wire::Struct(map))
+    }
+
+    /// `host.reboot` / `host.shutdown`: the host must be disabled (and, here, HA off); its
+    /// daemon goes down, taking its VMs with it, which are recorded halted.
+    pub(super) async fn power_cycle(&self, cx: &Ctx, host: &Ref, what: PowerCycle) -> ApiResult {
+        let node = self.node();
+        let state = &node.state;
+        let op = match what {
+            PowerCycle::Reboot => HostOperation::Reboot,
+            PowerCycle::Shutdown => HostOperation::Shutdown,
+        };
+        let key = cx.task.clone().unwrap_or_else(|| state.new_ref());
+        let inputs = state.inputs();
+        state
+            .write(|txn| {
+                // Leaving the liveset on purpose is not modelled by the HA daemons yet: the
+                // survivors would take it for a failure.
+                if xenpool_core::ha_enable::ha_enabled(txn.db()) {
+                    return Err(CoreError::HaIsEnabled);
+                }
+                xenpool_core::maintenance::check_host_power_off(
+                    txn.db(),
+                    &SERVED,
+                    host,
+                    op,
+                    &inputs,
+                )?;
+                txn.update::<HostRecord>(host, |h| {
+                    h.current_operations.insert(key.as_str().to_string(), op);
+                })?;
+                SERVED.refresh_host_allowed_operations(txn, host, &inputs)
+            })
+            .map_err(api_error)?;
+        let call = async {
+            let addr = address(&state.db(), host)?;
+            let secret = crate::pool::secret_or_error(node)?;
+            node.transport
+                .call(
+                    &addr,
+                    "host.xenpool_power_cycle",
+                    vec![Wire::String(secret), Wire::String(what.as_str().into())],
+                    Duration::from_secs(30),
+                )
+                .await
+        };
+        let result = call.await;
+        let inputs = state.inputs();
+        let recorded = state.write(|txn| {
+            if !txn.db().exists(Class::Host, host) {
+                return Ok(());
+            }
+            let vms = txn.get::<HostRecord>(host)?.resident_VMs.clone();
+            txn.update::<HostRecord>(host, |h| {
+                h.current_operations.remove(key.as_str());
+            })?;
+            if result.is_ok() {
+                for vm in &vms {
+                    let guest = txn
+                        .db()
+                        .get::<VmRecord>(vm)
+                        .is_ok_and(|v| !v.is_control_domain);
+                    if guest {
+                        txn.update::<VmRecord>(vm, |v| {
+                            v.power_state = VmPowerState::Halted;
+                            v.resident_on = Ref::null();
+                            v.domid = -1;
+                        })?;
+                        SERVED.refresh_vm_allowed_operations(txn, vm)?;
+                    }
+                }
+            }
+            SERVED
+                .refresh_host_allowed_operations(txn, host, &inputs)
+                .map(|_| ())
+        });
+        if let Err(e) = recorded {
+            tracing::error!(host = %host, error = %e, "could not record a host going down");
+        }
+        node.after_vm_change();
+        result.map(|_| Wire::String(String::new()))
     }
 }

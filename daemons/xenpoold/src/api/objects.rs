@@ -43,6 +43,8 @@ pub const METHODS: &[(&str, &[&str])] = &[
             "evacuate",
             "get_vms_which_prevent_evacuation",
             "destroy",
+            "reboot",
+            "shutdown",
         ],
     ),
     ("PBD", &["plug", "unplug"]),
@@ -257,6 +259,17 @@ impl Api {
                     .map_err(api_error)?;
                 node.ha_refresh();
                 void()
+            }
+            ("host", "reboot") | ("host", "shutdown") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let host = ref_param(&mut p, "host")?;
+                let what = if m == "reboot" {
+                    crate::power::PowerCycle::Reboot
+                } else {
+                    crate::power::PowerCycle::Shutdown
+                };
+                Some(self.power_cycle(cx, &host, what).await?)
             }
             ("host", "evacuate") => {
                 let mut p = req.reader(2)?;

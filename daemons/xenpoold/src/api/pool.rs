@@ -574,6 +574,15 @@ impl Api {
                 let coordinator = p.string("coordinator")?;
                 crate::migration::send(node, vm, destination, id, task, coordinator).await
             }
+            ("host", "xenpool_power_cycle") => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let what = p.string("what")?;
+                let what = crate::power::PowerCycle::parse(what)
+                    .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["what", what]))?;
+                crate::power::schedule(node.clone(), what);
+                void()
+            }
             ("pool", "xenpool_migration_progress") => {
                 let mut p = req.reader(3)?;
                 p.value()?;
