@@ -94,6 +94,23 @@ async fn wait_task(c: &Client, task: &str) -> (String, Vec<f64>) {
     }
 }
 
+/// Runs the `xenpool` CLI against the coordinator (host 0); panics unless it succeeds.
+fn cli(pool: &HaPool, args: &[&str]) -> String {
+    let h = &pool.hosts[0];
+    let out = std::process::Command::new(xenpool_tests::binary("xenpool"))
+        .args(["-s", &h.address.to_string(), "-p", &h.http_port.to_string()])
+        .args(["-u", "root", "-pw", &pool.password])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xenpool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn resident(v: &Value) -> String {
     text(v)
 }
@@ -212,12 +229,20 @@ async fn a_dead_host_is_refused_by_eject_and_forgotten_by_destroy() {
     let (vm, _) = pool.vms[2][0].clone();
     let e = call(&c, "host.destroy", vec![s(&h3)]).await.unwrap_err();
     assert!(format!("{e:?}").contains("HOST_IS_LIVE"), "{e:?}");
-    must(
-        &c,
-        "VM.pool_migrate",
-        vec![s(&vm), s(&pool.host_refs[0]), Value::Struct(vec![])],
-    )
-    .await;
+    // Through the CLI, as an operator would.
+    let h1_uuid = text(&must(&c, "host.get_uuid", vec![s(&pool.host_refs[0])]).await);
+    let vm_uuid = text(&must(&c, "VM.get_uuid", vec![s(&vm)]).await);
+    cli(
+        &pool,
+        &[
+            "vm-migrate",
+            &format!("uuid={vm_uuid}"),
+            &format!("host={h1_uuid}"),
+        ],
+    );
+    let on = text(&must(&c, "VM.get_resident_on", vec![s(&vm)]).await);
+    assert_eq!(on, pool.host_refs[0]);
+    let h3_uuid = text(&must(&c, "host.get_uuid", vec![s(&h3)]).await);
     pool.hosts[2].kill9_host();
     let gone = xenpool_tests::wait_for(Duration::from_secs(60), || async {
         (host_live(&c, &h3).await == Some(false)).then_some(())
@@ -226,7 +251,7 @@ async fn a_dead_host_is_refused_by_eject_and_forgotten_by_destroy() {
     assert!(gone.is_some(), "the killed host is still live");
     let e = call(&c, "pool.eject", vec![s(&h3)]).await.unwrap_err();
     assert!(format!("{e:?}").contains("HOST_OFFLINE"), "{e:?}");
-    must(&c, "host.destroy", vec![s(&h3)]).await;
+    cli(&pool, &["host-forget", &format!("uuid={h3_uuid}")]);
     let Value::Array(hosts) = must(&c, "host.get_all", vec![]).await else {
         panic!("host.get_all")
     };

@@ -67,6 +67,14 @@ enum Action {
         class: &'static str,
         set: &'static ParamSet,
     },
+    /// `VM.pool_migrate` of the VM named by its selector to `host=`, with a progress bar.
+    VmMigrate,
+    /// Calls `method` with the host named by `uuid=`; as a task with a progress bar when
+    /// `task`.
+    HostCall {
+        method: &'static str,
+        task: bool,
+    },
     PoolHaEnable,
     PoolHaDisable,
     PoolHaComputeMaxFailures,
@@ -187,12 +195,34 @@ const COMMANDS: &[Command] = &[
         .required(&["uuid"])
         .optional(VM_SETTABLE)
         .summary("Set parameters of a VM", "Writes each given parameter of the VM uuid=, in the order given, stopping at the first refusal. ha-restart-priority= is restart, best-effort or empty (not protected); it is written after the other parameters so that a VM being protected is checked against the failover plan with its new order and settings, and ha-always-run= (which must agree with the priority) after it. order= and start-delay= (seconds) are whole numbers; other-config:<key>=<value> replaces that key."),
+    Command::new("vm-migrate", "VM", Action::VmMigrate)
+        .required(&["host"])
+        .optional(&["uuid", "vm", "name-label", "live"])
+        .summary("Move a running VM to another host of the pool", "Migrates the running VM live to the host named by host= (a uuid or a name), drawing the task's progress; the VM keeps running throughout and never runs on two hosts at once. live=true is accepted for xe's sake (every migration here is live). The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
     Command::new("host-list", "Host", Action::List { class: "host", columns: &["uuid", "name_label", "name_description"] })
         .optional(LIST_PARAMS)
         .summary("List the hosts", HOST_LIST_DESCRIPTION),
     Command::new("host-param-list", "Host", Action::HostParamList)
         .required(&["uuid"])
         .summary("Print every field of a host", "The host is named by uuid=. Besides the host's own fields, host-metrics-live says whether the pool sees the host as live."),
+    Command::new("host-disable", "Host", Action::HostCall { method: "host.disable", task: false })
+        .required(&["uuid"])
+        .summary("Stop new VMs from starting on a host", "Disables the host uuid=: no VM starts or arrives there, the first step of maintenance mode."),
+    Command::new("host-enable", "Host", Action::HostCall { method: "host.enable", task: false })
+        .required(&["uuid"])
+        .summary("Let VMs start on a host again", "Enables the host uuid=, the last step of maintenance mode."),
+    Command::new("host-evacuate", "Host", Action::HostCall { method: "host.evacuate", task: true })
+        .required(&["uuid"])
+        .summary("Move every running VM off a host", "Migrates every running VM of the host uuid= to the other hosts as placement allows, drawing the progress; refused before anything moves if a VM cannot go anywhere."),
+    Command::new("host-reboot", "Host", Action::HostCall { method: "host.reboot", task: false })
+        .required(&["uuid"])
+        .summary("Reboot a disabled host", "Reboots the host uuid=, which must be disabled; VMs still running there go down with it. It rejoins the pool when it is back."),
+    Command::new("host-shutdown", "Host", Action::HostCall { method: "host.shutdown", task: false })
+        .required(&["uuid"])
+        .summary("Shut a disabled host down", "Shuts the host uuid= down; it must be disabled, and VMs still running there go down with it."),
+    Command::new("host-forget", "Host", Action::HostCall { method: "host.destroy", task: false })
+        .required(&["uuid"])
+        .summary("Remove a host that is gone for good", "Forgets the host uuid=, which must not be live and must have no running VMs (a dead host cannot be ejected)."),
     Command::new("host-emergency-ha-disable", "Host", Action::HostEmergencyHaDisable)
         .optional(&["--force"])
         .local()
@@ -411,6 +441,27 @@ impl Session {
             }
         }
         bail!("name a VM with uuid= or name-label=")
+    }
+
+    /// The host named by `name`: a uuid, else a name label.
+    async fn find_host(&self, name: &str) -> anyhow::Result<Value> {
+        if let Ok(h) = self
+            .call("host.get_by_uuid", vec![Value::String(name.to_string())])
+            .await
+        {
+            return Ok(h);
+        }
+        match self
+            .call(
+                "host.get_by_name_label",
+                vec![Value::String(name.to_string())],
+            )
+            .await?
+        {
+            Value::Array(mut a) if a.len() == 1 => Ok(a.remove(0)),
+            Value::Array(a) if a.is_empty() => bail!("no host {name}"),
+            _ => bail!("more than one host named {name}; give its uuid"),
+        }
     }
 
     /// Runs an `Async.` call and waits for its task, drawing progress on stderr.
@@ -800,6 +851,25 @@ async fn command(s: &Session, o: &Options, action: Action) -> anyhow::Result<()>
                 ],
             )
             .await?;
+            Ok(())
+        }
+        Action::VmMigrate => {
+            let vm = s.find_vm(&o.args).await?;
+            let host = o.args.get("host").context("vm-migrate needs host=")?;
+            let host = s.find_host(host).await?;
+            let options = Value::Struct(vec![("live".into(), Value::String("true".into()))]);
+            s.run_task("VM.pool_migrate", vec![Value::String(vm), host, options])
+                .await?;
+            Ok(())
+        }
+        Action::HostCall { method, task } => {
+            let uuid = o.args.get("uuid").context("give uuid=")?;
+            let host = s.find_host(uuid).await?;
+            if task {
+                s.run_task(method, vec![host]).await?;
+            } else {
+                s.call(method, vec![host]).await?;
+            }
             Ok(())
         }
         Action::PoolHost { method } => {
