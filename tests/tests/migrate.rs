@@ -342,3 +342,55 @@ async fn maintenance_mode_then_reboot_and_shutdown_really_stop_the_host() {
     let power = text(&must(&c, "VM.get_power_state", vec![s(&vm3)]).await);
     assert_eq!(power, "Halted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_mode_refuses_what_xapi_refuses() {
+    let pool = HaPool::start(
+        Net::Loopback(84),
+        &HaOptions {
+            hosts: 2,
+            vms_per_host: 1,
+            enable_ha: false,
+            ..HaOptions::default()
+        },
+    )
+    .await;
+    let c = pool.coordinator_client(&[0, 1]).await;
+    let Value::Array(pools) = must(&c, "pool.get_all", vec![]).await else {
+        panic!("pool.get_all")
+    };
+    let p = pools[0].clone();
+    let ledger = pool.ledger.clone();
+    let limits = |v: &str| {
+        let gib = (1i64 << 30).to_string();
+        vec![s(v), s(&gib), s(&gib), s(&gib), s(&gib)]
+    };
+    must(
+        &c,
+        "pool.add_to_other_config",
+        vec![p.clone(), s("rolling_upgrade_in_progress"), s("true")],
+    )
+    .await;
+    let e = call(&c, "VM.set_memory_limits", limits(&ledger))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:?}").contains("NOT_SUPPORTED_DURING_UPGRADE"),
+        "{e:?}"
+    );
+    // Migration is what the upgrade needs: still allowed, between hosts of one version.
+    let (vm, _) = pool.vms[0][0].clone();
+    must(
+        &c,
+        "VM.pool_migrate",
+        vec![s(&vm), s(&pool.host_refs[1]), Value::Struct(vec![])],
+    )
+    .await;
+    must(
+        &c,
+        "pool.remove_from_other_config",
+        vec![p, s("rolling_upgrade_in_progress")],
+    )
+    .await;
+    must(&c, "VM.set_memory_limits", limits(&ledger)).await;
+}

@@ -865,6 +865,7 @@ pub fn check_vm_memory_limits(
         (false, _) => VmOperation::ChangingDynamicRange,
     };
     check_settings_change(vm_ref, vm, op)?;
+    crate::upgrade::check_vm_operation_during_upgrade(db, op)?;
     if !new.ordered() {
         return Err(CoreError::MemoryConstraintViolationOrder);
     }
@@ -886,6 +887,7 @@ pub fn check_vm_vcpus(
 ) -> Result<WriteEffect, CoreError> {
     let vm = db.get::<VmRecord>(vm_ref)?;
     check_settings_change(vm_ref, vm, VmOperation::ChangingVcpus)?;
+    crate::upgrade::check_vm_operation_during_upgrade(db, VmOperation::ChangingVcpus)?;
     if vcpus_at_startup < 1 || vcpus_at_startup > vcpus_max {
         return Err(CoreError::InvalidValue {
             field: VCPUS_ORDER.into(),

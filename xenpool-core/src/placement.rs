@@ -302,11 +302,20 @@ pub fn possible_hosts(
 pub fn choose_host(db: &Database, vm: &Ref, inputs: &HostOpsInputs) -> Result<Ref, CoreError> {
     let p = Placement::new(db, vm, inputs)?;
     let affinity = &p.vm.affinity;
-    if !affinity.is_null() && db.get::<HostRecord>(affinity).is_ok() && p.check(affinity).is_ok() {
+    // During a rolling upgrade only hosts of the highest version take new VMs.
+    let may_start = |h: &Ref| crate::upgrade::may_start_vms_during_upgrade(db, h);
+    if !affinity.is_null()
+        && db.get::<HostRecord>(affinity).is_ok()
+        && may_start(affinity)
+        && p.check(affinity).is_ok()
+    {
         return Ok(affinity.clone());
     }
     let mut best: Option<(i64, &str, &Ref)> = None;
     for (host_ref, host) in db.all::<HostRecord>() {
+        if !may_start(host_ref) {
+            continue;
+        }
         let Ok(free) = p.check(host_ref) else {
             continue;
         };

@@ -418,7 +418,11 @@ pub async fn enable_ha(
     }
     let settings = {
         let db = node.state.db();
-        xenpool_core::ha_enable::check_enable_ha(&db, heartbeat_srs, configuration).map_err(api)?
+        let settings = xenpool_core::ha_enable::check_enable_ha(&db, heartbeat_srs, configuration)
+            .map_err(api)?;
+        // Hosts of different versions (a rolling upgrade half done) do not arm together.
+        xenpool_core::upgrade::check_enable_ha_versions(&db).map_err(api)?;
+        settings
     };
     let hosts: Vec<Ref> = node
         .state

@@ -154,6 +154,10 @@ pub fn open_node_with(
     Ok((node, new_password))
 }
 
+/// `host.other_config` key xapi sets to when the toolstack of the host last started (Unix
+/// seconds): a client sees a host restarted by the value changing.
+pub const AGENT_START_TIME: &str = "agent_start_time";
+
 /// After a start, the database may say VMs run here that the hypervisor does not have (the
 /// host crashed or restarted): they are halted now.
 pub(crate) fn reconcile(node: &Node) -> anyhow::Result<()> {
@@ -191,6 +195,10 @@ pub(crate) fn reconcile(node: &Node) -> anyhow::Result<()> {
                     v.scheduled_to_be_resident_on = Ref::null();
                 })?;
             }
+            txn.update::<HostRecord>(&host, |h| {
+                h.other_config
+                    .insert(AGENT_START_TIME.into(), crate::state::agent_start_time());
+            })?;
             let metrics = txn.get::<HostRecord>(&host)?.metrics.clone();
             txn.update::<HostMetricsRecord>(&metrics, |m| {
                 m.live = true;

@@ -266,6 +266,20 @@ pub async fn serve_replication(
         // A first poll, or a copy ahead of ours (it holds writes this coordinator never
         // had): the member gets the whole database.
         node.liveness.contact(host, 0);
+        // A member polls first after it started: that is when its toolstack started, as
+        // far as clients can tell.
+        if from.is_none() {
+            let at = now_seconds();
+            let recorded = node.state.write(|txn| {
+                txn.update::<xenpool_core::HostRecord>(host, |h| {
+                    h.other_config
+                        .insert(crate::AGENT_START_TIME.into(), at.clone());
+                })
+            });
+            if let Err(e) = recorded {
+                tracing::debug!(error = %e, "could not record a member's start");
+            }
+        }
         let state = node.state.db_durable().to_stored();
         let text = serde_json::to_string(&state)
             .map_err(|e| XenApiError::internal_error(e.to_string()))?;
@@ -703,4 +717,13 @@ pub async fn wait_for_transfer(node: &Node) {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(35), rx.wait_for(|t| !*t)).await;
+}
+
+/// Unix seconds with milliseconds, as `agent_start_time` holds them.
+fn now_seconds() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    format!("{t:.3}")
 }

@@ -9,6 +9,13 @@ use std::time::Duration;
 
 use crate::node::Node;
 
+/// This run of the daemon: a reboot starts a new one, which is how the coordinator knows
+/// the host really went down.
+pub fn boot_id() -> &'static str {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
 /// How long the answer to the call gets to reach the caller before the host goes down.
 const ANSWER_GRACE: Duration = Duration::from_millis(300);
 
@@ -44,7 +51,7 @@ impl PowerCycle {
 pub fn schedule(node: Arc<Node>, what: PowerCycle) {
     tokio::spawn(async move {
         tokio::time::sleep(ANSWER_GRACE).await;
-        tracing::warn!(action = what.as_str(), "the host goes down on request");
+        tracing::warn!(action = what.as_str(), host = %node.config.address, pid = std::process::id(), "the host goes down on request");
         if let Ok(domains) = node.hypervisor.list() {
             for d in domains.iter().filter(|d| d.domid != xenpool_xen::DomId(0)) {
                 if let Err(e) = node.hypervisor.destroy(d.domid) {

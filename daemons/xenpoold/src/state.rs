@@ -100,6 +100,21 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// This process's start as `agent_start_time` writes it: Unix seconds with milliseconds,
+/// so two starts within a second still differ.
+pub fn agent_start_time() -> String {
+    static START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    START
+        .get_or_init(|| {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            format!("{t:.3}")
+        })
+        .clone()
+}
+
 /// The current time as a XenAPI timestamp.
 pub fn now() -> DateTime {
     DateTime::from_unix(now_unix())

@@ -284,14 +284,44 @@ impl Api {
         let call = async {
             let addr = address(&state.db(), host)?;
             let secret = crate::pool::secret_or_error(node)?;
-            node.transport
+            let boot = node
+                .transport
                 .call(
                     &addr,
                     "host.xenpool_power_cycle",
-                    vec![Wire::String(secret), Wire::String(what.as_str().into())],
+                    vec![
+                        Wire::String(secret.clone()),
+                        Wire::String(what.as_str().into()),
+                    ],
                     Duration::from_secs(30),
                 )
-                .await
+                .await?;
+            if *host == state.host {
+                // This daemon is the one going down: nobody is left to wait.
+                return Ok(boot);
+            }
+            // Answered only once the host is really down (or already running a new boot),
+            // so nothing is started or enabled there in between.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let now = node
+                    .transport
+                    .call(
+                        &addr,
+                        "host.xenpool_boot_id",
+                        vec![Wire::String(secret.clone())],
+                        Duration::from_secs(2),
+                    )
+                    .await;
+                match now {
+                    Ok(id) if id == boot => {}
+                    _ => return Ok(boot),
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(XenApiError::internal_error("the host did not go down"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         };
         let result = call.await;
         let inputs = state.inputs();

@@ -581,7 +581,11 @@ impl Api {
                 let what = crate::power::PowerCycle::parse(what)
                     .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["what", what]))?;
                 crate::power::schedule(node.clone(), what);
-                void()
+                Ok(Wire::String(crate::power::boot_id().to_string()))
+            }
+            ("host", "xenpool_boot_id") => {
+                req.reader(1)?;
+                Ok(Wire::String(crate::power::boot_id().to_string()))
             }
             ("pool", "xenpool_migration_progress") => {
                 let mut p = req.reader(3)?;

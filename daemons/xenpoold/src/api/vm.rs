@@ -161,6 +161,8 @@ impl Api {
                 let inputs = self.node().state.inputs();
                 let db = self.node().state.db();
                 check_vm_fits_host(&db, &vm, &host, &inputs).map_err(api_error)?;
+                xenpool_core::upgrade::check_boot_here_during_upgrade(&db, &vm, &host)
+                    .map_err(api_error)?;
                 Wire::String(String::new())
             }
             "set_ha_restart_priority" => {
@@ -455,6 +457,7 @@ impl Api {
                     VmOperation::StartOn | VmOperation::ResumeOn => {
                         let host = target.clone().unwrap_or_default();
                         check_vm_fits_host(txn.db(), vm, &host, &inputs)?;
+                        xenpool_core::upgrade::check_start_on_during_upgrade(txn.db(), &host)?;
                         host
                     }
                     _ => v.resident_on.clone(),
