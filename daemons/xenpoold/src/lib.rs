@@ -15,6 +15,9 @@
 //! - [`liveness`]: when the coordinator last heard from each member.
 //! - [`domains`]: domain actions applied to the hypervisor.
 //! - [`session`], [`passwords`]: who calls, and local users' password hashes.
+//! - [`plugins`]: running the executables of `host.call_plugin`.
+//! - [`data_sources`]: the performance figures of the host and its VMs.
+//! - [`metrics`]: the daemon's own counters and the `/metrics` exposition.
 //! - [`conv`]: typed values to wire values and back; core errors in wire form.
 //!
 //! Services (use the state, never the API):
@@ -37,6 +40,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod config;
 pub mod conv;
+pub mod data_sources;
 pub mod domains;
 pub mod ha;
 pub mod ha_pool;
@@ -44,8 +48,10 @@ pub mod ha_runtime;
 pub mod host_files;
 pub mod host_work;
 pub mod liveness;
+pub mod metrics;
 pub mod node;
 pub mod passwords;
+pub mod plugins;
 pub mod pool;
 pub mod session;
 pub mod state;
@@ -135,6 +141,7 @@ pub fn open_node_with(
         transferring: tokio::sync::watch::channel(false).0,
         local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         ha: crate::ha_runtime::HaRuntime::default(),
+        metrics: crate::metrics::Metrics::default(),
     });
     if let Role::Member { coordinator } = &role {
         node.state.set_write_gate(Some(coordinator.clone()));
@@ -174,6 +181,7 @@ pub(crate) fn reconcile(node: &Node) -> anyhow::Result<()> {
                     v.domid = -1;
                     v.current_operations.clear();
                 })?;
+                crate::api::sync_consoles(txn, node, &vm)?;
             }
             // Operations that were running when the daemon stopped will never finish.
             let busy: Vec<Ref> = txn

@@ -36,6 +36,8 @@ pub struct Node {
     pub local_sessions: std::sync::Mutex<std::collections::HashMap<Ref, crate::session::Caller>>,
     /// HA on this host: its HA daemon, lease and redo log.
     pub ha: crate::ha_runtime::HaRuntime,
+    /// Calls served, their latency, replication progress.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Node {

@@ -5,6 +5,7 @@
 mod auth;
 mod events;
 mod generic;
+mod host_extras;
 mod objects;
 mod pool;
 mod tasks;
@@ -23,6 +24,7 @@ use crate::node::Node;
 pub use crate::conv::api_error;
 pub use crate::passwords::hash_password;
 pub use crate::session::Caller;
+pub(crate) use host_extras::sync_consoles;
 pub use xenpool_core::rbac::Role;
 
 /// The XenAPI handler of one host.
@@ -122,6 +124,7 @@ impl Api {
             Some(Route::Vm) => self.vm_call(cx, req).await?,
             Some(Route::Pool | Route::Internal) => self.pool_call(cx, req).await?,
             Some(Route::Object) => self.object_call(cx, req).await?,
+            Some(Route::Extras) => self.extras_call(cx, req).await?,
             Some(Route::Open) | None => None,
         };
         if let Some(r) = specific {
@@ -172,6 +175,8 @@ enum Route {
     /// Host-to-host pool calls on a session: served, never advertised.
     Internal,
     Object,
+    /// Plugins and performance data (`host_extras`).
+    Extras,
 }
 
 /// Messages per class, as each handler module declares them.
@@ -212,6 +217,7 @@ const ROUTES: &[(Messages, Route)] = &[
     (pool::METHODS, Route::Pool),
     (pool::INTERNAL_METHODS, Route::Internal),
     (objects::METHODS, Route::Object),
+    (host_extras::METHODS, Route::Extras),
 ];
 
 fn route(class: &str, message: &str) -> Option<Route> {
@@ -225,7 +231,14 @@ fn route(class: &str, message: &str) -> Option<Route> {
 
 impl xenpool_rpc::Handler for Api {
     async fn call(&self, ctx: CallContext, call: xenpool_rpc::Call) -> ApiResult {
-        self.dispatch(ctx, call).await
+        let start = std::time::Instant::now();
+        let result = self.dispatch(ctx, call).await;
+        self.node.metrics.call_done(start.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn get(&self, request: xenpool_rpc::HttpGet) -> Option<xenpool_rpc::HttpAnswer> {
+        self.http_get(request).await
     }
 
     /// Plain reads change nothing, so abandoning one halfway is harmless; a long-poll
