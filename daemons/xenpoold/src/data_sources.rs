@@ -25,7 +25,7 @@ pub struct DataSource {
     pub units: String,
     /// Least value.
     pub min: f64,
-    /// Greatest value (`+inf` when unbounded).
+    /// Greatest value ([`UNBOUNDED`] when there is none).
     pub max: f64,
     /// Current value.
     pub value: f64,
@@ -56,20 +56,15 @@ impl DataSource {
             ("standard".into(), Wire::Bool(self.standard)),
             ("units".into(), Wire::String(self.units.clone())),
             ("min".into(), Wire::Double(self.min)),
-            ("max".into(), Wire::Double(finite(self.max))),
+            ("max".into(), Wire::Double(self.max)),
             ("value".into(), Wire::Double(self.value)),
         ])
     }
 }
 
-/// XML-RPC has no infinity: an unbounded maximum travels as the largest double.
-fn finite(v: f64) -> f64 {
-    if v.is_finite() {
-        v
-    } else {
-        f64::MAX
-    }
-}
+/// The maximum of a source without one: XML-RPC and JSON have no infinity, so the
+/// largest double stands for it.
+pub const UNBOUNDED: f64 = f64::MAX;
 
 /// Xen names a VBD's disk after its position: `xvda`, `xvdb`, ...
 fn disk_name(vbd: &VbdRecord) -> String {
@@ -105,10 +100,11 @@ impl Snapshot {
         .map_err(|e| XenApiError::internal_error(e.to_string()))?
     }
 
+    /// The vCPUs of running guests (the control domain, domain 0, is not a guest).
     fn running_vcpus(&self) -> u64 {
         self.domains
             .iter()
-            .filter(|d| d.state == DomainState::Running)
+            .filter(|d| d.state == DomainState::Running && d.domid.0 != 0)
             .map(|d| u64::from(d.vcpus))
             .sum()
     }
@@ -132,14 +128,14 @@ impl Snapshot {
                 "memory_total_kib",
                 "Total amount of memory on the host",
                 "KiB",
-                f64::INFINITY,
+                UNBOUNDED,
                 kib(self.info.memory_total),
             ),
             DataSource::new(
                 "memory_free_kib",
                 "Total amount of free memory",
                 "KiB",
-                f64::INFINITY,
+                UNBOUNDED,
                 kib(self.info.memory_free),
             ),
             DataSource::new(
@@ -168,7 +164,7 @@ impl Snapshot {
                         pif.device
                     ),
                     "B/s",
-                    f64::INFINITY,
+                    UNBOUNDED,
                     0.0,
                 ));
             }
@@ -193,14 +189,14 @@ impl Snapshot {
                 "memory",
                 "Memory currently allocated to VM",
                 "B",
-                f64::INFINITY,
+                UNBOUNDED,
                 dom.memory as f64,
             ),
             DataSource::new(
                 "memory_target",
                 "Target of VM balloon driver",
                 "B",
-                f64::INFINITY,
+                UNBOUNDED,
                 vm.memory_target.max(0) as f64,
             ),
         ];
@@ -222,7 +218,7 @@ impl Snapshot {
                         vif.device
                     ),
                     "B/s",
-                    f64::INFINITY,
+                    UNBOUNDED,
                     0.0,
                 ));
             }
@@ -234,7 +230,7 @@ impl Snapshot {
                     format!("vbd_{disk}_{dir}"),
                     &format!("{what} device '{disk}' in bytes per second (simulated: no I/O)"),
                     "B/s",
-                    f64::INFINITY,
+                    UNBOUNDED,
                     0.0,
                 ));
             }
@@ -285,7 +281,16 @@ mod tests {
 
     #[test]
     fn host_figures_follow_the_hypervisor() {
-        let s = snapshot(4, &[2]);
+        let mut s = snapshot(4, &[2]);
+        // The control domain runs too, but is not a guest.
+        s.domains.push(DomainInfo {
+            domid: DomId(0),
+            uuid: "dom0".into(),
+            name: "Domain-0".into(),
+            state: DomainState::Running,
+            memory: 1 << 30,
+            vcpus: 4,
+        });
         let db = Database::new();
         let ds = s.host_sources(&db, &Ref::null());
         assert_eq!(

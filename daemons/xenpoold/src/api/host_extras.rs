@@ -33,28 +33,33 @@ fn json_error(e: serde_json::Error) -> XenApiError {
     XenApiError::internal_error(e.to_string())
 }
 
-/// The data sources of this host (`vm` empty) or of VM `vm` (a UUID) running here.
-async fn local_sources(node: &Node, vm: &str) -> Result<Vec<DataSource>, XenApiError> {
+/// The data sources of this host, or of `vm` running here.
+async fn local_sources(node: &Node, vm: Option<&VmRecord>) -> Result<Vec<DataSource>, XenApiError> {
     let snapshot = Snapshot::read(node.hypervisor.clone()).await?;
     let db = node.state.db();
-    if vm.is_empty() {
-        return Ok(snapshot.host_sources(&db, &node.state.host));
-    }
-    let r = db
-        .ref_by_uuid(Class::VM, vm)
-        .map_err(|_| XenApiError::handle_invalid("VM", vm))?;
-    let rec = db.get::<VmRecord>(r).map_err(api_error)?;
-    Ok(snapshot.vm_sources(&db, rec))
+    Ok(match vm {
+        None => snapshot.host_sources(&db, &node.state.host),
+        Some(vm) => snapshot.vm_sources(&db, vm),
+    })
 }
 
 impl Api {
-    /// The data sources of `host` (`vm` empty) or of VM `vm` running on it, asked of that
-    /// host.
-    async fn sources_on(&self, host: &Ref, vm: &str) -> Result<Vec<DataSource>, XenApiError> {
+    /// The data sources of `host`, or of `vm` running on it, asked of that host. The VM's
+    /// record travels with the question: the host's copy of the database may not have it
+    /// yet.
+    async fn sources_on(
+        &self,
+        host: &Ref,
+        vm: Option<&VmRecord>,
+    ) -> Result<Vec<DataSource>, XenApiError> {
         let node = self.node();
         if *host == node.state.host {
             return local_sources(node, vm).await;
         }
+        let vm = match vm {
+            Some(v) => serde_json::to_string(v).map_err(json_error)?,
+            None => String::new(),
+        };
         let address = crate::pool::host_address(&node.state.db(), host)?;
         let secret = crate::pool::secret_or_error(node)?;
         let answer = node
@@ -62,7 +67,7 @@ impl Api {
             .call(
                 &address,
                 "host.xenpool_data_sources",
-                vec![Wire::String(secret), Wire::String(vm.to_string())],
+                vec![Wire::String(secret), Wire::String(vm)],
                 FORWARD_MARGIN,
             )
             .await?;
@@ -74,12 +79,12 @@ impl Api {
 
     /// The host a VM's figures come from, or `None` when it has no domain: xapi answers
     /// data source queries of running and paused VMs only.
-    fn vm_host(&self, vm: &Ref) -> Result<(String, Option<Ref>), XenApiError> {
+    fn vm_host(&self, vm: &Ref) -> Result<(VmRecord, Option<Ref>), XenApiError> {
         let db = self.node().state.db();
         let v = db.get::<VmRecord>(vm).map_err(api_error)?;
         let live = matches!(v.power_state, VmPowerState::Running | VmPowerState::Paused);
         let host = (live && !v.resident_on.is_null()).then(|| v.resident_on.clone());
-        Ok((v.uuid.clone(), host))
+        Ok((v.clone(), host))
     }
 
     pub(super) async fn extras_call(
@@ -117,7 +122,7 @@ impl Api {
                     .db()
                     .get::<HostRecord>(&host)
                     .map_err(api_error)?;
-                let list = self.sources_on(&host, "").await?;
+                let list = self.sources_on(&host, None).await?;
                 Wire::Array(list.iter().map(DataSource::to_wire).collect())
             }
             ("host", "query_data_source") => {
@@ -129,7 +134,7 @@ impl Api {
                     .db()
                     .get::<HostRecord>(&host)
                     .map_err(api_error)?;
-                let list = self.sources_on(&host, "").await?;
+                let list = self.sources_on(&host, None).await?;
                 Wire::Double(data_sources::pick(&list, &name)?)
             }
             ("VM", "get_data_sources") => {
@@ -137,7 +142,7 @@ impl Api {
                 p.value()?;
                 let vm = ref_param(&mut p, "self")?;
                 let list = match self.vm_host(&vm)? {
-                    (uuid, Some(host)) => self.sources_on(&host, &uuid).await?,
+                    (rec, Some(host)) => self.sources_on(&host, Some(&rec)).await?,
                     (_, None) => Vec::new(),
                 };
                 Wire::Array(list.iter().map(DataSource::to_wire).collect())
@@ -147,21 +152,15 @@ impl Api {
                 p.value()?;
                 let vm = ref_param(&mut p, "self")?;
                 let name = p.string("data_source")?.to_string();
-                let (uuid, host) = self.vm_host(&vm)?;
+                let (rec, host) = self.vm_host(&vm)?;
                 let Some(host) = host else {
-                    let actual = node
-                        .state
-                        .db()
-                        .get::<VmRecord>(&vm)
-                        .map(|v| v.power_state)
-                        .map_err(api_error)?;
                     return Err(api_error(CoreError::VmBadPowerState {
                         vm,
                         expected: vec![VmPowerState::Running, VmPowerState::Paused],
-                        actual,
+                        actual: rec.power_state,
                     }));
                 };
-                let list = self.sources_on(&host, &uuid).await?;
+                let list = self.sources_on(&host, Some(&rec)).await?;
                 Wire::Double(data_sources::pick(&list, &name)?)
             }
             _ => return Ok(None),
@@ -238,8 +237,15 @@ impl Api {
                 let run = async {
                     let mut p = req.reader(2)?;
                     p.value()?;
-                    let vm = p.string("vm")?.to_string();
-                    let list = local_sources(node, &vm).await?;
+                    let vm = p.string("vm")?;
+                    let vm: Option<VmRecord> = if vm.is_empty() {
+                        None
+                    } else {
+                        Some(serde_json::from_str(vm).map_err(|e| {
+                            XenApiError::new("INVALID_VALUE", ["vm", &e.to_string()])
+                        })?)
+                    };
+                    let list = local_sources(node, vm.as_ref()).await?;
                     Ok(Wire::String(
                         serde_json::to_string(&list).map_err(json_error)?,
                     ))
