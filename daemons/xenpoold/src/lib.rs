@@ -22,6 +22,7 @@
 //!
 //! Services (use the state, never the API):
 //! - [`bootstrap`]: the first start of a host (a pool of one).
+//! - [`consoles`]: the console records of running VMs.
 //! - [`host_work`]: domain actions and VDI files, here or forwarded to their host.
 //! - [`ha`]: when the failover planner runs relative to the database lock.
 //! - [`ha_runtime`]: this host's HA daemon, the coordinator's lease, the redo log.
@@ -39,6 +40,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod consoles;
 pub mod conv;
 pub mod data_sources;
 pub mod domains;
@@ -181,7 +183,7 @@ pub(crate) fn reconcile(node: &Node) -> anyhow::Result<()> {
                     v.domid = -1;
                     v.current_operations.clear();
                 })?;
-                crate::api::sync_consoles(txn, node, &vm)?;
+                crate::consoles::sync(txn, node, &vm)?;
             }
             // Operations that were running when the daemon stopped will never finish.
             let busy: Vec<Ref> = txn
@@ -269,6 +271,7 @@ pub async fn run(
         ));
     }
     crate::pool::start_background(&node, stop_rx.clone());
+    crate::consoles::keep(node.clone(), stop_rx.clone());
     crate::ha_pool::watch_ha_daemon(node.clone());
     ready(started);
     shutdown.await;

@@ -1,6 +1,6 @@
-//! Plugins, consoles and performance data: `host.call_plugin`, `host.get_data_sources`,
-//! `host.query_data_source`, `VM.get_data_sources`, `VM.query_data_source`, the consoles
-//! of running VMs, and `GET /metrics`.
+//! Plugins and performance data: `host.call_plugin`, `host.get_data_sources`,
+//! `host.query_data_source`, `VM.get_data_sources`, `VM.query_data_source`, and
+//! `GET /metrics`.
 //!
 //! Each runs on the host it is about: the coordinator forwards the call to that host over
 //! the pool's internal calls (authenticated by the pool secret), as it does domain work.
@@ -8,9 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use xenpool_core::{
-    Class, ConsoleProtocol, ConsoleRecord, CoreError, HostRecord, Ref, Txn, VmPowerState, VmRecord,
-};
+use xenpool_core::{Class, CoreError, HostRecord, Ref, VmPowerState, VmRecord};
 use xenpool_rpc::{HttpAnswer, HttpGet, Request, Value as Wire, XenApiError};
 
 use super::{api_error, ref_param, Api, ApiResult, Ctx};
@@ -350,50 +348,6 @@ fn percent_decode(v: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Keeps a VM's consoles in step with its power state: a running or paused VM has one
-/// `rfb` console, located on the host it runs on; any other VM has none.
-pub(crate) fn sync_consoles(txn: &mut Txn<'_>, node: &Node, vm: &Ref) -> Result<(), CoreError> {
-    let v = txn.get::<VmRecord>(vm)?.clone();
-    let live = matches!(v.power_state, VmPowerState::Running | VmPowerState::Paused)
-        && !v.resident_on.is_null()
-        && !v.is_control_domain;
-    if !live {
-        for c in &v.consoles {
-            txn.destroy(Class::Console, c)?;
-        }
-        return Ok(());
-    }
-    let address = txn.get::<HostRecord>(&v.resident_on)?.address.clone();
-    let location = |c: &Ref| {
-        let port = node.config.https_port;
-        if port == 443 || port == 0 {
-            format!("https://{address}/console?ref={}", c.as_str())
-        } else {
-            format!("https://{address}:{port}/console?ref={}", c.as_str())
-        }
-    };
-    match v.consoles.first() {
-        Some(c) => {
-            let want = location(c);
-            if txn.get::<ConsoleRecord>(c)?.location != want {
-                txn.update::<ConsoleRecord>(c, |r| r.location = want)?;
-            }
-        }
-        None => {
-            let c = node.state.new_ref();
-            let rec = ConsoleRecord {
-                uuid: node.state.new_uuid(),
-                protocol: ConsoleProtocol::Rfb,
-                location: location(&c),
-                VM: vm.clone(),
-                other_config: BTreeMap::new(),
-            };
-            txn.create(c, rec)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use crate::node::Node;
 pub use crate::conv::api_error;
 pub use crate::passwords::hash_password;
 pub use crate::session::Caller;
-pub(crate) use host_extras::sync_consoles;
 pub use xenpool_core::rbac::Role;
 
 /// The XenAPI handler of one host.

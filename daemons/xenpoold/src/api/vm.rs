@@ -533,7 +533,7 @@ impl Api {
                     })?;
                 }
             }
-            super::sync_consoles(txn, node, vm)?;
+            crate::consoles::sync(txn, node, vm)?;
             refresh_vm_allowed_operations(txn, vm).map(|_| ())
         });
         if let Err(e) = result {
