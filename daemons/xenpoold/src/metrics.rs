@@ -44,12 +44,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one call that took `elapsed`.
-    pub fn call_done(&self, elapsed: Duration, ok: bool) {
+    /// Counts one call; one that took `elapsed` of service time also counts in the
+    /// latency histogram (calls that wait for changes by design give `None`).
+    pub fn call_done(&self, elapsed: Option<Duration>, ok: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.failed_calls.fetch_add(1, Ordering::Relaxed);
         }
+        let Some(elapsed) = elapsed else {
+            return;
+        };
         let secs = elapsed.as_secs_f64();
         let i = BUCKETS
             .iter()
@@ -210,7 +214,7 @@ pub async fn render(node: &Node) -> Result<String, xenpool_rpc::XenApiError> {
         &mut out,
         "xenpool_call_duration_seconds",
         "histogram",
-        "Time from a decoded call to its result.",
+        "Time from a decoded call to its result (long-polls and replication polls excluded).",
     );
     let mut cumulative = 0u64;
     for (i, bound) in BUCKETS.iter().enumerate() {
@@ -294,13 +298,16 @@ mod tests {
     #[test]
     fn latency_lands_in_the_first_bucket_that_holds_it() {
         let m = Metrics::default();
-        m.call_done(Duration::from_micros(100), true);
-        m.call_done(Duration::from_millis(3), false);
-        m.call_done(Duration::from_secs(10), true);
+        m.call_done(Some(Duration::from_micros(100)), true);
+        m.call_done(Some(Duration::from_millis(3)), false);
+        m.call_done(Some(Duration::from_secs(10)), true);
+        m.call_done(None, true);
         assert_eq!(m.latency[0].load(Ordering::Relaxed), 1);
         assert_eq!(m.latency[3].load(Ordering::Relaxed), 1);
         assert_eq!(m.latency[BUCKETS.len()].load(Ordering::Relaxed), 1);
-        assert_eq!(m.calls.load(Ordering::Relaxed), 3);
+        assert_eq!(m.calls.load(Ordering::Relaxed), 4);
+        let timed: u64 = m.latency.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+        assert_eq!(timed, 3);
         assert_eq!(m.failed_calls.load(Ordering::Relaxed), 1);
     }
 

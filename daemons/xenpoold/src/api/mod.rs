@@ -230,9 +230,13 @@ fn route(class: &str, message: &str) -> Option<Route> {
 
 impl xenpool_rpc::Handler for Api {
     async fn call(&self, ctx: CallContext, call: xenpool_rpc::Call) -> ApiResult {
+        // Long-polls and replication polls wait for changes by design: their time is not
+        // service time.
+        let waits = is_long_poll(&call.method) || call.method == "pool.xenpool_replicate";
         let start = std::time::Instant::now();
         let result = self.dispatch(ctx, call).await;
-        self.node.metrics.call_done(start.elapsed(), result.is_ok());
+        let elapsed = (!waits).then(|| start.elapsed());
+        self.node.metrics.call_done(elapsed, result.is_ok());
         result
     }
 
