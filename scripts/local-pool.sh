@@ -39,6 +39,18 @@ start() { # index, extra flags...
     exit 1
 }
 
+# An example plugin on every host (host.call_plugin / host-call-plugin): it answers with
+# its host, the function it was called with, and the call's JSON from its standard input.
+for i in 1 2 3; do
+    mkdir -p "$DIR/host$i/plugins"
+    cat > "$DIR/host$i/plugins/echo" <<PLUGIN
+#!/bin/sh
+printf 'host$i %s ' "\$1"
+cat
+PLUGIN
+    chmod 755 "$DIR/host$i/plugins/echo"
+done
+
 start 1 --shared-sr "$DIR/shared-sr"
 start 2 --no-demo
 start 3 --no-demo
@@ -56,6 +68,8 @@ Local pool running:
   coordinator:  http://127.0.0.1:$HTTP_PORT/  (https://127.0.0.1:$HTTPS_PORT/, self-signed)
   user root, password in $DIR/host1/root-password
   try:  target/release/xenpool -s 127.0.0.1 -p $HTTP_PORT -u root -pwf $DIR/host1/root-password vm-list
+        target/release/xenpool ... host-call-plugin host-uuid=<uuid> plugin=echo fn=hello args:who=me
+        curl -u root:<password> http://127.0.0.1:$HTTP_PORT/metrics
   logs: $DIR/host*.log
 Ctrl-C stops the pool.
 MSG

@@ -106,6 +106,13 @@ const RELATIONS: &[Relation] = &[
         on_delete: OnDelete::Refuse(codes::NETWORK_CONTAINS_PIF),
     },
     Relation {
+        child: Class::Console,
+        child_field: "VM",
+        parent: Class::VM,
+        parent_set: "consoles",
+        on_delete: OnDelete::Cascade,
+    },
+    Relation {
         child: Class::Task,
         child_field: "subtask_of",
         parent: Class::Task,

@@ -697,6 +697,22 @@ xenapi_class! {
     }
 }
 
+xenapi_enum! {
+    /// `console_protocol`
+    ConsoleProtocol "console_protocol" { Vt100 = "vt100", Rfb = "rfb", Rdp = "rdp" }
+}
+
+xenapi_class! {
+    /// `console`: how to reach the console of a running VM.
+    ConsoleRecord, Console {
+        ro uuid: String,
+        ro protocol: ConsoleProtocol,
+        ro location: String,
+        ro VM: Ref,
+        rw other_config: StrMap,
+    }
+}
+
 xenapi_class! {
     /// `message`: an alert raised by the pool.
     MessageRecord, Message {

@@ -87,6 +87,11 @@ pub fn required_role(class: &str, message: &str) -> Role {
     match class {
         "session" | "event" | "system" => Role::ReadOnly,
         _ if is_read(message) => Role::ReadOnly,
+        // A data source query reads a figure; xapi opens it to every role.
+        "host" | "VM" if message == "query_data_source" => Role::ReadOnly,
+        // A plugin runs with the toolstack's privileges on the host, so only the pool's
+        // administrators may call one (xapi: `_R_POOL_ADMIN`).
+        "host" if message == "call_plugin" => Role::PoolAdmin,
         "task" => Role::VmOperator,
         "VM" => match message {
             "start" | "clean_shutdown" | "hard_shutdown" | "clean_reboot" | "hard_reboot"
@@ -179,6 +184,10 @@ mod tests {
         );
         assert_eq!(required_role("pool", "set_name_label"), Role::PoolOperator);
         assert_eq!(required_role("host", "disable"), Role::PoolOperator);
+        assert_eq!(required_role("host", "call_plugin"), Role::PoolAdmin);
+        assert_eq!(required_role("host", "query_data_source"), Role::ReadOnly);
+        assert_eq!(required_role("VM", "query_data_source"), Role::ReadOnly);
+        assert_eq!(required_role("console", "get_location"), Role::ReadOnly);
         // A call nobody graded is closed to everyone but the pool's operators.
         assert_eq!(required_role("network", "frobnicate"), Role::PoolOperator);
     }

@@ -44,7 +44,9 @@ pub use error::{RpcError, XenApiError, HOST_IS_SLAVE, TOO_MANY_PENDING_TASKS};
 pub use json::JsonVersion;
 pub use json::JsonWriter;
 pub use request::{Call, ParamReader, Request};
-pub use server::{serve, CallClass, CallContext, Handler, Protocol, ServerLimits};
+pub use server::{
+    serve, CallClass, CallContext, Handler, HttpAnswer, HttpGet, Protocol, ServerLimits,
+};
 pub use tls::load_or_create_certificate;
 pub use value::{EncodedValue, Encoding, Value};
 pub use writer::ValueWriter;

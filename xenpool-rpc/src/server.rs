@@ -4,7 +4,8 @@
 //! - `POST /`, `/RPC2`, `/xmlrpc`: XML-RPC, answered `text/xml`;
 //! - `POST /jsonrpc`: JSON-RPC 1.0 and 2.0, answered `application/json`;
 //! - `OPTIONS` anything: a CORS preflight answer (browsers talk to `/jsonrpc` directly);
-//! - `GET /`: a small page; anything else: 404.
+//! - `GET /`: a small page; `GET` of any other path: whatever [`Handler::get`] answers
+//!   (by default nothing: 404); anything else: 404.
 //!
 //! Content types go out exactly as `text/xml` and `application/json` with no charset
 //! suffix: Xen Orchestra compares the header byte for byte and falls back to XML-RPC
@@ -124,6 +125,42 @@ pub trait Handler: Send + Sync + 'static {
         let _ = call;
         CallClass::Ordinary
     }
+
+    /// Answers a `GET` of a path other than `/` (xapi serves `/rrd_updates`, `/host_rrd`
+    /// and the like beside the RPC endpoints); `None`, the default, is a 404. Runs on the
+    /// connection's task, outside the call budgets: keep it cheap.
+    fn get(&self, request: HttpGet) -> impl Future<Output = Option<HttpAnswer>> + Send {
+        let _ = request;
+        async { None }
+    }
+}
+
+/// A `GET` for [`Handler::get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpGet {
+    /// The path, without the query.
+    pub path: String,
+    /// The query string, without the `?` (empty when there is none).
+    pub query: String,
+    /// The `Authorization` header, if any and readable.
+    pub authorization: Option<String>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// What [`Handler::get`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// A `WWW-Authenticate` challenge to send (with a 401).
+    pub www_authenticate: Option<&'static str>,
 }
 
 /// The budget a call runs in, as [`Handler::classify`] decides.
@@ -506,6 +543,7 @@ async fn route<H: Handler>(
                 b"<html><head><title>xenpool</title></head><body><p>XenAPI endpoint: XML-RPC at /, JSON-RPC at /jsonrpc.</p></body></html>".to_vec(),
             );
         }
+        (&Method::GET, _) => return handler_get(shared, &req, peer, tls).await,
         _ => return respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec()),
     };
 
@@ -572,6 +610,37 @@ async fn route<H: Handler>(
             respond(StatusCode::OK, APPLICATION_JSON, out)
         }
     }
+}
+
+async fn handler_get<H: Handler>(
+    shared: &Shared<H>,
+    req: &HttpRequest<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
+    let get = HttpGet {
+        path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or("").to_string(),
+        authorization: req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        peer,
+        tls,
+    };
+    let Some(answer) = shared.handler.get(get).await else {
+        return respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec());
+    };
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = respond(status, answer.content_type, answer.body);
+    if let Some(challenge) = answer.www_authenticate {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    r
 }
 
 fn encode_xml(result: &Result<Value, XenApiError>) -> Vec<u8> {

@@ -79,6 +79,7 @@ enum Action {
     PoolHaDisable,
     PoolHaComputeMaxFailures,
     HostEmergencyHaDisable,
+    HostCallPlugin,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +228,10 @@ const COMMANDS: &[Command] = &[
         .optional(&["--force"])
         .local()
         .summary("Turn HA off on this host when the pool cannot", "Run against a host (coordinator or member) that must stop taking part in HA while pool-ha-disable cannot reach the pool; logs in with a session of that host only. Without --force the change is soft: it lasts until the host restarts or HA is changed again. With --force HA stays off on this host."),
+    Command::new("host-call-plugin", "Host", Action::HostCallPlugin)
+        .required(&["host-uuid", "plugin", "fn"])
+        .optional(&["args:<key>"])
+        .summary("Run a plugin on a host", "Runs the executable plugin= of the plugin directory of host host-uuid= with the function fn= and the arguments args:<key>=<value>, and prints what it wrote."),
     Command::new("pool-list", "Pool", Action::List { class: "pool", columns: &["uuid", "name_label", "name_description", "master", "default_SR"] })
         .optional(LIST_PARAMS)
         .summary("List the pool", "Lists the records, one block per record. Any field=value filters the records; params= names the fields to print (params=all prints every field), such as ha-enabled, ha-configuration, ha-statefiles, ha-host-failures-to-tolerate, ha-plan-exists-for, ha-allow-overcommit and ha-overcommitted. master and the default SRs print as uuids. With --minimal, prints the first field of params= (uuid by default) of every record, comma-separated."),
@@ -964,6 +969,36 @@ async fn command(s: &Session, o: &Options, action: Action) -> anyhow::Result<()>
                 .call("pool.ha_compute_max_host_failures_to_tolerate", vec![])
                 .await?;
             println!("{}", wire_text(&n));
+            Ok(())
+        }
+        Action::HostCallPlugin => {
+            let get = |k: &str| o.args.get(k).with_context(|| format!("give {k}="));
+            let host = s
+                .call(
+                    "host.get_by_uuid",
+                    vec![Value::String(get("host-uuid")?.clone())],
+                )
+                .await?;
+            let args = o
+                .pairs
+                .iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("args:")
+                        .map(|k| (k.to_string(), Value::String(v.clone())))
+                })
+                .collect();
+            let out = s
+                .call(
+                    "host.call_plugin",
+                    vec![
+                        host,
+                        Value::String(get("plugin")?.clone()),
+                        Value::String(get("fn")?.clone()),
+                        Value::Struct(args),
+                    ],
+                )
+                .await?;
+            println!("{}", wire_text(&out));
             Ok(())
         }
         Action::HostEmergencyHaDisable => {

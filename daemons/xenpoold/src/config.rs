@@ -63,6 +63,12 @@ pub struct Config {
     /// Random extra delay up to this many milliseconds on every HA heartbeat sent: network
     /// jitter injected for measurements. 0 in production.
     pub ha_inject_jitter_ms: u64,
+    /// Where `host.call_plugin` finds its executables; defaults to `<data_dir>/plugins`.
+    pub plugin_dir: Option<PathBuf>,
+    /// Seconds a plugin may run before its process group is killed.
+    pub plugin_timeout_secs: f64,
+    /// Bytes a plugin may write on its standard output; more is an error.
+    pub plugin_max_output_bytes: usize,
 }
 
 impl Default for Config {
@@ -94,6 +100,9 @@ impl Default for Config {
             ha_extra_addresses: Vec::new(),
             watchdog: None,
             ha_inject_jitter_ms: 0,
+            plugin_dir: None,
+            plugin_timeout_secs: 60.0,
+            plugin_max_output_bytes: 1024 * 1024,
         }
     }
 }
@@ -115,6 +124,13 @@ impl Config {
             max_internal_in_flight: self.max_internal_in_flight,
             ..xenpool_rpc::ServerLimits::default()
         }
+    }
+
+    /// The directory of `host.call_plugin`'s executables.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.plugin_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
     }
 
     /// The host's name label.

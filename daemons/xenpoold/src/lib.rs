@@ -15,10 +15,14 @@
 //! - [`liveness`]: when the coordinator last heard from each member.
 //! - [`domains`]: domain actions applied to the hypervisor.
 //! - [`session`], [`passwords`]: who calls, and local users' password hashes.
+//! - [`plugins`]: running the executables of `host.call_plugin`.
+//! - [`data_sources`]: the performance figures of the host and its VMs.
+//! - [`metrics`]: the daemon's own counters and the `/metrics` exposition.
 //! - [`conv`]: typed values to wire values and back; core errors in wire form.
 //!
 //! Services (use the state, never the API):
 //! - [`bootstrap`]: the first start of a host (a pool of one).
+//! - [`consoles`]: the console records of running VMs.
 //! - [`host_work`]: domain actions and VDI files, here or forwarded to their host.
 //! - [`ha`]: when the failover planner runs relative to the database lock.
 //! - [`ha_runtime`]: this host's HA daemon, the coordinator's lease, the redo log.
@@ -36,7 +40,9 @@
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod consoles;
 pub mod conv;
+pub mod data_sources;
 pub mod domains;
 pub mod ha;
 pub mod ha_pool;
@@ -45,8 +51,10 @@ pub mod host_files;
 pub mod host_work;
 pub mod liveness;
 pub mod migration;
+pub mod metrics;
 pub mod node;
 pub mod passwords;
+pub mod plugins;
 pub mod pool;
 pub mod power;
 pub mod session;
@@ -138,6 +146,7 @@ pub fn open_node_with(
         local_sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         ha: crate::ha_runtime::HaRuntime::default(),
         migrations: crate::migration::Incoming::default(),
+        metrics: crate::metrics::Metrics::default(),
     });
     if let Role::Member { coordinator } = &role {
         node.state.set_write_gate(Some(coordinator.clone()));
@@ -181,6 +190,7 @@ pub(crate) fn reconcile(node: &Node) -> anyhow::Result<()> {
                     v.domid = -1;
                     v.current_operations.clear();
                 })?;
+                crate::consoles::sync(txn, node, &vm)?;
             }
             // Operations that were running when the daemon stopped will never finish.
             let busy: Vec<Ref> = txn
@@ -272,6 +282,7 @@ pub async fn run(
         ));
     }
     crate::pool::start_background(&node, stop_rx.clone());
+    crate::consoles::keep(node.clone(), stop_rx.clone());
     crate::ha_pool::watch_ha_daemon(node.clone());
     ready(started);
     shutdown.await;

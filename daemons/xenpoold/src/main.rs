@@ -74,6 +74,15 @@ struct Args {
     /// The watchdog device HA fences with (default: the process watchdog).
     #[arg(long)]
     watchdog: Option<PathBuf>,
+    /// Directory of the executables `host.call_plugin` runs (default: <data-dir>/plugins).
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// Seconds a plugin may run before it is killed.
+    #[arg(long)]
+    plugin_timeout_secs: Option<f64>,
+    /// Bytes a plugin may write on its standard output.
+    #[arg(long)]
+    plugin_max_output_bytes: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -145,6 +154,15 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = &args.watchdog {
         c.watchdog = Some(v.clone());
+    }
+    if let Some(v) = &args.plugin_dir {
+        c.plugin_dir = Some(v.clone());
+    }
+    if let Some(v) = args.plugin_timeout_secs {
+        c.plugin_timeout_secs = v;
+    }
+    if let Some(v) = args.plugin_max_output_bytes {
+        c.plugin_max_output_bytes = v;
     }
     Ok(c)
 }

@@ -38,6 +38,8 @@ pub struct Node {
     pub ha: crate::ha_runtime::HaRuntime,
     /// Migrations this host is receiving.
     pub migrations: crate::migration::Incoming,
+    /// Calls served, their latency, replication progress.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Node {

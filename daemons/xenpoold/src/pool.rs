@@ -223,6 +223,11 @@ async fn replicate_once(node: &Node, coordinator: &str) -> Result<(), XenApiErro
         return Err(XenApiError::internal_error("bad replication answer"));
     };
     let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+    if let Some(Wire::String(g)) = get("generation") {
+        if let Ok(g) = g.parse() {
+            node.metrics.replicated(g);
+        }
+    }
     if let Some(Wire::String(snapshot)) = get("snapshot") {
         if !snapshot.is_empty() {
             let state: StoredState = serde_json::from_str(snapshot)
@@ -286,6 +291,10 @@ pub async fn serve_replication(
         return Ok(Wire::Struct(vec![
             ("batches".into(), Wire::Array(Vec::new())),
             ("snapshot".into(), Wire::String(text)),
+            (
+                "generation".into(),
+                Wire::String(state.generation.to_string()),
+            ),
         ]));
     };
     node.liveness.contact(host, from);
@@ -323,9 +332,12 @@ pub async fn serve_replication(
         .map(|b| serde_json::to_string(b).map(Wire::String))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| XenApiError::internal_error(e.to_string()))?;
+    // The coordinator's generation: the member measures its replication lag against it.
+    let generation = node.state.durable_generation();
     Ok(Wire::Struct(vec![
         ("batches".into(), Wire::Array(batches)),
         ("snapshot".into(), Wire::String(snapshot)),
+        ("generation".into(), Wire::String(generation.to_string())),
     ]))
 }
 

@@ -25,7 +25,7 @@ pub fn check_permission(caller: &Caller, req: &Request) -> Result<(), XenApiErro
 
 impl Api {
     /// Checks a local user's password (on a blocking thread: the hash is slow on purpose).
-    async fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         user: &str,
         password: String,

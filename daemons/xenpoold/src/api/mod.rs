@@ -6,6 +6,7 @@ mod auth;
 mod events;
 mod generic;
 mod migrate;
+mod host_extras;
 mod objects;
 mod pool;
 mod tasks;
@@ -123,6 +124,7 @@ impl Api {
             Some(Route::Vm) => self.vm_call(cx, req).await?,
             Some(Route::Pool | Route::Internal) => self.pool_call(cx, req).await?,
             Some(Route::Object) => self.object_call(cx, req).await?,
+            Some(Route::Extras) => self.extras_call(cx, req).await?,
             Some(Route::Open) | None => None,
         };
         if let Some(r) = specific {
@@ -173,6 +175,8 @@ enum Route {
     /// Host-to-host pool calls on a session: served, never advertised.
     Internal,
     Object,
+    /// Plugins and performance data (`host_extras`).
+    Extras,
 }
 
 /// Messages per class, as each handler module declares them.
@@ -213,6 +217,7 @@ const ROUTES: &[(Messages, Route)] = &[
     (pool::METHODS, Route::Pool),
     (pool::INTERNAL_METHODS, Route::Internal),
     (objects::METHODS, Route::Object),
+    (host_extras::METHODS, Route::Extras),
 ];
 
 fn route(class: &str, message: &str) -> Option<Route> {
@@ -226,7 +231,18 @@ fn route(class: &str, message: &str) -> Option<Route> {
 
 impl xenpool_rpc::Handler for Api {
     async fn call(&self, ctx: CallContext, call: xenpool_rpc::Call) -> ApiResult {
-        self.dispatch(ctx, call).await
+        // Long-polls and replication polls wait for changes by design: their time is not
+        // service time.
+        let waits = is_long_poll(&call.method) || call.method == "pool.xenpool_replicate";
+        let start = std::time::Instant::now();
+        let result = self.dispatch(ctx, call).await;
+        let elapsed = (!waits).then(|| start.elapsed());
+        self.node.metrics.call_done(elapsed, result.is_ok());
+        result
+    }
+
+    async fn get(&self, request: xenpool_rpc::HttpGet) -> Option<xenpool_rpc::HttpAnswer> {
+        self.http_get(request).await
     }
 
     /// Plain reads change nothing, so abandoning one halfway is harmless; a long-poll
@@ -249,10 +265,12 @@ impl xenpool_rpc::Handler for Api {
         if is_long_poll(method) {
             return CallClass::LongPoll;
         }
+        // A forwarded plugin may run for its whole time limit: it takes an ordinary slot,
+        // so plugins can never hold the reserve replication polls need.
         let internal = !method.starts_with("Async.")
-            && method
-                .rsplit_once('.')
-                .is_some_and(|(_, m)| m.starts_with("xenpool_") && m != "xenpool_add_host");
+            && method.rsplit_once('.').is_some_and(|(_, m)| {
+                m.starts_with("xenpool_") && m != "xenpool_add_host" && m != "xenpool_call_plugin"
+            });
         match call.params.first() {
             Some(Wire::String(secret))
                 if internal

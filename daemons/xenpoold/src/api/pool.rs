@@ -674,7 +674,10 @@ impl Api {
                     .map_err(|e| XenApiError::internal_error(e.to_string()))?;
                 void()
             }
-            _ => Err(XenApiError::method_unknown(&req.method)),
+            _ => match self.extras_internal(req).await {
+                Some(result) => result,
+                None => Err(XenApiError::method_unknown(&req.method)),
+            },
         }
     }
 }

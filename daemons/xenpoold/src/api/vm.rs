@@ -544,6 +544,7 @@ impl Api {
                     })?;
                 }
             }
+            crate::consoles::sync(txn, node, vm)?;
             refresh_vm_allowed_operations(txn, vm).map(|_| ())
         });
         if let Err(e) = result {
