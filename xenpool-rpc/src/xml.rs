@@ -131,18 +131,15 @@ pub fn encode_response_into(out: &mut Vec<u8>, result: &Result<Value, XenApiErro
             return encode_response_into(out, &refused);
         }
     }
-    out.extend_from_slice(XML_DECL);
-    out.extend_from_slice(b"<methodResponse><params><param><value><struct>");
     match result {
         Ok(v) => {
-            out.extend_from_slice(
-                b"<member><name>Status</name><value>Success</value></member><member><name>Value</name>",
-            );
+            out.extend_from_slice(SUCCESS_HEAD);
             encode_value(out, v);
         }
         Err(e) => {
+            out.extend_from_slice(XML_DECL);
             out.extend_from_slice(
-                b"<member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name><value><array><data>",
+                b"<methodResponse><params><param><value><struct><member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name><value><array><data>",
             );
             out.extend_from_slice(b"<value>");
             escape_into(out, &e.code);
@@ -155,7 +152,31 @@ pub fn encode_response_into(out: &mut Vec<u8>, result: &Result<Value, XenApiErro
             out.extend_from_slice(b"</data></array></value>");
         }
     }
-    out.extend_from_slice(b"</member></struct></value></param></params></methodResponse>");
+    out.extend_from_slice(RESPONSE_TAIL);
+}
+
+/// A success response up to its value.
+const SUCCESS_HEAD: &[u8] = b"<?xml version=\"1.0\"?><methodResponse><params><param><value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>";
+
+/// Every response after its value or error description.
+const RESPONSE_TAIL: &[u8] = b"</member></struct></value></param></params></methodResponse>";
+
+/// A complete response as pieces to send one after the other: an already encoded value
+/// goes out as it is, between a fixed head and tail, instead of being copied into a
+/// document. The pieces put together are exactly [`encode_response`]'s bytes.
+pub(crate) fn response_pieces(result: Result<Value, XenApiError>) -> [bytes::Bytes; 3] {
+    match result {
+        Ok(Value::Encoded(e)) if e.encoding() == Encoding::Xml => [
+            bytes::Bytes::from_static(SUCCESS_HEAD),
+            bytes::Bytes::from(e.into_bytes()),
+            bytes::Bytes::from_static(RESPONSE_TAIL),
+        ],
+        other => [
+            bytes::Bytes::from(encode_response(&other)),
+            bytes::Bytes::new(),
+            bytes::Bytes::new(),
+        ],
+    }
 }
 
 /// The size [`encode_response`] will need, with a little room for escapes.
@@ -1098,6 +1119,31 @@ mod tests {
             0..200,
         )) {
             same_as_general(&bytes);
+        }
+    }
+
+    #[test]
+    fn response_pieces_make_the_response() {
+        let mut w = XmlWriter::new();
+        w.begin_struct();
+        w.member("a<");
+        w.string("x&y");
+        w.end_struct();
+        let encoded = Value::Encoded(w.finish().unwrap());
+        let plain = Value::structure([("a<", Value::from("x&y"))]);
+        let results = [
+            Ok(encoded),
+            Ok(plain),
+            Ok(Value::Int(3)),
+            Err(XenApiError::new("HANDLE_INVALID", ["VM", "OpaqueRef:x"])),
+        ];
+        for result in results {
+            let whole = encode_response(&result);
+            let pieces = response_pieces(result).concat();
+            assert_eq!(
+                String::from_utf8(pieces).unwrap(),
+                String::from_utf8(whole).unwrap()
+            );
         }
     }
 
