@@ -12,6 +12,10 @@
 //! load thread, as `wrk -t1 -c<connections>` with a fixed POST body), whose figures are
 //! comparable to wrk's.
 //!
+//! With `--wrk-lua URL PASSWORD_FILE` it prints a script for the real `wrk` that POSTs the
+//! same `VM.get_record` call (`wrk -t1 -c8 -d10s -s get_record.lua URL`); `--bare PORT SIZE`
+//! runs the bare server alone, to point `wrk` at with the same script.
+//!
 //! With `--micro` it times the server's own per-call work without sockets (decoding the
 //! call, streaming the record, the response envelope), best of many short batches.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -278,11 +282,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Measures a running xenpoold: `VM.get_record` of its `demo-vm` over XML-RPC and
-/// JSON-RPC, against a bare hyper server answering a fixed body of the daemon's response
-/// size, in the same run.
-async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, rounds: usize) {
-    let client = xenpool_rpc::Client::new(url).unwrap();
+/// The XML-RPC `VM.get_record` call of the daemon's `demo-vm`, with a fresh session.
+async fn daemon_get_record(client: &xenpool_rpc::Client, password: &str) -> Vec<Value> {
     let session = client.login_with_password("root", password).await.unwrap();
     let vm = match client
         .call("VM.get_by_name_label", vec![s(&session), s("demo-vm")])
@@ -292,12 +293,20 @@ async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, roun
         Value::Array(mut v) => v.remove(0),
         other => panic!("no demo-vm: {other:?}"),
     };
+    vec![s(&session), vm]
+}
+
+/// Measures a running xenpoold: `VM.get_record` of its `demo-vm` over XML-RPC and
+/// JSON-RPC, against a bare hyper server answering a fixed body of the daemon's response
+/// size, in the same run.
+async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, rounds: usize) {
+    let client = xenpool_rpc::Client::new(url).unwrap();
+    let params = daemon_get_record(&client, password).await;
     let addr: SocketAddr = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let params = [s(&session), vm];
     let xml_req = http_request("/", "text/xml", &xml::encode_call("VM.get_record", &params));
     let json_req = http_request(
         "/jsonrpc",
@@ -453,6 +462,24 @@ fn main() {
             let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
             bare_server(l, Bytes::from(vec![b'x'; size])).await;
         });
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--wrk-lua") {
+        let url = args.get(2).expect("--wrk-lua URL PASSWORD_FILE").clone();
+        let password = std::fs::read_to_string(args.get(3).expect("PASSWORD_FILE")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let body = rt.block_on(async {
+            let client = xenpool_rpc::Client::new(&url).unwrap();
+            let params = daemon_get_record(&client, password.trim()).await;
+            xml::encode_call("VM.get_record", &params)
+        });
+        // The body holds refs and quotes only, never `]]`, so a long bracket carries it.
+        println!("wrk.method = \"POST\"");
+        println!("wrk.body = [[{}]]", String::from_utf8(body).unwrap());
+        println!("wrk.headers[\"Content-Type\"] = \"text/xml\"");
         return;
     }
     // `--daemon URL PASSWORD_FILE [secs conns rounds]` measures a running xenpoold.
