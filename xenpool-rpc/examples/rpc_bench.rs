@@ -11,6 +11,13 @@
 //! xenpoold instead, twice: with load from a multi-threaded runtime, and wrk-style (one
 //! load thread, as `wrk -t1 -c<connections>` with a fixed POST body), whose figures are
 //! comparable to wrk's.
+//!
+//! With `--wrk-lua URL PASSWORD_FILE` it prints a script for the real `wrk` that POSTs the
+//! same `VM.get_record` call (`wrk -t1 -c8 -d10s -s get_record.lua URL`); `--bare PORT SIZE`
+//! runs the bare server alone, to point `wrk` at with the same script.
+//!
+//! With `--micro` it times the server's own per-call work without sockets (decoding the
+//! call, streaming the record, the response envelope), best of many short batches.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -27,7 +34,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use xenpool_rpc::json::{self, JsonVersion};
-use xenpool_rpc::{serve, xml, Call, CallContext, Handler, ServerLimits, Value, XenApiError};
+use xenpool_rpc::{
+    serve, xml, Call, CallContext, Handler, ServerLimits, Value, ValueWriter, XenApiError,
+    XmlWriter,
+};
 
 fn s(v: &str) -> Value {
     Value::from(v)
@@ -272,11 +282,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Measures a running xenpoold: `VM.get_record` of its `demo-vm` over XML-RPC and
-/// JSON-RPC, against a bare hyper server answering a fixed body of the daemon's response
-/// size, in the same run.
-async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, rounds: usize) {
-    let client = xenpool_rpc::Client::new(url).unwrap();
+/// The XML-RPC `VM.get_record` call of the daemon's `demo-vm`, with a fresh session.
+async fn daemon_get_record(client: &xenpool_rpc::Client, password: &str) -> Vec<Value> {
     let session = client.login_with_password("root", password).await.unwrap();
     let vm = match client
         .call("VM.get_by_name_label", vec![s(&session), s("demo-vm")])
@@ -286,12 +293,20 @@ async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, roun
         Value::Array(mut v) => v.remove(0),
         other => panic!("no demo-vm: {other:?}"),
     };
+    vec![s(&session), vm]
+}
+
+/// Measures a running xenpoold: `VM.get_record` of its `demo-vm` over XML-RPC and
+/// JSON-RPC, against a bare hyper server answering a fixed body of the daemon's response
+/// size, in the same run.
+async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, rounds: usize) {
+    let client = xenpool_rpc::Client::new(url).unwrap();
+    let params = daemon_get_record(&client, password).await;
     let addr: SocketAddr = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let params = [s(&session), vm];
     let xml_req = http_request("/", "text/xml", &xml::encode_call("VM.get_record", &params));
     let json_req = http_request(
         "/jsonrpc",
@@ -362,8 +377,79 @@ async fn against_daemon(url: &str, password: &str, secs: f64, conns: usize, roun
     let _ = bare_child.wait();
 }
 
+/// Nanoseconds per iteration of `f`: the best of many short batches, as a shared machine
+/// lets few of them run undisturbed.
+fn time_ns(iters: u32, mut f: impl FnMut()) -> f64 {
+    let iters = (iters / 40).max(1);
+    (0..200)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(iters)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// `--micro`: the per-call work of the server's own code, without sockets: decoding the
+/// `VM.get_record` call, streaming the record through the [`ValueWriter`] as a handler
+/// does, and wrapping it in the response envelope.
+fn micro() {
+    let record = vm_record();
+    let params = [
+        s("OpaqueRef:6a1b3e0c-6ea6-4f2b-9e44-2b8d7f9d0c11"),
+        s("OpaqueRef:0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"),
+    ];
+    let call = xml::encode_call("VM.get_record", &params);
+    let pretty = String::from_utf8(call.clone())
+        .unwrap()
+        .replace("<param>", "\n  <param>\n    ")
+        .replace("<value>", "<value><string>")
+        .replace("</value>", "</string></value>");
+    let decode = time_ns(200_000, || {
+        std::hint::black_box(xml::decode_call(std::hint::black_box(&call)).unwrap());
+    });
+    let decode_pretty = time_ns(200_000, || {
+        std::hint::black_box(xml::decode_call(std::hint::black_box(pretty.as_bytes())).unwrap());
+    });
+    let write = time_ns(50_000, || {
+        let mut w = XmlWriter::with_capacity(8192);
+        w.value(std::hint::black_box(&record));
+        std::hint::black_box(w.finish().unwrap());
+    });
+    let mut w = XmlWriter::with_capacity(8192);
+    w.value(&record);
+    let encoded = Value::Encoded(w.finish().unwrap());
+    let envelope = time_ns(50_000, || {
+        std::hint::black_box(xml::encode_response(std::hint::black_box(&Ok(
+            encoded.clone()
+        ))));
+    });
+    let clone = time_ns(50_000, || {
+        std::hint::black_box(encoded.clone());
+    });
+    println!("decode_call (compact, {} B): {decode:.0} ns", call.len());
+    println!(
+        "decode_call (xmlrpc.client style, {} B): {decode_pretty:.0} ns",
+        pretty.len()
+    );
+    println!(
+        "XmlWriter, {}-field record: {write:.0} ns",
+        record.as_struct().map_or(0, <[_]>::len)
+    );
+    println!(
+        "envelope around the encoded record: {:.0} ns",
+        envelope - clone
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--micro") {
+        micro();
+        return;
+    }
     // `--bare PORT SIZE`: a bare hyper server answering SIZE bytes, for `--daemon` runs.
     if args.get(1).map(String::as_str) == Some("--bare") {
         let port: u16 = args[2].parse().unwrap();
@@ -376,6 +462,24 @@ fn main() {
             let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
             bare_server(l, Bytes::from(vec![b'x'; size])).await;
         });
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--wrk-lua") {
+        let url = args.get(2).expect("--wrk-lua URL PASSWORD_FILE").clone();
+        let password = std::fs::read_to_string(args.get(3).expect("PASSWORD_FILE")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let body = rt.block_on(async {
+            let client = xenpool_rpc::Client::new(&url).unwrap();
+            let params = daemon_get_record(&client, password.trim()).await;
+            xml::encode_call("VM.get_record", &params)
+        });
+        // The body holds refs and quotes only, never `]]`, so a long bracket carries it.
+        println!("wrk.method = \"POST\"");
+        println!("wrk.body = [[{}]]", String::from_utf8(body).unwrap());
+        println!("wrk.headers[\"Content-Type\"] = \"text/xml\"");
         return;
     }
     // `--daemon URL PASSWORD_FILE [secs conns rounds]` measures a running xenpoold.

@@ -33,8 +33,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -492,13 +492,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<S> {
     }
 }
 
-type Body = Full<Bytes>;
+/// A response body: up to three pieces sent one after the other, so that a result encoded
+/// ahead by the handler goes out without being copied into the document (see
+/// [`xml::response_pieces`]). hyper writes them with the head in one `writev`.
+#[derive(Debug, Default)]
+struct Body {
+    pieces: [Bytes; 3],
+    next: usize,
+}
+
+impl Body {
+    fn remaining(&self) -> &[Bytes] {
+        self.pieces.get(self.next..).unwrap_or_default()
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Body {
+            pieces: [Bytes::from(bytes), Bytes::new(), Bytes::new()],
+            next: 0,
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        while let Some(piece) = this.pieces.get_mut(this.next) {
+            this.next += 1;
+            if !piece.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(piece)))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining().iter().all(Bytes::is_empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining().iter().map(|p| p.len() as u64).sum())
+    }
+}
 
 const TEXT_XML: &str = "text/xml";
 const APPLICATION_JSON: &str = "application/json";
 
-fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Body>,
+) -> Response<Body> {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -579,13 +632,18 @@ async fn route<H: Handler>(
                         tls,
                     };
                     match dispatch(shared, ctx, call).await {
-                        Ok(v) if raw => xml::encode_raw_response(&v),
-                        result => encode_xml(&result),
+                        Ok(v) if raw => Body::from(xml::encode_raw_response(&v)),
+                        result => Body {
+                            pieces: xml::response_pieces(result),
+                            next: 0,
+                        },
                     }
                 }
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "undecodable XML-RPC request");
-                    encode_xml(&Err(XenApiError::internal_error(e.to_string())))
+                    Body::from(xml::encode_response(&Err(XenApiError::internal_error(
+                        e.to_string(),
+                    ))))
                 }
             };
             respond(StatusCode::OK, TEXT_XML, out)
@@ -643,10 +701,6 @@ async fn handler_get<H: Handler>(
     r
 }
 
-fn encode_xml(result: &Result<Value, XenApiError>) -> Vec<u8> {
-    xml::encode_response(result)
-}
-
 async fn read_body<H>(
     shared: &Shared<H>,
     req: HttpRequest<Incoming>,
@@ -663,8 +717,15 @@ async fn read_body<H>(
             format!("request body larger than {max} bytes"),
         ));
     }
-    let body = Limited::new(req.into_body(), max);
-    match tokio::time::timeout(shared.limits.body_read_timeout, body.collect()).await {
+    let mut body = std::pin::pin!(Limited::new(req.into_body(), max).collect());
+    // A small request's body came in with its headers: only a body still on its way needs
+    // the timer, which costs more than reading one that is there.
+    let first = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll(cx))).await;
+    let read = match first {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(shared.limits.body_read_timeout, body).await,
+    };
+    match read {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
             StatusCode::PAYLOAD_TOO_LARGE,

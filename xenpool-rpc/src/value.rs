@@ -76,6 +76,11 @@ impl EncodedValue {
         EncodedValue { encoding, bytes }
     }
 
+    /// The bytes, for a response that sends them as they are.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
     /// The syntax the bytes are in.
     pub fn encoding(&self) -> Encoding {
         self.encoding

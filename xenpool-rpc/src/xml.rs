@@ -131,18 +131,15 @@ pub fn encode_response_into(out: &mut Vec<u8>, result: &Result<Value, XenApiErro
             return encode_response_into(out, &refused);
         }
     }
-    out.extend_from_slice(XML_DECL);
-    out.extend_from_slice(b"<methodResponse><params><param><value><struct>");
     match result {
         Ok(v) => {
-            out.extend_from_slice(
-                b"<member><name>Status</name><value>Success</value></member><member><name>Value</name>",
-            );
+            out.extend_from_slice(SUCCESS_HEAD);
             encode_value(out, v);
         }
         Err(e) => {
+            out.extend_from_slice(XML_DECL);
             out.extend_from_slice(
-                b"<member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name><value><array><data>",
+                b"<methodResponse><params><param><value><struct><member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name><value><array><data>",
             );
             out.extend_from_slice(b"<value>");
             escape_into(out, &e.code);
@@ -155,7 +152,31 @@ pub fn encode_response_into(out: &mut Vec<u8>, result: &Result<Value, XenApiErro
             out.extend_from_slice(b"</data></array></value>");
         }
     }
-    out.extend_from_slice(b"</member></struct></value></param></params></methodResponse>");
+    out.extend_from_slice(RESPONSE_TAIL);
+}
+
+/// A success response up to its value.
+const SUCCESS_HEAD: &[u8] = b"<?xml version=\"1.0\"?><methodResponse><params><param><value><struct><member><name>Status</name><value>Success</value></member><member><name>Value</name>";
+
+/// Every response after its value or error description.
+const RESPONSE_TAIL: &[u8] = b"</member></struct></value></param></params></methodResponse>";
+
+/// A complete response as pieces to send one after the other: an already encoded value
+/// goes out as it is, between a fixed head and tail, instead of being copied into a
+/// document. The pieces put together are exactly [`encode_response`]'s bytes.
+pub(crate) fn response_pieces(result: Result<Value, XenApiError>) -> [bytes::Bytes; 3] {
+    match result {
+        Ok(Value::Encoded(e)) if e.encoding() == Encoding::Xml => [
+            bytes::Bytes::from_static(SUCCESS_HEAD),
+            bytes::Bytes::from(e.into_bytes()),
+            bytes::Bytes::from_static(RESPONSE_TAIL),
+        ],
+        other => [
+            bytes::Bytes::from(encode_response(&other)),
+            bytes::Bytes::new(),
+            bytes::Bytes::new(),
+        ],
+    }
 }
 
 /// The size [`encode_response`] will need, with a little room for escapes.
@@ -275,12 +296,18 @@ fn needs_escape(bytes: &[u8]) -> bool {
 }
 
 /// Escapes text for element content.
+#[inline]
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    if !needs_escape(bytes) {
+    if needs_escape(bytes) {
+        escape_slow(out, bytes);
+    } else {
         out.extend_from_slice(bytes);
-        return;
     }
+}
+
+#[cold]
+fn escape_slow(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let class = ESCAPE_CLASS[b as usize];
@@ -454,6 +481,14 @@ impl ValueWriter for XmlWriter {
 
 /// Decodes a `<methodCall>` document.
 pub fn decode_call(input: &[u8]) -> Result<Call, RpcError> {
+    if let Some(call) = decode_plain_call(input) {
+        return Ok(call);
+    }
+    decode_call_general(input)
+}
+
+/// The general parser behind [`decode_call`], for any document the plain path declines.
+fn decode_call_general(input: &[u8]) -> Result<Call, RpcError> {
     let mut p = Parser::new(input);
     p.expect_open(Tag::MethodCall)?;
     p.expect_open(Tag::MethodName)?;
@@ -482,6 +517,103 @@ pub fn decode_call(input: &[u8]) -> Result<Call, RpcError> {
         t => return Err(p.unexpected(&t, "<params> or </methodCall>")),
     }
     Ok(Call { method, params })
+}
+
+// ---------------------------------------------------------------------------------------
+// The plain path: calls as nearly every client writes them
+
+/// Decodes the common shape of a call without the general parser: an optional plain XML
+/// declaration, `<methodName>`, and parameters that are all strings (bare or in
+/// `<string>`), with whitespace allowed between elements as `xmlrpc.client` puts it. Text
+/// must hold no entity, CDATA or carriage return. Anything else (typed values, comments,
+/// attributes, errors of any kind) returns `None`, and the general parser decides, so the
+/// result is always the one the general parser would give.
+///
+/// Nearly every call a server gets is of this shape (refs, UUIDs, names), and the general
+/// parser costs several times the rest of a small read.
+fn decode_plain_call(input: &[u8]) -> Option<Call> {
+    let mut c = Cursor(input);
+    if !c.eat(b"<?xml version=\"1.0\"?>") {
+        let _ = c.eat(b"<?xml version='1.0'?>");
+    }
+    c.skip_ws();
+    if !(c.eat(b"<methodCall>") && c.skip_ws() && c.eat(b"<methodName>")) {
+        return None;
+    }
+    let method = c.text()?.trim();
+    if method.is_empty() || method.chars().any(char::is_control) || !c.eat(b"</methodName>") {
+        return None;
+    }
+    c.skip_ws();
+    let mut params = Vec::new();
+    if c.eat(b"<params>") {
+        loop {
+            c.skip_ws();
+            if c.eat(b"</params>") {
+                break;
+            }
+            if !(c.eat(b"<param>") && c.skip_ws() && c.eat(b"<value>")) {
+                return None;
+            }
+            let text = if c.eat(b"<string>") {
+                let t = c.text()?;
+                if !c.eat(b"</string>") {
+                    return None;
+                }
+                t
+            } else {
+                c.text()?
+            };
+            if !(c.eat(b"</value>") && c.skip_ws() && c.eat(b"</param>")) {
+                return None;
+            }
+            params.push(Value::String(text.to_owned()));
+        }
+        c.skip_ws();
+    }
+    // As in the general parser, whatever follows the closing tag is not looked at.
+    c.eat(b"</methodCall>").then(|| Call {
+        method: method.to_owned(),
+        params,
+    })
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    /// Consumes `token` if the input starts with it.
+    fn eat(&mut self, token: &[u8]) -> bool {
+        match self.0.strip_prefix(token) {
+            Some(rest) => {
+                self.0 = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Skips whitespace; always true, to chain with `eat`.
+    fn skip_ws(&mut self) -> bool {
+        let n = self
+            .0
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .count();
+        self.0 = &self.0[n..];
+        true
+    }
+
+    /// Character data up to the next `<`, if it is plain: valid UTF-8 with no entity and
+    /// no carriage return (which a parser may rewrite).
+    fn text(&mut self) -> Option<&'a str> {
+        let end = self.0.iter().position(|&b| b == b'<')?;
+        let (text, rest) = self.0.split_at(end);
+        if text.iter().any(|&b| matches!(b, b'&' | b'\r')) {
+            return None;
+        }
+        self.0 = rest;
+        std::str::from_utf8(text).ok()
+    }
 }
 
 /// The body of a `<methodResponse>` before the XenAPI envelope is interpreted.
@@ -902,6 +1034,116 @@ mod tests {
                     assert_eq!(String::from_utf8(out).unwrap(), want);
                 }
             }
+        }
+    }
+
+    /// Calls of the plain shape in the layouts clients use, and near misses of it.
+    fn call_layouts(method: &str, params: &[String]) -> Vec<Vec<u8>> {
+        let wire: Vec<Value> = params.iter().map(|p| Value::from(p.as_str())).collect();
+        let compact = String::from_utf8(encode_call(method, &wire)).unwrap();
+        let tagged = compact
+            .replace("<value>", "<value><string>")
+            .replace("</value>", "</string></value>");
+        let python = tagged
+            .replace("<?xml version=\"1.0\"?>", "<?xml version='1.0'?>\n")
+            .replace("><", ">\n<")
+            .replace(">\n<string>", "><string>")
+            .replace("</string>\n<", "</string><");
+        let out = vec![
+            compact.clone(),
+            tagged,
+            python.clone(),
+            python.replace('\n', "\r\n"),
+            compact.replace("<?xml version=\"1.0\"?>", ""),
+            compact.replace("<params>", "<params/>"),
+            compact.replace("<value>", "<value> "),
+            compact
+                .replace("<value>", "<value> <string>")
+                .replace("</value>", "</string> </value>"),
+            compact.replace("</methodCall>", "</methodCall>trailing<"),
+            compact.replace("<methodName>", "<methodName> \u{a0}"),
+            compact.replace("<param>", "<!-- c --><param>"),
+            compact.replace("</params>", ""),
+            compact.replace("</methodName>", "</methodname>"),
+        ];
+        let mut out: Vec<Vec<u8>> = out.into_iter().map(String::into_bytes).collect();
+        let whole = compact.as_bytes();
+        out.extend((0..whole.len()).step_by(7).map(|i| whole[..i].to_vec()));
+        out
+    }
+
+    fn same_as_general(input: &[u8]) {
+        if let Some(plain) = decode_plain_call(input) {
+            assert_eq!(
+                Ok(plain),
+                decode_call_general(input).map_err(|e| e.to_string()),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn plain_path_takes_the_common_layouts() {
+        let params = ["OpaqueRef:1".to_string(), String::new(), " x ".to_string()];
+        let layouts = call_layouts("VM.get_record", &params);
+        for doc in &layouts[..3] {
+            assert!(
+                decode_plain_call(doc).is_some(),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+        for doc in &layouts {
+            same_as_general(doc);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_path_agrees_with_the_general_parser(
+            method in "[ \\PC]{0,12}",
+            params in proptest::collection::vec("[\\PC\t\r\n\u{1}<>&]{0,12}", 0..4),
+        ) {
+            for doc in call_layouts(&method, &params) {
+                same_as_general(&doc);
+            }
+        }
+
+        #[test]
+        fn plain_path_agrees_on_any_bytes(bytes in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::prelude::any::<u8>(),
+                proptest::sample::select(b"<>/ \n\r&value".to_vec()),
+            ],
+            0..200,
+        )) {
+            same_as_general(&bytes);
+        }
+    }
+
+    #[test]
+    fn response_pieces_make_the_response() {
+        let mut w = XmlWriter::new();
+        w.begin_struct();
+        w.member("a<");
+        w.string("x&y");
+        w.end_struct();
+        let encoded = Value::Encoded(w.finish().unwrap());
+        let plain = Value::structure([("a<", Value::from("x&y"))]);
+        let results = [
+            Ok(encoded),
+            Ok(plain),
+            Ok(Value::Int(3)),
+            Err(XenApiError::new("HANDLE_INVALID", ["VM", "OpaqueRef:x"])),
+        ];
+        for result in results {
+            let whole = encode_response(&result);
+            let pieces = response_pieces(result).concat();
+            assert_eq!(
+                String::from_utf8(pieces).unwrap(),
+                String::from_utf8(whole).unwrap()
+            );
         }
     }
 

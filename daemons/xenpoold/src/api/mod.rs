@@ -96,7 +96,11 @@ impl Api {
         if req.message.starts_with("xenpool_") && req.message != "xenpool_add_host" {
             return self.internal_call(&req).await;
         }
-        crate::pool::wait_for_transfer(&self.node).await;
+        // Only a coordinator handing its role over makes calls wait; the plain read of the
+        // flag spares every other call a watch subscription.
+        if *self.node.transferring.borrow() {
+            crate::pool::wait_for_transfer(&self.node).await;
+        }
         if let Some(redirect) = self.node.redirect_for(&req) {
             return Err(redirect);
         }
