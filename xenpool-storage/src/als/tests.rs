@@ -1,0 +1,680 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const KIB: u64 = 1024;
+
+struct MemPool {
+    journal: tempfile::TempDir,
+    hosts: Vec<Arc<MemMirror>>,
+    block_size: u64,
+}
+
+impl MemPool {
+    fn new(n: usize, block_size: u64) -> Self {
+        MemPool {
+            journal: tempfile::tempdir().unwrap(),
+            hosts: (0..n)
+                .map(|i| Arc::new(MemMirror::new(format!("host{i}"))))
+                .collect(),
+            block_size,
+        }
+    }
+
+    fn open(&self) -> AlsSr {
+        AlsSr::open(AlsConfig {
+            journal: self.journal.path().to_path_buf(),
+            mirrors: self
+                .hosts
+                .iter()
+                .map(|h| h.clone() as Arc<dyn MirrorTarget>)
+                .collect(),
+            block_size: self.block_size,
+        })
+        .unwrap()
+    }
+
+    fn assert_identical(&self, location: &str, want: &[u8]) {
+        for h in &self.hosts {
+            assert_eq!(
+                h.image(location).as_deref(),
+                Some(want),
+                "{} differs",
+                h.host()
+            );
+        }
+    }
+}
+
+fn state_of(sr: &AlsSr, location: &str, host: &str) -> (MirrorState, u64) {
+    let s = sr
+        .mirror_status()
+        .into_iter()
+        .find(|s| s.location == location && s.host == host)
+        .unwrap();
+    (s.state, s.dirty_bytes)
+}
+
+fn local_sr(dir: &Path, hosts: usize) -> AlsSr {
+    let mirrors = (0..hosts)
+        .map(|i| {
+            Arc::new(
+                LocalDirMirror::open(format!("host{i}"), dir.join(format!("host{i}"))).unwrap(),
+            ) as Arc<dyn MirrorTarget>
+        })
+        .collect();
+    AlsSr::open(AlsConfig::new(dir.join("host0").join(".als"), mirrors)).unwrap()
+}
+
+#[test]
+fn local_mirrors_pass_conformance() {
+    crate::conformance::run_through(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let sr = local_sr(dir.path(), 3);
+        (dir, sr)
+    });
+}
+
+#[test]
+fn configurations_that_cannot_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn MirrorTarget> = Arc::new(MemMirror::new("a"));
+    let open = |mirrors: Vec<Arc<dyn MirrorTarget>>, block_size| {
+        AlsSr::open(AlsConfig {
+            journal: dir.path().to_path_buf(),
+            mirrors,
+            block_size,
+        })
+    };
+    for (mirrors, bs) in [
+        (vec![a.clone()], 4096),
+        (vec![a.clone(), a.clone()], 4096),
+        (vec![a.clone(), Arc::new(MemMirror::new("b/../c"))], 4096),
+        (vec![a.clone(), Arc::new(MemMirror::new("b.c"))], 4096),
+        (vec![a.clone(), Arc::new(MemMirror::new("b"))], 3000),
+    ] {
+        assert!(
+            matches!(open(mirrors, bs), Err(StorageError::InvalidAls(_))),
+            "accepted"
+        );
+    }
+}
+
+#[test]
+fn absent_mirror_is_skipped_then_gets_only_the_changed_blocks() {
+    let pool = MemPool::new(3, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("disk", 256 * KIB).unwrap();
+    let loc = v.location.as_str();
+    sr.write_at(loc, 0, &[1; 64 * 1024]).unwrap();
+    pool.hosts[2].set_available(false);
+    // 3 bytes straddling a block boundary, and 5 KiB inside two blocks of which one is
+    // shared with the first write: four distinct blocks.
+    sr.write_at(loc, 8 * KIB - 1, &[2; 3]).unwrap();
+    sr.write_at(loc, 100 * KIB, &[3; 5 * 1024]).unwrap();
+    sr.write_at(loc, 101 * KIB, &[4; 10]).unwrap();
+    assert_eq!(state_of(&sr, loc, "host2"), (MirrorState::Stale, 16 * KIB));
+    assert_eq!(
+        sr.hosts_out_of_sync(),
+        BTreeMap::from([("host2".to_string(), BTreeSet::from([v.location.clone()]))])
+    );
+    // Reads come from the mirrors in sync.
+    let mut buf = [0u8; 3];
+    sr.read_at(loc, 8 * KIB - 1, &mut buf).unwrap();
+    assert_eq!(buf, [2; 3]);
+
+    pool.hosts[2].set_available(true);
+    let before = pool.hosts[2].bytes_written();
+    let mut job = sr.start_resync("host2").unwrap();
+    assert_eq!(sr.resyncing().keys().collect::<Vec<_>>(), ["host2"]);
+    let mut fractions = Vec::new();
+    assert!(job
+        .run(&AtomicBool::new(false), |p| fractions.push(p.fraction()))
+        .unwrap());
+    assert_eq!(pool.hosts[2].bytes_written() - before, 16 * KIB);
+    assert!(fractions.windows(2).all(|w| w[0] <= w[1]), "{fractions:?}");
+    assert_eq!(fractions.last(), Some(&1.0));
+    assert!(sr.hosts_out_of_sync().is_empty());
+    assert!(sr.resyncing().is_empty());
+    let want = pool.hosts[0].image(loc).unwrap();
+    pool.assert_identical(loc, &want);
+}
+
+#[test]
+fn dirty_map_survives_a_crash_and_resync_resumes_after_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let sr = local_sr(dir.path(), 2);
+    let v = sr.create("disk", 4 << 20).unwrap();
+    let loc = v.location.clone();
+    sr.mark_absent("host1").unwrap();
+    for i in 0..8u64 {
+        sr.write_at(&loc, i * 512 * KIB, &[i as u8 + 1; 1000])
+            .unwrap();
+    }
+    let status = sr.mirror_status();
+    // A crash: nothing but the journal on disk is kept.
+    drop(sr);
+    let sr = local_sr(dir.path(), 2);
+    assert_eq!(sr.mirror_status(), status);
+    assert_eq!(
+        state_of(&sr, &loc, "host1"),
+        (MirrorState::Stale, 8 * 64 * KIB)
+    );
+
+    let mut job = sr.start_resync("host1").unwrap();
+    job.set_chunk(64 * KIB);
+    for _ in 0..3 {
+        job.step().unwrap();
+    }
+    let half = job.progress();
+    assert_eq!(
+        (half.done_bytes, half.total_bytes),
+        (3 * 64 * KIB, 8 * 64 * KIB)
+    );
+    assert!(half.fraction() > 0.3 && half.fraction() < 0.4);
+    drop(job);
+    assert_eq!(
+        state_of(&sr, &loc, "host1"),
+        (MirrorState::Stale, 5 * 64 * KIB)
+    );
+    drop(sr);
+    let sr = local_sr(dir.path(), 2);
+    let mut job = sr.start_resync("host1").unwrap();
+    assert_eq!(job.progress().total_bytes, 5 * 64 * KIB);
+    assert!(job.run(&AtomicBool::new(false), |_| {}).unwrap());
+    assert!(sr.hosts_out_of_sync().is_empty());
+    let a = fs::read(dir.path().join(format!("host0/{loc}.img"))).unwrap();
+    let b = fs::read(dir.path().join(format!("host1/{loc}.img"))).unwrap();
+    assert!(a == b, "mirrors differ");
+    assert_eq!(a[7 * 512 * 1024], 8);
+    assert!(!dir
+        .path()
+        .join(format!("host0/.als/{loc}.host1.dirty"))
+        .exists());
+}
+
+#[test]
+fn a_cancelled_run_stops_and_leaves_the_rest_dirty() {
+    let pool = MemPool::new(2, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("d", 64 * KIB).unwrap();
+    sr.mark_absent("host1").unwrap();
+    sr.write_at(&v.location, 0, &[9; 64 * 1024]).unwrap();
+    let mut job = sr.start_resync("host1").unwrap();
+    job.set_chunk(4 * KIB);
+    let cancel = AtomicBool::new(false);
+    let mut steps = 0;
+    let done = job
+        .run(&cancel, |_| {
+            steps += 1;
+            if steps == 4 {
+                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    assert!(!done);
+    drop(job);
+    assert_eq!(
+        state_of(&sr, &v.location, "host1"),
+        (MirrorState::Stale, 48 * KIB)
+    );
+}
+
+#[test]
+fn writes_during_a_resync_reach_the_returning_mirror() {
+    let pool = MemPool::new(2, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("d", 64 * KIB).unwrap();
+    let loc = v.location.as_str();
+    sr.mark_absent("host1").unwrap();
+    sr.write_at(loc, 0, &[1; 32 * 1024]).unwrap();
+    let mut job = sr.start_resync("host1").unwrap();
+    job.set_chunk(4 * KIB);
+    job.step().unwrap();
+    // Outside the dirty map: written through, not recorded.
+    sr.write_at(loc, 40 * KIB, &[2; 100]).unwrap();
+    // Inside it: written through, and copied again later from the same data.
+    sr.write_at(loc, 20 * KIB, &[3; 100]).unwrap();
+    assert_eq!(
+        state_of(&sr, loc, "host1"),
+        (MirrorState::Resyncing, 28 * KIB)
+    );
+    assert!(job.run(&AtomicBool::new(false), |_| {}).unwrap());
+    pool.assert_identical(loc, &pool.hosts[0].image(loc).unwrap());
+}
+
+#[test]
+fn a_host_going_away_again_interrupts_its_resync() {
+    let pool = MemPool::new(2, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("d", 64 * KIB).unwrap();
+    let loc = v.location.as_str();
+    sr.mark_absent("host1").unwrap();
+    sr.write_at(loc, 0, &[1; 16 * 1024]).unwrap();
+    let mut job = sr.start_resync("host1").unwrap();
+    job.set_chunk(4 * KIB);
+    job.step().unwrap();
+    assert!(matches!(
+        sr.start_resync("host1"),
+        Err(StorageError::ResyncInProgress { .. })
+    ));
+    pool.hosts[1].set_available(false);
+    // The write through fails: the block joins the map and the job is over.
+    sr.write_at(loc, 60 * KIB, &[5; 10]).unwrap();
+    assert!(matches!(
+        job.step(),
+        Err(StorageError::ResyncInterrupted { .. })
+    ));
+    drop(job);
+    assert_eq!(state_of(&sr, loc, "host1"), (MirrorState::Stale, 16 * KIB));
+    pool.hosts[1].set_available(true);
+    assert!(sr
+        .start_resync("host1")
+        .unwrap()
+        .run(&AtomicBool::new(false), |_| {})
+        .unwrap());
+    pool.assert_identical(loc, &pool.hosts[0].image(loc).unwrap());
+}
+
+#[test]
+fn vdis_made_and_removed_while_a_host_is_away() {
+    let pool = MemPool::new(3, 4 * KIB);
+    let sr = pool.open();
+    let gone = sr.create("gone", 64 * KIB).unwrap();
+    let base = sr.create("base", 64 * KIB).unwrap();
+    sr.write_at(&base.location, 0, &[7; 8 * 1024]).unwrap();
+    let grows = sr.create("grows", 16 * KIB).unwrap();
+    pool.hosts[1].set_available(false);
+    sr.mark_absent("host1").unwrap();
+    sr.destroy(&gone.location).unwrap();
+    let made = sr.create("made", 64 * KIB).unwrap();
+    sr.write_at(&made.location, 4 * KIB, &[8; 10]).unwrap();
+    let clone = sr.clone_vdi(&base.location, "clone").unwrap();
+    sr.resize(&grows.location, 32 * KIB).unwrap();
+    sr.write_at(&grows.location, 30 * KIB, &[9; 10]).unwrap();
+    assert!(pool.hosts[1].image(&gone.location).is_some());
+    // Made while away: only what was written since is to copy.
+    assert_eq!(
+        state_of(&sr, &made.location, "host1"),
+        (MirrorState::Stale, 4 * KIB)
+    );
+    // Cloned while away: the whole disk, of which only the data is written.
+    assert_eq!(
+        state_of(&sr, &clone.location, "host1"),
+        (MirrorState::Stale, 64 * KIB)
+    );
+
+    drop(sr);
+    let sr = pool.open();
+    pool.hosts[1].set_available(true);
+    let before = pool.hosts[1].bytes_written();
+    assert!(sr
+        .start_resync("host1")
+        .unwrap()
+        .run(&AtomicBool::new(false), |_| {})
+        .unwrap());
+    // 4 KiB of `made`, 8 KiB of data of the clone (the rest reads as zeros), 4 KiB of `grows`.
+    assert_eq!(pool.hosts[1].bytes_written() - before, 16 * KIB);
+    assert!(pool.hosts[1].image(&gone.location).is_none());
+    for v in [&base, &made, &clone, &grows] {
+        pool.assert_identical(&v.location, &pool.hosts[0].image(&v.location).unwrap());
+    }
+    assert!(sr.hosts_out_of_sync().is_empty());
+}
+
+#[test]
+fn a_stale_mirror_is_never_read() {
+    let pool = MemPool::new(2, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("d", 64 * KIB).unwrap();
+    let loc = v.location.as_str();
+    pool.hosts[1].set_available(false);
+    sr.write_at(loc, 0, b"new").unwrap();
+    pool.hosts[0].set_available(false);
+    pool.hosts[1].set_available(true);
+    let mut buf = [0u8; 3];
+    assert!(matches!(
+        sr.read_at(loc, 0, &mut buf),
+        Err(StorageError::NoMirrorAvailable { .. })
+    ));
+    // Nor is it written as if it were the only copy.
+    assert!(sr.write_at(loc, 0, b"bad").is_err());
+    let mut job = sr.start_resync("host1").unwrap();
+    assert!(matches!(
+        job.step(),
+        Err(StorageError::NoMirrorAvailable { .. })
+    ));
+    pool.hosts[0].set_available(true);
+    assert!(job.run(&AtomicBool::new(false), |_| {}).unwrap());
+    sr.read_at(loc, 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"new");
+}
+
+#[test]
+fn out_of_range_io_is_refused() {
+    let pool = MemPool::new(2, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("d", 10).unwrap();
+    assert!(matches!(
+        sr.write_at(&v.location, 8, b"abc"),
+        Err(StorageError::BeyondEnd { .. })
+    ));
+    assert!(matches!(
+        sr.write_at(&v.location, u64::MAX, b"a"),
+        Err(StorageError::BeyondEnd { .. })
+    ));
+    assert!(matches!(
+        sr.write_at("nope", 0, b"a"),
+        Err(StorageError::NoSuchVdi(_))
+    ));
+}
+
+#[test]
+fn a_damaged_dirty_map_is_reported_not_ignored() {
+    let pool = MemPool::new(2, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("d", 64 * KIB).unwrap();
+    sr.mark_absent("host1").unwrap();
+    sr.write_at(&v.location, 0, b"x").unwrap();
+    drop(sr);
+    let path = dirty_path(pool.journal.path(), &v.location, "host1");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[20] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert!(matches!(
+        AlsSr::open(AlsConfig {
+            journal: pool.journal.path().to_path_buf(),
+            mirrors: pool
+                .hosts
+                .iter()
+                .map(|h| h.clone() as Arc<dyn MirrorTarget>)
+                .collect(),
+            block_size: 4 * KIB,
+        }),
+        Err(StorageError::CorruptMetadata { .. })
+    ));
+}
+
+// ---- model-based test ----
+
+const BS: u64 = 512;
+const SIZE: u64 = 8 * 1024;
+const HOSTS: usize = 3;
+const VDIS: usize = 2;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write {
+        vdi: usize,
+        offset: u64,
+        len: u64,
+        byte: u8,
+    },
+    Read {
+        vdi: usize,
+        offset: u64,
+        len: u64,
+    },
+    Available {
+        host: usize,
+        up: bool,
+    },
+    MarkAbsent {
+        host: usize,
+    },
+    StartResync {
+        host: usize,
+    },
+    Step {
+        n: usize,
+        chunk: u64,
+    },
+    Cancel,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..VDIS, 0..SIZE, 1..2000u64, any::<u8>())
+            .prop_map(|(vdi, offset, len, byte)| Op::Write { vdi, offset, len, byte }),
+        2 => (0..VDIS, 0..SIZE, 1..600u64).prop_map(|(vdi, offset, len)| Op::Read { vdi, offset, len }),
+        3 => (0..HOSTS, any::<bool>()).prop_map(|(host, up)| Op::Available { host, up }),
+        1 => (0..HOSTS).prop_map(|host| Op::MarkAbsent { host }),
+        2 => (0..HOSTS).prop_map(|host| Op::StartResync { host }),
+        3 => (1..4usize, prop_oneof![Just(BS), Just(3 * BS), Just(SIZE)])
+            .prop_map(|(n, chunk)| Op::Step { n, chunk }),
+        1 => Just(Op::Cancel),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn blocks(offset: u64, len: u64) -> impl Iterator<Item = u64> {
+    offset / BS..(offset + len).div_ceil(BS)
+}
+
+struct Model {
+    pool: MemPool,
+    sr: AlsSr,
+    job: Option<Resync>,
+    locations: Vec<String>,
+    data: Vec<Vec<u8>>,
+    /// Blocks written to a VDI since each host's mirror of it was last in sync.
+    changed: BTreeMap<(usize, usize), BTreeSet<u64>>,
+}
+
+impl Model {
+    fn new() -> Self {
+        let pool = MemPool::new(HOSTS, BS);
+        let sr = pool.open();
+        let locations = (0..VDIS)
+            .map(|i| sr.create(&format!("v{i}"), SIZE).unwrap().location)
+            .collect();
+        Model {
+            pool,
+            sr,
+            job: None,
+            locations,
+            data: vec![vec![0; SIZE as usize]; VDIS],
+            changed: BTreeMap::new(),
+        }
+    }
+
+    fn state(&self) -> BTreeMap<(usize, usize), (MirrorState, u64)> {
+        self.sr
+            .mirror_status()
+            .into_iter()
+            .map(|s| {
+                let vdi = self
+                    .locations
+                    .iter()
+                    .position(|l| *l == s.location)
+                    .unwrap();
+                let host = self
+                    .pool
+                    .hosts
+                    .iter()
+                    .position(|h| h.host() == s.host)
+                    .unwrap();
+                ((vdi, host), (s.state, s.dirty_bytes))
+            })
+            .collect()
+    }
+
+    /// Whether a read or write of the VDI can find a reachable in-sync copy.
+    fn servable(&self, vdi: usize) -> bool {
+        let state = self.state();
+        (0..HOSTS)
+            .any(|h| state[&(vdi, h)].0 == MirrorState::InSync && self.pool.hosts[h].is_available())
+    }
+
+    fn check_invariants(&mut self) {
+        for ((vdi, host), (st, dirty)) in self.state() {
+            let changed = self.changed.entry((vdi, host)).or_default();
+            if st == MirrorState::InSync {
+                changed.clear();
+            } else {
+                // The map holds nothing that was not written while the mirror was behind.
+                assert!(
+                    dirty <= changed.len() as u64 * BS,
+                    "v{vdi} host{host}: {dirty} dirty bytes, {} changed blocks",
+                    changed.len()
+                );
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match *op {
+            Op::Write {
+                vdi,
+                offset,
+                len,
+                byte,
+            } => {
+                let len = len.min(SIZE - offset);
+                let state = self.state();
+                for h in 0..HOSTS {
+                    if state[&(vdi, h)].0 != MirrorState::InSync
+                        || !self.pool.hosts[h].is_available()
+                    {
+                        self.changed
+                            .entry((vdi, h))
+                            .or_default()
+                            .extend(blocks(offset, len));
+                    }
+                }
+                let servable = self.servable(vdi);
+                let data = vec![byte; len as usize];
+                match self.sr.write_at(&self.locations[vdi], offset, &data) {
+                    Ok(()) => {
+                        assert!(servable, "a write succeeded with no in-sync copy reachable");
+                        self.data[vdi][offset as usize..(offset + len) as usize]
+                            .copy_from_slice(&data);
+                    }
+                    Err(e) => assert!(!servable, "write failed: {e}"),
+                }
+            }
+            Op::Read { vdi, offset, len } => {
+                let len = len.min(SIZE - offset);
+                let servable = self.servable(vdi);
+                let mut buf = vec![0; len as usize];
+                match self.sr.read_at(&self.locations[vdi], offset, &mut buf) {
+                    Ok(()) => assert_eq!(
+                        buf,
+                        &self.data[vdi][offset as usize..(offset + len) as usize],
+                        "read returned other than the last acknowledged write"
+                    ),
+                    Err(e) => assert!(!servable, "read failed: {e}"),
+                }
+            }
+            Op::Available { host, up } => self.pool.hosts[host].set_available(up),
+            Op::MarkAbsent { host } => {
+                self.pool.hosts[host].set_available(false);
+                self.sr.mark_absent(self.pool.hosts[host].host()).unwrap();
+            }
+            Op::StartResync { host } => {
+                self.job = None;
+                if let Ok(job) = self.sr.start_resync(self.pool.hosts[host].host()) {
+                    let changed: u64 = (0..VDIS)
+                        .map(|v| {
+                            self.changed
+                                .get(&(v, host))
+                                .map_or(0, |c| c.len() as u64 * BS)
+                        })
+                        .sum();
+                    assert!(job.progress().total_bytes <= changed);
+                    self.job = Some(job);
+                }
+            }
+            Op::Step { n, chunk } => {
+                if let Some(job) = &mut self.job {
+                    job.set_chunk(chunk);
+                    let host = self
+                        .pool
+                        .hosts
+                        .iter()
+                        .position(|h| h.host() == job.host())
+                        .unwrap();
+                    for _ in 0..n {
+                        let before = (
+                            job.progress().done_bytes,
+                            self.pool.hosts[host].bytes_written(),
+                        );
+                        match job.step() {
+                            Ok(p) => {
+                                let copied = p.done_bytes - before.0;
+                                // What a step writes is what it takes out of the map.
+                                assert_eq!(
+                                    self.pool.hosts[host].bytes_written() - before.1,
+                                    copied
+                                );
+                                assert!(p.done_bytes <= p.total_bytes);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            Op::Cancel => self.job = None,
+            Op::Reopen => {
+                self.job = None;
+                let before: Vec<_> = self.sr.mirror_status();
+                self.sr = self.pool.open();
+                assert_eq!(
+                    self.sr.mirror_status(),
+                    before,
+                    "state lost across a reopen"
+                );
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Every host back, every host resynchronised: every mirror must read like the model.
+    fn heal(&mut self) {
+        self.job = None;
+        for h in &self.pool.hosts {
+            h.set_available(true);
+        }
+        for host in 0..HOSTS {
+            let name = self.pool.hosts[host].host().to_string();
+            let mut job = self.sr.start_resync(&name).unwrap();
+            let total = job.progress().total_bytes;
+            let before = self.pool.hosts[host].bytes_written();
+            assert!(job.run(&AtomicBool::new(false), |_| {}).unwrap());
+            // Only the changed blocks were copied.
+            assert_eq!(self.pool.hosts[host].bytes_written() - before, total);
+            let changed: u64 = (0..VDIS)
+                .map(|v| {
+                    self.changed
+                        .get(&(v, host))
+                        .map_or(0, |c| c.len() as u64 * BS)
+                })
+                .sum();
+            assert!(
+                total <= changed,
+                "{name}: copied {total} for {changed} changed"
+            );
+        }
+        assert!(self.sr.hosts_out_of_sync().is_empty());
+        for (vdi, loc) in self.locations.iter().enumerate() {
+            self.pool.assert_identical(loc, &self.data[vdi]);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #[test]
+    fn mirrors_converge_and_resync_copies_only_what_changed(ops in prop::collection::vec(op(), 1..40)) {
+        let mut m = Model::new();
+        for op in &ops {
+            m.apply(op);
+        }
+        m.heal();
+    }
+}
