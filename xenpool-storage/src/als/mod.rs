@@ -216,6 +216,7 @@ impl AlsSr {
         let journal = config.journal;
         fs::create_dir_all(&journal)
             .map_err(|e| StorageError::io("create journal directory", &journal, e))?;
+        check_hosts(&journal, &config.mirrors)?;
         let inner = Inner {
             vdis: Mutex::new(load_journal(&journal, &config.mirrors)?),
             journal,
@@ -353,6 +354,7 @@ impl AlsSr {
             // resynchronised that did take it must get those blocks again.
             for i in through {
                 self.inner.add_dirty(&mut v, i, offset, end)?;
+                self.inner.not_fresh(&mut v, i)?;
             }
             return Err(failed.into_iter().next().map_or_else(
                 || StorageError::NoMirrorAvailable {
@@ -363,6 +365,8 @@ impl AlsSr {
         }
         for (i, _) in failed {
             self.inner.add_dirty(&mut v, i, offset, end)?;
+            // A failed write may have left part of its data behind.
+            self.inner.not_fresh(&mut v, i)?;
             if let Mirror::Stale { job, .. } = &mut v.mirrors[i] {
                 *job = None;
             }
@@ -497,6 +501,23 @@ impl Inner {
                     next.store(&path)?;
                     *map = next;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mirror `i` may hold data the in-sync copies do not (a write that failed on them,
+    /// or that failed part-way on it): zero blocks of its map can no longer be skipped.
+    fn not_fresh(&self, v: &mut Vdi, i: usize) -> Result<(), StorageError> {
+        let path = self.dirty_path(&v.location, i);
+        if let Mirror::Stale { map, .. } = &mut v.mirrors[i] {
+            if map.fresh {
+                let next = DirtyMap {
+                    fresh: false,
+                    ..map.clone()
+                };
+                next.store(&path)?;
+                *map = next;
             }
         }
         Ok(())
@@ -730,6 +751,45 @@ impl Inner {
         self.store_meta(location, &meta)?;
         v.meta = meta;
         Ok(self.info(&v))
+    }
+}
+
+const HOSTS_FILE: &str = "hosts.json";
+
+/// Records the mirror hosts in a new journal, and refuses to open one written for other
+/// hosts: a host added later would be taken as holding every VDI in sync, and one left out
+/// would lose what its dirty maps say it misses. Changing the set of mirrors is a
+/// re-mirroring, not an open.
+fn check_hosts(journal: &Path, mirrors: &[Arc<dyn MirrorTarget>]) -> Result<(), StorageError> {
+    let hosts: Vec<&str> = mirrors.iter().map(|m| m.host()).collect();
+    let path = journal.join(HOSTS_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let recorded: Vec<String> =
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::CorruptMetadata {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let mut a: Vec<&str> = recorded.iter().map(String::as_str).collect();
+            let mut b = hosts.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            if a == b {
+                Ok(())
+            } else {
+                Err(StorageError::InvalidAls(format!(
+                    "the journal is for mirrors on {recorded:?}, not {hosts:?}"
+                )))
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let bytes = serde_json::to_vec(&hosts).map_err(|e| StorageError::CorruptMetadata {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            store_file(&path, &bytes)
+        }
+        Err(e) => Err(StorageError::io("read journal hosts", path, e)),
     }
 }
 

@@ -188,6 +188,7 @@ impl Resync {
                 }
             }
             if let Err(e) = written.and_then(|()| target.flush(&location)) {
+                inner.not_fresh(&mut v, self.host)?;
                 if let Mirror::Stale { job, .. } = &mut v.mirrors[self.host] {
                     *job = None;
                 }

@@ -21,6 +21,12 @@ use crate::StorageError;
 /// Any call may fail with [`StorageError::MirrorUnavailable`] when the host cannot be
 /// reached; [`super::AlsSr`] then treats the host's mirrors as stale and records what they
 /// miss. Locations reaching a target are always ones [`super::AlsSr`] made (UUIDs).
+///
+/// A remote implementation bounds every call by a timeout and reports a host it cannot
+/// reach as [`StorageError::MirrorUnavailable`]; the data path waits for the slowest live
+/// mirror, so the timeout is what a guest's write waits at worst when a host dies. The
+/// daemon should also call [`super::AlsSr::mark_absent`] as soon as it learns a host is
+/// down, so that later writes do not wait for it at all.
 pub trait MirrorTarget: Send + Sync + std::fmt::Debug {
     /// The host holding this copy (its UUID in the pool database).
     fn host(&self) -> &str;

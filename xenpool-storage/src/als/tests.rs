@@ -40,12 +40,19 @@ impl MemPool {
 
     fn assert_identical(&self, location: &str, want: &[u8]) {
         for h in &self.hosts {
-            assert_eq!(
-                h.image(location).as_deref(),
-                Some(want),
-                "{} differs",
-                h.host()
-            );
+            let Some(got) = h.image(location) else {
+                panic!("{} has no image of {location}", h.host());
+            };
+            if let Some(at) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+                panic!(
+                    "{} differs from byte {at}: {:?} for {:?} ({} bytes for {})",
+                    h.host(),
+                    got.get(at),
+                    want.get(at),
+                    got.len(),
+                    want.len()
+                );
+            }
         }
     }
 }
@@ -100,6 +107,28 @@ fn configurations_that_cannot_work_are_refused() {
         assert!(
             matches!(open(mirrors, bs), Err(StorageError::InvalidAls(_))),
             "accepted"
+        );
+    }
+}
+
+#[test]
+fn a_journal_opens_only_with_the_hosts_it_was_made_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |names: &[&str]| {
+        AlsSr::open(AlsConfig::new(
+            dir.path(),
+            names
+                .iter()
+                .map(|n| Arc::new(MemMirror::new(*n)) as Arc<dyn MirrorTarget>)
+                .collect(),
+        ))
+    };
+    open(&["a", "b"]).unwrap();
+    open(&["b", "a"]).unwrap();
+    for other in [&["a", "b", "c"][..], &["a", "c"], &["a"]] {
+        assert!(
+            matches!(open(other), Err(StorageError::InvalidAls(_))),
+            "{other:?}"
         );
     }
 }
