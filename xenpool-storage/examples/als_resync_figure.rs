@@ -5,7 +5,7 @@
 //! `cargo run --release -p xenpool-storage --example als_resync_figure [DIR] [MIB]`
 //!
 //! DIR holds the three "hosts" (a temporary directory by default); MIB is how much is
-//! written in each phase (128 by default), in 1 MiB writes spread over a 4 GiB VDI.
+//! written in each phase (128 by default), in 1 MiB writes spread over a 1 GiB VDI.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -20,7 +20,7 @@ use xenpool_storage::{AlsSr, SrDriver};
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const MIB: u64 = 1 << 20;
-const SIZE: u64 = 4 << 30;
+const SIZE: u64 = 1 << 30;
 
 fn open(root: &Path) -> Result<AlsSr> {
     let mirrors = (0..3)
