@@ -15,7 +15,8 @@
 //!
 //! The checks read and write VDIs by opening the path [`SrDriver::attach`] returns. A driver
 //! whose data path goes through code of its own (aggregated storage, which writes every
-//! mirror) implements [`VdiIo`] and calls [`run_through`] instead.
+//! mirror) implements [`VdiIo`], overrides [`SrDriver::import`] (what [`crate::copy_vdi`]
+//! fills a new VDI with) and calls [`run_through`] instead.
 //!
 //! The checks panic on the first failure with a message naming the check, as test
 //! assertions do.
@@ -104,6 +105,13 @@ fn read_at(check: &str, io: &dyn VdiIo, location: &str, offset: u64, len: usize)
 }
 
 type Check = fn(&dyn SrDriver, &dyn VdiIo);
+/// A check of copies from the first SR to the second.
+type PairCheck = fn(&dyn SrDriver, &dyn VdiIo, &dyn SrDriver, &dyn VdiIo);
+
+const PAIR_CHECKS: &[PairCheck] = &[
+    copy_to_another_sr_keeps_data_and_holes,
+    copy_of_unknown_vdi_changes_nothing,
+];
 
 /// The checks of one SR.
 const CHECKS: &[Check] = &[
@@ -132,28 +140,35 @@ pub fn run<G, D: SrDriver>(make: impl Fn() -> (G, D)) {
         drop(driver);
         drop(guard);
     }
-    let pair_checks: &[fn(&dyn SrDriver, &dyn SrDriver)] = &[
-        copy_to_another_sr_keeps_data_and_holes,
-        copy_of_unknown_vdi_changes_nothing,
-    ];
-    for check in pair_checks {
+    for check in PAIR_CHECKS {
         let (source_guard, source) = make();
         let (target_guard, target) = make();
-        check(&source, &target);
+        check(
+            &source,
+            &AttachedFile(&source),
+            &target,
+            &AttachedFile(&target),
+        );
         drop((source, target));
         drop((source_guard, target_guard));
     }
 }
 
-/// Runs the checks of one SR, reading and writing VDIs through the driver's own
-/// [`VdiIo`] instead of the attached path. The checks copying between SRs with
-/// [`crate::copy_vdi`], which goes through attached paths, are not run.
+/// Runs every check, reading and writing VDIs through the driver's own [`VdiIo`] instead
+/// of the attached path.
 pub fn run_through<G, D: SrDriver + VdiIo>(make: impl Fn() -> (G, D)) {
     for check in CHECKS {
         let (guard, driver) = make();
         check(&driver, &driver);
         drop(driver);
         drop(guard);
+    }
+    for check in PAIR_CHECKS {
+        let (source_guard, source) = make();
+        let (target_guard, target) = make();
+        check(&source, &source, &target, &target);
+        drop((source, target));
+        drop((source_guard, target_guard));
     }
 }
 
@@ -404,9 +419,14 @@ fn clone_of_sparse_vdi_keeps_data_and_holes(d: &dyn SrDriver, io: &dyn VdiIo) {
     check_sparse_copy(c, d, io, &v, &copy);
 }
 
-fn copy_to_another_sr_keeps_data_and_holes(source: &dyn SrDriver, target: &dyn SrDriver) {
+fn copy_to_another_sr_keeps_data_and_holes(
+    source: &dyn SrDriver,
+    source_io: &dyn VdiIo,
+    target: &dyn SrDriver,
+    target_io: &dyn VdiIo,
+) {
     let c = "copy_to_another_sr_keeps_data_and_holes";
-    let v = sparse_source(c, source, &AttachedFile(source));
+    let v = sparse_source(c, source, source_io);
     let copy = ok(
         c,
         "copy",
@@ -418,17 +438,22 @@ fn copy_to_another_sr_keeps_data_and_holes(source: &dyn SrDriver, target: &dyn S
         vec![copy.clone()],
         "{c}: the target lists other than the copy"
     );
-    check_sparse_copy(c, target, &AttachedFile(target), &v, &copy);
+    check_sparse_copy(c, target, target_io, &v, &copy);
     // The copy is independent of its source.
     ok(c, "destroy source", source.destroy(&v.location));
     assert_eq!(
-        read_at(c, &AttachedFile(target), &copy.location, GIB, 4),
+        read_at(c, target_io, &copy.location, GIB, 4),
         [0x22; 4],
         "{c}: copy lost with source"
     );
 }
 
-fn copy_of_unknown_vdi_changes_nothing(source: &dyn SrDriver, target: &dyn SrDriver) {
+fn copy_of_unknown_vdi_changes_nothing(
+    source: &dyn SrDriver,
+    _source_io: &dyn VdiIo,
+    target: &dyn SrDriver,
+    _target_io: &dyn VdiIo,
+) {
     let c = "copy_of_unknown_vdi_changes_nothing";
     no_such_vdi(
         c,

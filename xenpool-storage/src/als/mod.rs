@@ -721,11 +721,9 @@ impl Inner {
         let mut ok = 0;
         let mut failed = Vec::new();
         for (i, m) in v.mirrors.iter().enumerate() {
-            // Stale mirrors get their length at resync.
-            if let Mirror::InSync | Mirror::Stale { job: Some(_), .. } = m {
+            if *m == Mirror::InSync {
                 match self.mirrors[i].set_len(location, new_size) {
-                    Ok(()) if *m == Mirror::InSync => ok += 1,
-                    Ok(()) => {}
+                    Ok(()) => ok += 1,
                     Err(e) => failed.push((i, e)),
                 }
             }
@@ -737,6 +735,15 @@ impl Inner {
                 },
                 |(_, e)| e,
             ));
+        }
+        // Mirrors being resynchronised grow only once the VDI does; the other stale ones get
+        // their length when a resync starts.
+        for (i, m) in v.mirrors.iter().enumerate() {
+            if let Mirror::Stale { job: Some(_), .. } = m {
+                if let Err(e) = self.mirrors[i].set_len(location, new_size) {
+                    failed.push((i, e));
+                }
+            }
         }
         for (i, _) in failed {
             self.add_dirty(&mut v, i, 0, 0)?;
@@ -940,6 +947,38 @@ impl SrDriver for AlsSr {
     }
     fn detach(&self, location: &str) -> Result<(), StorageError> {
         self.inner.vdi(location).map(drop)
+    }
+    /// Copies the data extents of `src` through [`AlsSr::write_at`], so that every mirror
+    /// gets them; blocks of zeros are skipped, as the new VDI reads as zeros already.
+    fn import(
+        &self,
+        location: &str,
+        src: &std::fs::File,
+        src_path: &Path,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        use std::os::unix::fs::FileExt;
+        const CHUNK: u64 = 1 << 20;
+        let bs = usize::try_from(self.inner.block_size).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; CHUNK as usize];
+        for (start, end) in crate::copy::data_extents(src, src_path, len)? {
+            let mut pos = start;
+            while pos < end {
+                let want = (end - pos).min(CHUNK) as usize;
+                let n = match src.read_at(&mut buf[..want], pos) {
+                    // The source ended early; the rest reads as zeros anyway.
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(StorageError::io("read VDI image", src_path, e)),
+                };
+                for (at, run) in resync::data_runs(&buf[..n], bs) {
+                    self.write_at(location, pos + at as u64, run)?;
+                }
+                pos += n as u64;
+            }
+        }
+        self.flush(location)
     }
 }
 

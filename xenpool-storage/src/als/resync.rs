@@ -162,6 +162,17 @@ impl Resync {
             }
         };
         let Some((start, end)) = map.extents.first() else {
+            // Whatever happened to its length meanwhile, an in-sync image is as long as the
+            // VDI.
+            if let Err(e) = target
+                .set_len(&location, size)
+                .and_then(|()| target.flush(&location))
+            {
+                if let Mirror::Stale { job, .. } = &mut v.mirrors[self.host] {
+                    *job = None;
+                }
+                return Err(e);
+            }
             DirtyMap::remove(&path)?;
             v.mirrors[self.host] = Mirror::InSync;
             self.queue.pop_front();
@@ -229,7 +240,7 @@ impl Resync {
 
 /// The runs of `buf` to write, with their offsets: all of it when `block` is 0, else the
 /// runs of blocks of `block` bytes that hold a non-zero byte.
-fn data_runs(buf: &[u8], block: usize) -> Vec<(usize, &[u8])> {
+pub(super) fn data_runs(buf: &[u8], block: usize) -> Vec<(usize, &[u8])> {
     if block == 0 {
         return vec![(0, buf)];
     }

@@ -87,6 +87,39 @@ fn local_mirrors_pass_conformance() {
 }
 
 #[test]
+fn copies_into_and_out_of_the_sr_reach_every_mirror() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let als = local_sr(&dir.path().join("als"), 3);
+    let plain = crate::LocalDirSr::open(dir.path().join("plain")).unwrap();
+    let v = plain.create("source", 8 << 20).unwrap();
+    let path = plain.attach(&v.location).unwrap().path;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(b"abc", 1 << 20)
+        .unwrap();
+    let copy = crate::copy_vdi(&plain, &v.location, &als, "in").unwrap();
+    for i in 0..3 {
+        let img = fs::read(
+            dir.path()
+                .join(format!("als/host{i}/{}.img", copy.location)),
+        )
+        .unwrap();
+        assert_eq!(img.len(), 8 << 20);
+        assert_eq!(&img[1 << 20..(1 << 20) + 3], b"abc", "host{i}");
+    }
+    assert!(als.hosts_out_of_sync().is_empty());
+    let back = crate::copy_vdi(&als, &copy.location, &plain, "out").unwrap();
+    let mut buf = [0u8; 3];
+    als.read_at(&copy.location, 1 << 20, &mut buf).unwrap();
+    assert_eq!(&buf, b"abc");
+    let img = fs::read(plain.attach(&back.location).unwrap().path).unwrap();
+    assert_eq!(&img[1 << 20..(1 << 20) + 3], b"abc");
+}
+
+#[test]
 fn configurations_that_cannot_work_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let a: Arc<dyn MirrorTarget> = Arc::new(MemMirror::new("a"));
