@@ -33,6 +33,20 @@
 //! resynchronised, which are just as unsafe to lose). [`AlsSr::mirror_status`] gives the
 //! detail per VDI for display.
 //!
+//! # Wiring it into a daemon
+//!
+//! - PBD.plug of an SR of type [`SR_TYPE`]: build one [`MirrorTarget`] per host with a PBD
+//!   for the SR ([`LocalDirMirror`] for this host, a remote one for the others) and
+//!   [`AlsSr::open`] with the journal next to the local copy. It is an [`SrDriver`] like the
+//!   others; the data path uses [`AlsSr::read_at`], [`AlsSr::write_at`], [`AlsSr::flush`].
+//! - A host seen down (liveness, HA): [`AlsSr::mark_absent`].
+//! - A host back up: [`AlsSr::start_resync`], then [`Resync::run`] on a worker thread with a
+//!   cancel flag, its progress fed to a task; refresh `host.allowed_operations` when it
+//!   starts and when it ends (seed 003, point 4). On an error, start it again when the
+//!   host is reachable: nothing copied is copied twice.
+//! - `HostOpsInputs.aggregated_srs` gets the SR; `HostOpsInputs.resyncing` gets the host
+//!   refs of [`AlsSr::hosts_out_of_sync`] (host UUIDs as [`MirrorTarget::host`] names them).
+//!
 //! # Limits
 //!
 //! A write that fails or is cut by a crash *before it is acknowledged* may leave the

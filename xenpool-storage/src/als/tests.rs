@@ -546,6 +546,9 @@ enum Op {
         vdi: usize,
         by: u64,
     },
+    Flush {
+        vdi: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -565,6 +568,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX_VDIS).prop_map(|vdi| Op::Clone { vdi }),
         1 => (0..MAX_VDIS).prop_map(|vdi| Op::Destroy { vdi }),
         1 => (0..MAX_VDIS, 1..4096u64).prop_map(|(vdi, by)| Op::Grow { vdi, by }),
+        1 => (0..MAX_VDIS).prop_map(|vdi| Op::Flush { vdi }),
     ]
 }
 
@@ -825,6 +829,23 @@ impl Model {
                         self.vdis[vdi % n].1.resize(size as usize, 0);
                     }
                     Err(e) => assert!(!servable, "resize failed: {e}"),
+                }
+            }
+            Op::Flush { vdi } if n > 0 => {
+                let (loc, data) = &self.vdis[vdi % n];
+                let loc = loc.clone();
+                let all: BTreeSet<u64> = blocks(0, data.len() as u64).collect();
+                let state = self.state();
+                let servable = self.servable(&loc);
+                // An in-sync mirror that cannot flush is no longer trusted for any of the VDI.
+                for h in 0..HOSTS {
+                    if self.behind(&state, &loc, h) {
+                        self.changed.insert((loc.clone(), h), all.clone());
+                    }
+                }
+                match self.sr.flush(&loc) {
+                    Ok(()) => assert!(servable, "a flush succeeded with no in-sync copy reachable"),
+                    Err(e) => assert!(!servable, "flush failed: {e}"),
                 }
             }
             _ => {}
