@@ -72,7 +72,7 @@ use crate::StorageError;
 
 pub use extents::ExtentSet;
 use extents::{store_file, sync_dir, DirtyMap};
-pub use resync::{Resync, ResyncProgress};
+pub use resync::{Resync, ResyncProgress, DEFAULT_RESYNC_CHUNK};
 pub use target::{LocalDirMirror, MemMirror, MirrorTarget};
 
 /// The SR type of aggregated local storage, as `SR.type` and `xenpool_core::ops` know it.

@@ -8,7 +8,7 @@ use super::{is_location, lock, AlsSr, Mirror};
 use crate::StorageError;
 
 /// How much one [`Resync::step`] copies at most by default.
-pub const DEFAULT_CHUNK: u64 = 4 << 20;
+pub const DEFAULT_RESYNC_CHUNK: u64 = 4 << 20;
 
 /// Where a [`Resync`] stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl Resync {
             queue: VecDeque::new(),
             done: 0,
             total: 0,
-            chunk: DEFAULT_CHUNK,
+            chunk: DEFAULT_RESYNC_CHUNK,
         };
         // Creates and destroys wait while the host's images are matched against the VDIs.
         let vdis = lock(&inner.vdis);
