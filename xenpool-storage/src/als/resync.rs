@@ -98,7 +98,23 @@ impl Resync {
                 *map = next;
             } else {
                 // The VDI may have grown while the host was away.
-                target.set_len(location, size)?;
+                match target.set_len(location, size) {
+                    Ok(()) => {}
+                    // The host came back without the image (its disk was replaced): it gets
+                    // a new one and all of the data.
+                    Err(StorageError::NoSuchVdi(_)) => {
+                        target.create(location, size)?;
+                        let mut next = DirtyMap {
+                            missing: false,
+                            fresh: true,
+                            ..DirtyMap::default()
+                        };
+                        next.extents.insert(0, size);
+                        next.store(&path)?;
+                        *map = next;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             *running = Some(job);
             resync.total += map.extents.len_bytes();

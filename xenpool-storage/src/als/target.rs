@@ -22,6 +22,9 @@ use crate::StorageError;
 /// reached; [`super::AlsSr`] then treats the host's mirrors as stale and records what they
 /// miss. Locations reaching a target are always ones [`super::AlsSr`] made (UUIDs).
 ///
+/// An image that does not exist is [`StorageError::NoSuchVdi`], so that a host that comes
+/// back without its images is given new ones.
+///
 /// A remote implementation bounds every call by a timeout and reports a host it cannot
 /// reach as [`StorageError::MirrorUnavailable`]; the data path waits for the slowest live
 /// mirror, so the timeout is what a guest's write waits at worst when a host dies. The
@@ -276,6 +279,11 @@ impl MemMirror {
     /// Whether the host is reachable.
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::SeqCst)
+    }
+
+    /// Loses every image, as a host whose disk was replaced.
+    pub fn wipe(&self) {
+        self.images().clear();
     }
 
     /// Bytes passed to [`MirrorTarget::write_at`] so far.

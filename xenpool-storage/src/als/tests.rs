@@ -389,6 +389,26 @@ fn vdis_made_and_removed_while_a_host_is_away() {
 }
 
 #[test]
+fn a_host_back_with_an_empty_disk_gets_all_the_data() {
+    let pool = MemPool::new(3, 4 * KIB);
+    let sr = pool.open();
+    let v = sr.create("d", 64 * KIB).unwrap();
+    let loc = v.location.as_str();
+    sr.write_at(loc, 4 * KIB, &[1; 8 * 1024]).unwrap();
+    sr.mark_absent("host1").unwrap();
+    pool.hosts[1].wipe();
+    sr.write_at(loc, 40 * KIB, &[2; 10]).unwrap();
+    let before = pool.hosts[1].bytes_written();
+    let mut job = sr.start_resync("host1").unwrap();
+    assert_eq!(job.progress().total_bytes, 64 * KIB);
+    assert!(job.run(&AtomicBool::new(false), |_| {}).unwrap());
+    // The data blocks only: 8 KiB, and the 4 KiB block of the second write.
+    assert_eq!(pool.hosts[1].bytes_written() - before, 12 * KIB);
+    pool.assert_identical(loc, &pool.hosts[0].image(loc).unwrap());
+    assert!(sr.hosts_out_of_sync().is_empty());
+}
+
+#[test]
 fn a_stale_mirror_is_never_read() {
     let pool = MemPool::new(2, 4 * KIB);
     let sr = pool.open();
