@@ -53,6 +53,12 @@
 //! in-sync mirrors differing in the blocks it touched, as a RAID 1 without a write-intent
 //! bitmap does; the guest never saw that write complete. Every acknowledged write is either
 //! on a mirror or in its dirty map.
+//!
+//! The journal lives on one host; rebuilding it from the mirrors after that host is lost
+//! for good is not done here. The set of mirror hosts is fixed when the journal is made
+//! (re-mirroring onto another host is not done here either). A resync step holds the VDI
+//! while it copies one chunk, so a write to that VDI waits for at most one chunk
+//! ([`Resync::set_chunk`]).
 
 mod extents;
 mod resync;
