@@ -39,6 +39,7 @@
 //!   for the SR ([`LocalDirMirror`] for this host, a remote one for the others) and
 //!   [`AlsSr::open`] with the journal next to the local copy. It is an [`SrDriver`] like the
 //!   others; the data path uses [`AlsSr::read_at`], [`AlsSr::write_at`], [`AlsSr::flush`].
+//! - PBD.unplug: [`AlsSr::flush_all`].
 //! - A host seen down (liveness, HA): [`AlsSr::mark_absent`].
 //! - A host back up: [`AlsSr::start_resync`], then [`Resync::run`] on a worker thread with a
 //!   cancel flag, its progress fed to a task; refresh `host.allowed_operations` when it
@@ -47,12 +48,18 @@
 //! - `HostOpsInputs.aggregated_srs` gets the SR; `HostOpsInputs.resyncing` gets the host
 //!   refs of [`AlsSr::hosts_out_of_sync`] (host UUIDs as [`MirrorTarget::host`] names them).
 //!
-//! # Limits
+//! # Crashes
 //!
-//! A write that fails or is cut by a crash *before it is acknowledged* may leave the
-//! in-sync mirrors differing in the blocks it touched, as a RAID 1 without a write-intent
-//! bitmap does; the guest never saw that write complete. Every acknowledged write is either
-//! on a mirror or in its dirty map.
+//! Every acknowledged write is on each in-sync mirror or in the dirty map of the others. A
+//! write cut short by a crash, or not yet flushed when power went, may be on some in-sync
+//! mirrors and not others; so, as a RAID 1 write-intent bitmap does, the blocks written
+//! since a VDI's last [`AlsSr::flush`] are also recorded (durably, before the data moves,
+//! once per block until the next flush), and opening the journal after a crash keeps one
+//! in-sync copy as it is and makes the others stale for those blocks. The guest reads the
+//! old or the new contents of an unflushed write, the same on every host once resynced.
+//! [`AlsSr::flush_all`] before a clean shutdown leaves nothing to reconcile.
+//!
+//! # Limits
 //!
 //! The journal lives on one host; rebuilding it from the mirrors after that host is lost
 //! for good is not done here. The set of mirror hosts is fixed when the journal is made
@@ -158,6 +165,10 @@ struct Vdi {
     location: String,
     meta: VdiMeta,
     mirrors: Vec<Mirror>,
+    /// Blocks written since the last flush, on disk before the data moves: after a crash
+    /// the in-sync mirrors may differ there, so opening the journal copies them from one
+    /// mirror to the others.
+    intent: ExtentSet,
     /// Set under the lock by destroy, for callers that fetched the VDI just before.
     destroyed: bool,
 }
@@ -354,6 +365,7 @@ impl AlsSr {
                 self.inner.add_dirty(&mut v, i, offset, end)?;
             }
         }
+        self.inner.add_intent(&mut v, offset, end)?;
         let mut in_sync_ok = 0;
         let mut failed = Vec::new();
         let mut through = Vec::new();
@@ -402,20 +414,24 @@ impl AlsSr {
         self.inner.read_in_sync(&v, offset, buf)
     }
 
-    /// Makes the VDI's acknowledged writes durable on every in-sync mirror. A mirror that
-    /// fails to is no longer trusted for any of the VDI: it becomes stale with the whole VDI
-    /// to copy.
+    /// Makes the VDI's acknowledged writes durable on every in-sync mirror (and on mirrors
+    /// being resynchronised). A mirror that fails to is no longer trusted for any of the
+    /// VDI: it becomes stale with the whole VDI to copy.
     pub fn flush(&self, location: &str) -> Result<(), StorageError> {
         let vdi = self.inner.vdi(location)?;
         let mut v = lock(&vdi);
         let mut ok = 0;
         let mut failed = Vec::new();
         for (i, m) in v.mirrors.iter().enumerate() {
-            if *m == Mirror::InSync {
-                match self.inner.mirrors[i].flush(location) {
-                    Ok(()) => ok += 1,
-                    Err(e) => failed.push((i, e)),
-                }
+            let in_sync = match m {
+                Mirror::InSync => true,
+                Mirror::Stale { job: Some(_), .. } => false,
+                Mirror::Stale { job: None, .. } => continue,
+            };
+            match self.inner.mirrors[i].flush(location) {
+                Ok(()) if in_sync => ok += 1,
+                Ok(()) => {}
+                Err(e) => failed.push((i, e)),
             }
         }
         if ok == 0 {
@@ -429,6 +445,27 @@ impl AlsSr {
         let size = v.meta.virtual_size;
         for (i, _) in failed {
             self.inner.add_dirty(&mut v, i, 0, size)?;
+            self.inner.not_fresh(&mut v, i)?;
+            if let Mirror::Stale { job, .. } = &mut v.mirrors[i] {
+                *job = None;
+            }
+        }
+        if !v.intent.is_empty() {
+            DirtyMap::remove(&self.inner.intent_path(location))?;
+            v.intent = ExtentSet::new();
+        }
+        Ok(())
+    }
+
+    /// Flushes every VDI, as on a clean shutdown (PBD.unplug): the next open then has
+    /// nothing to reconcile. Stops at the first VDI that cannot be flushed.
+    pub fn flush_all(&self) -> Result<(), StorageError> {
+        for vdi in self.inner.all_vdis() {
+            let location = lock(&vdi).location.clone();
+            match self.flush(&location) {
+                Ok(()) | Err(StorageError::NoSuchVdi(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -485,6 +522,33 @@ impl Inner {
 
     fn dirty_path(&self, location: &str, mirror: usize) -> PathBuf {
         dirty_path(&self.journal, location, self.mirrors[mirror].host())
+    }
+
+    fn intent_path(&self, location: &str) -> PathBuf {
+        intent_path(&self.journal, location)
+    }
+
+    /// Records `[start, end)`, widened to whole blocks, as written since the last flush;
+    /// durable before it returns.
+    fn add_intent(&self, v: &mut Vdi, start: u64, end: u64) -> Result<(), StorageError> {
+        let bs = self.block_size;
+        let start = start / bs * bs;
+        let end = end
+            .div_ceil(bs)
+            .saturating_mul(bs)
+            .min(v.meta.virtual_size.max(start));
+        if v.intent.covers(start, end) {
+            return Ok(());
+        }
+        let mut next = v.intent.clone();
+        next.insert(start, end);
+        DirtyMap {
+            extents: next.clone(),
+            ..DirtyMap::default()
+        }
+        .store(&self.intent_path(&v.location))?;
+        v.intent = next;
+        Ok(())
     }
 
     fn store_meta(&self, location: &str, meta: &VdiMeta) -> Result<(), StorageError> {
@@ -585,6 +649,13 @@ impl Inner {
                     map.store(&self.dirty_path(&vdi.location, i))?;
                 }
             }
+            if !vdi.intent.is_empty() {
+                DirtyMap {
+                    extents: vdi.intent.clone(),
+                    ..DirtyMap::default()
+                }
+                .store(&self.intent_path(&vdi.location))?;
+            }
             self.store_meta(&vdi.location, &vdi.meta)
         })();
         if let Err(e) = result {
@@ -603,6 +674,7 @@ impl Inner {
             let _ = m.remove(location);
             let _ = fs::remove_file(self.dirty_path(location, i));
         }
+        let _ = fs::remove_file(self.intent_path(location));
     }
 
     fn create(&self, name: &str, size: u64) -> Result<VdiInfo, StorageError> {
@@ -638,6 +710,7 @@ impl Inner {
                 virtual_size: size,
             },
             mirrors,
+            intent: ExtentSet::new(),
             destroyed: false,
         };
         self.publish(&mut vdis, vdi)
@@ -705,6 +778,9 @@ impl Inner {
                 virtual_size: size,
             },
             mirrors,
+            // The source's copies may differ where it was written since its last flush, and
+            // so may the clone's.
+            intent: src.intent.clone(),
             destroyed: false,
         };
         drop(src);
@@ -824,8 +900,12 @@ fn dirty_path(journal: &Path, location: &str, host: &str) -> PathBuf {
     journal.join(format!("{location}.{host}.dirty"))
 }
 
-/// Reads the VDIs and dirty maps of a journal directory, and removes what an interrupted
-/// create or destroy left there.
+fn intent_path(journal: &Path, location: &str) -> PathBuf {
+    journal.join(format!("{location}.intent"))
+}
+
+/// Reads the VDIs and dirty maps of a journal directory, removes what an interrupted
+/// create or destroy left there, and reconciles the blocks written since the last flush.
 fn load_journal(
     journal: &Path,
     mirrors: &[Arc<dyn MirrorTarget>],
@@ -834,6 +914,7 @@ fn load_journal(
         fs::read_dir(journal).map_err(|e| StorageError::io("list journal", journal, e))?;
     let mut metas = BTreeMap::new();
     let mut dirty = Vec::new();
+    let mut intents = Vec::new();
     let mut leftovers = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io("list journal", journal, e))?;
@@ -850,6 +931,8 @@ fn load_journal(
                     reason: e.to_string(),
                 })?;
             metas.insert(location.to_string(), meta);
+        } else if let Some(location) = name.strip_suffix(".intent").filter(|l| is_location(l)) {
+            intents.push((location.to_string(), entry.path()));
         } else if let Some((location, host)) =
             name.strip_suffix(".dirty").and_then(|s| s.split_once('.'))
         {
@@ -858,7 +941,6 @@ fn load_journal(
             leftovers.push(entry.path());
         }
     }
-    let mut vdis = BTreeMap::new();
     let mut states: BTreeMap<String, Vec<Mirror>> = metas
         .keys()
         .map(|l| (l.clone(), vec![Mirror::InSync; mirrors.len()]))
@@ -878,6 +960,20 @@ fn load_journal(
             None => leftovers.push(path),
         }
     }
+    for (location, path) in intents {
+        let Some(state) = states.get_mut(&location) else {
+            leftovers.push(path);
+            continue;
+        };
+        reconcile(
+            journal,
+            mirrors,
+            &location,
+            state,
+            &DirtyMap::load(&path)?.extents,
+        )?;
+        DirtyMap::remove(&path)?;
+    }
     for path in leftovers {
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -885,6 +981,7 @@ fn load_journal(
             Err(e) => return Err(StorageError::io("remove journal leftover", path, e)),
         }
     }
+    let mut vdis = BTreeMap::new();
     for (location, meta) in metas {
         let mirrors = states.remove(&location).unwrap_or_default();
         if !mirrors.contains(&Mirror::InSync) {
@@ -897,11 +994,53 @@ fn load_journal(
             location: location.clone(),
             meta,
             mirrors,
+            intent: ExtentSet::new(),
             destroyed: false,
         };
         vdis.insert(location, Arc::new(Mutex::new(vdi)));
     }
     Ok(vdis)
+}
+
+/// After a crash, the in-sync mirrors of a VDI may differ in the blocks written since its
+/// last flush: one of them, reachable if possible, is kept as it is and the others get
+/// those blocks again from it. Either content is what a guest may see after a crash, as
+/// the write was not flushed; what matters is that every copy ends the same.
+fn reconcile(
+    journal: &Path,
+    mirrors: &[Arc<dyn MirrorTarget>],
+    location: &str,
+    state: &mut [Mirror],
+    intent: &ExtentSet,
+) -> Result<(), StorageError> {
+    let in_sync: Vec<usize> = (0..state.len())
+        .filter(|&i| state[i] == Mirror::InSync)
+        .collect();
+    let Some(&keep) = in_sync
+        .iter()
+        .find(|&&i| mirrors[i].size(location).is_ok())
+        .or(in_sync.first())
+    else {
+        return Ok(());
+    };
+    for (i, m) in state.iter_mut().enumerate() {
+        if i == keep {
+            continue;
+        }
+        let mut map = match m {
+            Mirror::InSync => DirtyMap::default(),
+            Mirror::Stale { map, .. } => map.clone(),
+        };
+        for (s, e) in intent.iter() {
+            map.extents.insert(s, e);
+        }
+        // A mirror being resynchronised was written through: its image is no longer
+        // known to read as zeros where the map says it lacks data.
+        map.fresh = false;
+        map.store(&dirty_path(journal, location, mirrors[i].host()))?;
+        *m = Mirror::Stale { map, job: None };
+    }
+    Ok(())
 }
 
 impl SrDriver for AlsSr {

@@ -258,6 +258,8 @@ pub struct MemMirror {
     images: Mutex<BTreeMap<String, Vec<u8>>>,
     available: AtomicBool,
     written: AtomicU64,
+    /// Writes left before one panics; `u64::MAX` for never.
+    panic_after: AtomicU64,
 }
 
 impl MemMirror {
@@ -268,6 +270,7 @@ impl MemMirror {
             images: Mutex::new(BTreeMap::new()),
             available: AtomicBool::new(true),
             written: AtomicU64::new(0),
+            panic_after: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -279,6 +282,12 @@ impl MemMirror {
     /// Whether the host is reachable.
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::SeqCst)
+    }
+
+    /// Makes the write after the next `writes` ones panic, once: the process writing dies
+    /// part-way through a write to several mirrors. `u64::MAX` cancels it.
+    pub fn panic_after_writes(&self, writes: u64) {
+        self.panic_after.store(writes, Ordering::SeqCst);
     }
 
     /// Loses every image, as a host whose disk was replaced.
@@ -375,6 +384,14 @@ impl MirrorTarget for MemMirror {
         Ok(self.images().keys().cloned().collect())
     }
     fn write_at(&self, location: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        match self.panic_after.load(Ordering::SeqCst) {
+            u64::MAX => {}
+            0 => {
+                self.panic_after.store(u64::MAX, Ordering::SeqCst);
+                panic!("{}: crash injected during a write", self.host);
+            }
+            n => self.panic_after.store(n - 1, Ordering::SeqCst),
+        }
         self.with_image(location, |img| {
             let r = Self::range(img, location, offset, data.len())?;
             img[r].copy_from_slice(data);

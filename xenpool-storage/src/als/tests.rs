@@ -370,6 +370,8 @@ fn vdis_made_and_removed_while_a_host_is_away() {
         (MirrorState::Stale, 64 * KIB)
     );
 
+    // A clean shutdown: nothing to reconcile at the next open.
+    sr.flush_all().unwrap();
     drop(sr);
     let sr = pool.open();
     pool.hosts[1].set_available(true);
@@ -569,6 +571,14 @@ enum Op {
     Flush {
         vdi: usize,
     },
+    CrashDuringWrite {
+        vdi: usize,
+        offset: u64,
+        len: u64,
+        byte: u8,
+        host: usize,
+        after: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -588,7 +598,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX_VDIS).prop_map(|vdi| Op::Clone { vdi }),
         1 => (0..MAX_VDIS).prop_map(|vdi| Op::Destroy { vdi }),
         1 => (0..MAX_VDIS, 1..4096u64).prop_map(|(vdi, by)| Op::Grow { vdi, by }),
-        1 => (0..MAX_VDIS).prop_map(|vdi| Op::Flush { vdi }),
+        2 => (0..MAX_VDIS).prop_map(|vdi| Op::Flush { vdi }),
+        1 => (0..MAX_VDIS, 0..MAX_SIZE, 1..2000u64, any::<u8>(), 0..HOSTS, 0..3u64)
+            .prop_map(|(vdi, offset, len, byte, host, after)| Op::CrashDuringWrite {
+                vdi, offset, len, byte, host, after
+            }),
     ]
 }
 
@@ -609,6 +623,8 @@ struct Model {
     /// A VDI was made while a host was away: its resync skips zero blocks, so it may write
     /// less than it takes out of the maps.
     made_while_away: bool,
+    /// Blocks written to a VDI since its last flush.
+    unflushed: BTreeMap<String, BTreeSet<u64>>,
 }
 
 impl Model {
@@ -629,6 +645,31 @@ impl Model {
             destroyed: Vec::new(),
             changed: BTreeMap::new(),
             made_while_away: false,
+            unflushed: BTreeMap::new(),
+        }
+    }
+
+    /// A restart after a crash: every mirror but one of each VDI gets again what was written
+    /// since the VDI's last flush.
+    fn restart(&mut self) {
+        self.job = None;
+        let before = self.state();
+        for (loc, blocks) in std::mem::take(&mut self.unflushed) {
+            for h in 0..HOSTS {
+                self.changed
+                    .entry((loc.clone(), h))
+                    .or_default()
+                    .extend(blocks.iter().copied());
+            }
+        }
+        self.sr = self.pool.open();
+        for (key, (state, dirty)) in self.state() {
+            let (was, was_dirty) = before[&key];
+            assert!(
+                was == MirrorState::InSync || state != MirrorState::InSync,
+                "{key:?} came back in sync from a restart"
+            );
+            assert!(dirty >= was_dirty, "{key:?} lost dirty ranges in a restart");
         }
     }
 
@@ -704,6 +745,10 @@ impl Model {
                             .extend(blocks(offset, len));
                     }
                 }
+                self.unflushed
+                    .entry(loc.clone())
+                    .or_default()
+                    .extend(blocks(offset, len));
                 let servable = self.servable(&loc);
                 let bytes = vec![byte; len as usize];
                 match self.sr.write_at(&loc, offset, &bytes) {
@@ -782,16 +827,7 @@ impl Model {
                 }
             }
             Op::Cancel => self.job = None,
-            Op::Reopen => {
-                self.job = None;
-                let before: Vec<_> = self.sr.mirror_status();
-                self.sr = self.pool.open();
-                assert_eq!(
-                    self.sr.mirror_status(),
-                    before,
-                    "state lost across a reopen"
-                );
-            }
+            Op::Reopen => self.restart(),
             Op::Create if n < MAX_VDIS => {
                 let all_away = self.pool.hosts.iter().all(|h| !h.is_available());
                 match self.sr.create("new", SIZE) {
@@ -820,6 +856,9 @@ impl Model {
                                 let all = blocks(0, data.len() as u64).collect();
                                 self.changed.insert((v.location.clone(), h), all);
                             }
+                        }
+                        if let Some(u) = self.unflushed.get(&loc).cloned() {
+                            self.unflushed.insert(v.location.clone(), u);
                         }
                         self.vdis.push((v.location, data));
                     }
@@ -864,8 +903,64 @@ impl Model {
                     }
                 }
                 match self.sr.flush(&loc) {
-                    Ok(()) => assert!(servable, "a flush succeeded with no in-sync copy reachable"),
+                    Ok(()) => {
+                        assert!(servable, "a flush succeeded with no in-sync copy reachable");
+                        self.unflushed.remove(&loc);
+                    }
                     Err(e) => assert!(!servable, "flush failed: {e}"),
+                }
+            }
+            Op::CrashDuringWrite {
+                vdi,
+                offset,
+                len,
+                byte,
+                host,
+                after,
+            } if n > 0 => {
+                let (loc, data) = &self.vdis[vdi % n];
+                let (loc, size) = (loc.clone(), data.len() as u64);
+                if !self.servable(&loc) {
+                    return;
+                }
+                let offset = offset % size;
+                let len = len.min(size - offset);
+                let range = offset as usize..(offset + len) as usize;
+                let state = self.state();
+                for h in 0..HOSTS {
+                    if self.behind(&state, &loc, h) {
+                        self.changed
+                            .entry((loc.clone(), h))
+                            .or_default()
+                            .extend(blocks(offset, len));
+                    }
+                }
+                self.unflushed
+                    .entry(loc.clone())
+                    .or_default()
+                    .extend(blocks(offset, len));
+                let bytes = vec![byte; len as usize];
+                self.pool.hosts[host].panic_after_writes(after);
+                let sr = self.sr.clone();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sr.write_at(&loc, offset, &bytes)
+                }));
+                drop(sr);
+                self.pool.hosts[host].panic_after_writes(u64::MAX);
+                let completed = matches!(result, Ok(Ok(())));
+                self.restart();
+                let i = self.vdis.iter().position(|(l, _)| *l == loc).unwrap();
+                if completed {
+                    self.vdis[i].1[range].copy_from_slice(&bytes);
+                } else {
+                    // Cut short: the VDI reads the old or the new data, the same everywhere.
+                    let mut now = vec![0; len as usize];
+                    self.sr.read_at(&loc, offset, &mut now).unwrap();
+                    assert!(
+                        now == bytes || now == self.vdis[i].1[range.clone()],
+                        "a write cut short left a mix"
+                    );
+                    self.vdis[i].1[range].copy_from_slice(&now);
                 }
             }
             _ => {}
