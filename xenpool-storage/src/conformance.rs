@@ -13,6 +13,11 @@
 //!
 //! Some checks need two SRs (copies between them); those call `make` twice.
 //!
+//! The checks read and write VDIs by opening the path [`SrDriver::attach`] returns. A driver
+//! whose data path goes through code of its own (aggregated storage, which writes every
+//! mirror) implements [`VdiIo`], overrides [`SrDriver::import`] (what [`crate::copy_vdi`]
+//! fills a new VDI with) and calls [`run_through`] instead.
+//!
 //! The checks panic on the first failure with a message naming the check, as test
 //! assertions do.
 
@@ -50,71 +55,124 @@ fn no_such_vdi<T: std::fmt::Debug>(check: &str, what: &str, r: Result<T, Storage
     }
 }
 
-fn write_at(check: &str, d: &dyn SrDriver, location: &str, offset: u64, data: &[u8]) {
-    let att = ok(check, "attach", d.attach(location));
-    let f = match OpenOptions::new().write(true).open(&att.path) {
-        Ok(f) => f,
-        Err(e) => panic!("conformance/{check}: open {}: {e}", att.path.display()),
-    };
-    if let Err(e) = f.write_all_at(data, offset) {
-        panic!("conformance/{check}: write: {e}");
-    }
-    ok(check, "detach", d.detach(location));
+/// How the checks read and write a VDI's contents.
+///
+/// [`run`] opens the path [`SrDriver::attach`] returns. A driver whose data path is not a
+/// plain file (aggregated storage writes every mirror) implements this and is checked with
+/// [`run_through`].
+pub trait VdiIo {
+    /// Writes `data` at `offset` of the VDI.
+    fn write_at(&self, location: &str, offset: u64, data: &[u8]) -> Result<(), StorageError>;
+    /// Fills `buf` from `offset` of the VDI.
+    fn read_at(&self, location: &str, offset: u64, buf: &mut [u8]) -> Result<(), StorageError>;
 }
 
-fn read_at(check: &str, d: &dyn SrDriver, location: &str, offset: u64, len: usize) -> Vec<u8> {
-    let att = ok(check, "attach", d.attach(location));
-    let f = match OpenOptions::new().read(true).open(&att.path) {
-        Ok(f) => f,
-        Err(e) => panic!("conformance/{check}: open {}: {e}", att.path.display()),
-    };
-    let mut buf = vec![0u8; len];
-    if let Err(e) = f.read_exact_at(&mut buf, offset) {
-        panic!("conformance/{check}: read: {e}");
+/// The data path of the directory drivers: the attached path, opened as a file.
+struct AttachedFile<'a>(&'a dyn SrDriver);
+
+impl VdiIo for AttachedFile<'_> {
+    fn write_at(&self, location: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        let att = self.0.attach(location)?;
+        let written = OpenOptions::new()
+            .write(true)
+            .open(&att.path)
+            .and_then(|f| f.write_all_at(data, offset))
+            .map_err(|e| StorageError::io("write attached VDI", &att.path, e));
+        self.0.detach(location)?;
+        written
     }
-    ok(check, "detach", d.detach(location));
+
+    fn read_at(&self, location: &str, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        let att = self.0.attach(location)?;
+        let read = OpenOptions::new()
+            .read(true)
+            .open(&att.path)
+            .and_then(|f| f.read_exact_at(buf, offset))
+            .map_err(|e| StorageError::io("read attached VDI", &att.path, e));
+        self.0.detach(location)?;
+        read
+    }
+}
+
+fn write_at(check: &str, io: &dyn VdiIo, location: &str, offset: u64, data: &[u8]) {
+    ok(check, "write", io.write_at(location, offset, data));
+}
+
+fn read_at(check: &str, io: &dyn VdiIo, location: &str, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    ok(check, "read", io.read_at(location, offset, &mut buf));
     buf
 }
+
+type Check = fn(&dyn SrDriver, &dyn VdiIo);
+/// A check of copies from the first SR to the second.
+type PairCheck = fn(&dyn SrDriver, &dyn VdiIo, &dyn SrDriver, &dyn VdiIo);
+
+const PAIR_CHECKS: &[PairCheck] = &[
+    copy_to_another_sr_keeps_data_and_holes,
+    copy_of_unknown_vdi_changes_nothing,
+];
+
+/// The checks of one SR.
+const CHECKS: &[Check] = &[
+    fresh_sr_is_empty,
+    create_then_stat_and_list,
+    names_are_kept_verbatim,
+    destroy_removes,
+    unknown_locations_are_errors,
+    resize_grows_and_keeps_data,
+    shrink_is_refused_without_change,
+    clone_is_an_independent_copy,
+    new_vdi_reads_as_zeros,
+    usage_adds_up,
+    concurrent_creates_are_distinct,
+    clone_of_sparse_vdi_keeps_data_and_holes,
+];
 
 /// Runs every check. `make` returns a guard (kept alive while the SR is in use, such as a
 /// temporary directory) and a driver for a fresh, empty SR; it is called once per check.
 ///
 /// Checks that read and write data open the path [`SrDriver::attach`] returns as a file.
 pub fn run<G, D: SrDriver>(make: impl Fn() -> (G, D)) {
-    let checks: &[fn(&dyn SrDriver)] = &[
-        fresh_sr_is_empty,
-        create_then_stat_and_list,
-        names_are_kept_verbatim,
-        destroy_removes,
-        unknown_locations_are_errors,
-        resize_grows_and_keeps_data,
-        shrink_is_refused_without_change,
-        clone_is_an_independent_copy,
-        new_vdi_reads_as_zeros,
-        usage_adds_up,
-        concurrent_creates_are_distinct,
-        clone_of_sparse_vdi_keeps_data_and_holes,
-    ];
-    for check in checks {
+    for check in CHECKS {
         let (guard, driver) = make();
-        check(&driver);
+        check(&driver, &AttachedFile(&driver));
         drop(driver);
         drop(guard);
     }
-    let pair_checks: &[fn(&dyn SrDriver, &dyn SrDriver)] = &[
-        copy_to_another_sr_keeps_data_and_holes,
-        copy_of_unknown_vdi_changes_nothing,
-    ];
-    for check in pair_checks {
+    for check in PAIR_CHECKS {
         let (source_guard, source) = make();
         let (target_guard, target) = make();
-        check(&source, &target);
+        check(
+            &source,
+            &AttachedFile(&source),
+            &target,
+            &AttachedFile(&target),
+        );
         drop((source, target));
         drop((source_guard, target_guard));
     }
 }
 
-fn fresh_sr_is_empty(d: &dyn SrDriver) {
+/// Runs every check, reading and writing VDIs through the driver's own [`VdiIo`] instead
+/// of the attached path.
+pub fn run_through<G, D: SrDriver + VdiIo>(make: impl Fn() -> (G, D)) {
+    for check in CHECKS {
+        let (guard, driver) = make();
+        check(&driver, &driver);
+        drop(driver);
+        drop(guard);
+    }
+    for check in PAIR_CHECKS {
+        let (source_guard, source) = make();
+        let (target_guard, target) = make();
+        check(&source, &source, &target, &target);
+        drop((source, target));
+        drop((source_guard, target_guard));
+    }
+}
+
+fn fresh_sr_is_empty(d: &dyn SrDriver, _io: &dyn VdiIo) {
     let c = "fresh_sr_is_empty";
     assert!(
         ok(c, "list", d.list()).is_empty(),
@@ -125,7 +183,7 @@ fn fresh_sr_is_empty(d: &dyn SrDriver) {
     assert_eq!(u.physical_utilisation, 0, "{c}");
 }
 
-fn create_then_stat_and_list(d: &dyn SrDriver) {
+fn create_then_stat_and_list(d: &dyn SrDriver, _io: &dyn VdiIo) {
     let c = "create_then_stat_and_list";
     let a = ok(c, "create", d.create("disk a", 64 * MIB));
     let b = ok(c, "create", d.create("disk b", 0));
@@ -146,7 +204,7 @@ fn create_then_stat_and_list(d: &dyn SrDriver) {
     assert_eq!(listed, vec![a, b], "{c}");
 }
 
-fn names_are_kept_verbatim(d: &dyn SrDriver) {
+fn names_are_kept_verbatim(d: &dyn SrDriver, _io: &dyn VdiIo) {
     let c = "names_are_kept_verbatim";
     for name in [
         "",
@@ -161,7 +219,7 @@ fn names_are_kept_verbatim(d: &dyn SrDriver) {
     }
 }
 
-fn destroy_removes(d: &dyn SrDriver) {
+fn destroy_removes(d: &dyn SrDriver, _io: &dyn VdiIo) {
     let c = "destroy_removes";
     let a = ok(c, "create", d.create("a", MIB));
     let b = ok(c, "create", d.create("b", MIB));
@@ -174,7 +232,7 @@ fn destroy_removes(d: &dyn SrDriver) {
     assert!(ok(c, "list", d.list()).is_empty(), "{c}");
 }
 
-fn unknown_locations_are_errors(d: &dyn SrDriver) {
+fn unknown_locations_are_errors(d: &dyn SrDriver, _io: &dyn VdiIo) {
     let c = "unknown_locations_are_errors";
     for loc in [
         "00000000-0000-0000-0000-000000000000",
@@ -191,10 +249,10 @@ fn unknown_locations_are_errors(d: &dyn SrDriver) {
     }
 }
 
-fn resize_grows_and_keeps_data(d: &dyn SrDriver) {
+fn resize_grows_and_keeps_data(d: &dyn SrDriver, io: &dyn VdiIo) {
     let c = "resize_grows_and_keeps_data";
     let v = ok(c, "create", d.create("grow", MIB));
-    write_at(c, d, &v.location, 100, b"keep me");
+    write_at(c, io, &v.location, 100, b"keep me");
     let grown = ok(c, "resize", d.resize(&v.location, 8 * MIB));
     assert_eq!(grown.virtual_size, 8 * MIB, "{c}");
     assert_eq!(
@@ -202,8 +260,8 @@ fn resize_grows_and_keeps_data(d: &dyn SrDriver) {
         8 * MIB,
         "{c}"
     );
-    assert_eq!(read_at(c, d, &v.location, 100, 7), b"keep me", "{c}");
-    assert_eq!(read_at(c, d, &v.location, 8 * MIB - 4, 4), [0; 4], "{c}");
+    assert_eq!(read_at(c, io, &v.location, 100, 7), b"keep me", "{c}");
+    assert_eq!(read_at(c, io, &v.location, 8 * MIB - 4, 4), [0; 4], "{c}");
     // Resizing to the same size is allowed and changes nothing.
     assert_eq!(
         ok(c, "resize", d.resize(&v.location, 8 * MIB)).virtual_size,
@@ -212,7 +270,7 @@ fn resize_grows_and_keeps_data(d: &dyn SrDriver) {
     );
 }
 
-fn shrink_is_refused_without_change(d: &dyn SrDriver) {
+fn shrink_is_refused_without_change(d: &dyn SrDriver, _io: &dyn VdiIo) {
     let c = "shrink_is_refused_without_change";
     let v = ok(c, "create", d.create("shrink", 4 * MIB));
     match d.resize(&v.location, MIB) {
@@ -226,57 +284,57 @@ fn shrink_is_refused_without_change(d: &dyn SrDriver) {
     );
 }
 
-fn clone_is_an_independent_copy(d: &dyn SrDriver) {
+fn clone_is_an_independent_copy(d: &dyn SrDriver, io: &dyn VdiIo) {
     let c = "clone_is_an_independent_copy";
     let v = ok(c, "create", d.create("base", 3 * MIB));
-    write_at(c, d, &v.location, 0, b"head");
-    write_at(c, d, &v.location, 2 * MIB + 5, b"tail");
+    write_at(c, io, &v.location, 0, b"head");
+    write_at(c, io, &v.location, 2 * MIB + 5, b"tail");
     let copy = ok(c, "clone", d.clone_vdi(&v.location, "copy"));
     assert_ne!(copy.location, v.location, "{c}");
     assert_eq!(copy.name, "copy", "{c}");
     assert_eq!(copy.virtual_size, v.virtual_size, "{c}");
-    assert_eq!(read_at(c, d, &copy.location, 0, 4), b"head", "{c}");
+    assert_eq!(read_at(c, io, &copy.location, 0, 4), b"head", "{c}");
     assert_eq!(
-        read_at(c, d, &copy.location, 2 * MIB + 5, 4),
+        read_at(c, io, &copy.location, 2 * MIB + 5, 4),
         b"tail",
         "{c}"
     );
-    write_at(c, d, &v.location, 0, b"HEAD");
-    write_at(c, d, &copy.location, 2 * MIB + 5, b"TAIL");
+    write_at(c, io, &v.location, 0, b"HEAD");
+    write_at(c, io, &copy.location, 2 * MIB + 5, b"TAIL");
     assert_eq!(
-        read_at(c, d, &copy.location, 0, 4),
+        read_at(c, io, &copy.location, 0, 4),
         b"head",
         "{c}: clone follows its source"
     );
     assert_eq!(
-        read_at(c, d, &v.location, 2 * MIB + 5, 4),
+        read_at(c, io, &v.location, 2 * MIB + 5, 4),
         b"tail",
         "{c}: source follows its clone"
     );
     ok(c, "destroy source", d.destroy(&v.location));
     assert_eq!(
-        read_at(c, d, &copy.location, 0, 4),
+        read_at(c, io, &copy.location, 0, 4),
         b"head",
         "{c}: clone lost with source"
     );
 }
 
-fn new_vdi_reads_as_zeros(d: &dyn SrDriver) {
+fn new_vdi_reads_as_zeros(d: &dyn SrDriver, io: &dyn VdiIo) {
     let c = "new_vdi_reads_as_zeros";
     let v = ok(c, "create", d.create("zeros", 2 * MIB));
     assert!(
-        read_at(c, d, &v.location, MIB - 10, 20)
+        read_at(c, io, &v.location, MIB - 10, 20)
             .iter()
             .all(|&b| b == 0),
         "{c}"
     );
 }
 
-fn usage_adds_up(d: &dyn SrDriver) {
+fn usage_adds_up(d: &dyn SrDriver, io: &dyn VdiIo) {
     let c = "usage_adds_up";
     let a = ok(c, "create", d.create("a", 5 * MIB));
     let _b = ok(c, "create", d.create("b", 7 * MIB));
-    write_at(c, d, &a.location, 0, &vec![0xa5; 64 * 1024]);
+    write_at(c, io, &a.location, 0, &vec![0xa5; 64 * 1024]);
     let u = ok(c, "usage", d.usage());
     assert_eq!(u.virtual_allocation, 12 * MIB, "{c}");
     let listed: u64 = ok(c, "list", d.list())
@@ -291,7 +349,7 @@ fn usage_adds_up(d: &dyn SrDriver) {
     assert!(u.physical_size >= u.physical_utilisation, "{c}");
 }
 
-fn concurrent_creates_are_distinct(d: &dyn SrDriver) {
+fn concurrent_creates_are_distinct(d: &dyn SrDriver, _io: &dyn VdiIo) {
     let c = "concurrent_creates_are_distinct";
     let made: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
@@ -319,28 +377,28 @@ fn concurrent_creates_are_distinct(d: &dyn SrDriver) {
 }
 
 /// Makes the sparse VDI the copy checks start from.
-fn sparse_source(c: &str, d: &dyn SrDriver) -> VdiInfo {
+fn sparse_source(c: &str, d: &dyn SrDriver, io: &dyn VdiIo) -> VdiInfo {
     let v = ok(c, "create", d.create("sparse", SPARSE_SIZE));
     for (offset, byte) in SPARSE_BLOCKS {
-        write_at(c, d, &v.location, offset, &[byte; 4096]);
+        write_at(c, io, &v.location, offset, &[byte; 4096]);
     }
     ok(c, "stat", d.stat(&v.location))
 }
 
 /// Checks that `copy` on `d` reads like [`sparse_source`] made it, and takes about the space
 /// `source` takes.
-fn check_sparse_copy(c: &str, d: &dyn SrDriver, source: &VdiInfo, copy: &VdiInfo) {
+fn check_sparse_copy(c: &str, d: &dyn SrDriver, io: &dyn VdiIo, source: &VdiInfo, copy: &VdiInfo) {
     assert_eq!(copy.virtual_size, SPARSE_SIZE, "{c}");
     for (offset, byte) in SPARSE_BLOCKS {
         assert_eq!(
-            read_at(c, d, &copy.location, offset, 4096),
+            read_at(c, io, &copy.location, offset, 4096),
             [byte; 4096],
             "{c}: data at {offset}"
         );
     }
     for offset in SPARSE_ZEROS {
         assert_eq!(
-            read_at(c, d, &copy.location, offset, 4096),
+            read_at(c, io, &copy.location, offset, 4096),
             [0; 4096],
             "{c}: zeros at {offset}"
         );
@@ -354,16 +412,21 @@ fn check_sparse_copy(c: &str, d: &dyn SrDriver, source: &VdiInfo, copy: &VdiInfo
     );
 }
 
-fn clone_of_sparse_vdi_keeps_data_and_holes(d: &dyn SrDriver) {
+fn clone_of_sparse_vdi_keeps_data_and_holes(d: &dyn SrDriver, io: &dyn VdiIo) {
     let c = "clone_of_sparse_vdi_keeps_data_and_holes";
-    let v = sparse_source(c, d);
+    let v = sparse_source(c, d, io);
     let copy = ok(c, "clone", d.clone_vdi(&v.location, "sparse clone"));
-    check_sparse_copy(c, d, &v, &copy);
+    check_sparse_copy(c, d, io, &v, &copy);
 }
 
-fn copy_to_another_sr_keeps_data_and_holes(source: &dyn SrDriver, target: &dyn SrDriver) {
+fn copy_to_another_sr_keeps_data_and_holes(
+    source: &dyn SrDriver,
+    source_io: &dyn VdiIo,
+    target: &dyn SrDriver,
+    target_io: &dyn VdiIo,
+) {
     let c = "copy_to_another_sr_keeps_data_and_holes";
-    let v = sparse_source(c, source);
+    let v = sparse_source(c, source, source_io);
     let copy = ok(
         c,
         "copy",
@@ -375,17 +438,22 @@ fn copy_to_another_sr_keeps_data_and_holes(source: &dyn SrDriver, target: &dyn S
         vec![copy.clone()],
         "{c}: the target lists other than the copy"
     );
-    check_sparse_copy(c, target, &v, &copy);
+    check_sparse_copy(c, target, target_io, &v, &copy);
     // The copy is independent of its source.
     ok(c, "destroy source", source.destroy(&v.location));
     assert_eq!(
-        read_at(c, target, &copy.location, GIB, 4),
+        read_at(c, target_io, &copy.location, GIB, 4),
         [0x22; 4],
         "{c}: copy lost with source"
     );
 }
 
-fn copy_of_unknown_vdi_changes_nothing(source: &dyn SrDriver, target: &dyn SrDriver) {
+fn copy_of_unknown_vdi_changes_nothing(
+    source: &dyn SrDriver,
+    _source_io: &dyn VdiIo,
+    target: &dyn SrDriver,
+    _target_io: &dyn VdiIo,
+) {
     let c = "copy_of_unknown_vdi_changes_nothing";
     no_such_vdi(
         c,

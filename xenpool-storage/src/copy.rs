@@ -289,7 +289,7 @@ pub fn copy_vdi(
         let src = File::open(&from.path)
             .map_err(|e| StorageError::io("open VDI image", &from.path, e))?;
         let new = target.create(name, info.virtual_size)?;
-        match fill(&src, &from.path, target, &new.location, info.virtual_size) {
+        match target.import(&new.location, &src, &from.path, info.virtual_size) {
             Ok(()) => target.stat(&new.location),
             Err(e) => {
                 // The copy's own error says what went wrong; a failure to clean up adds
@@ -305,10 +305,12 @@ pub fn copy_vdi(
     Ok(new)
 }
 
-fn fill(
+/// What [`SrDriver::import`] does unless a driver says otherwise: copies into the file the
+/// target attaches.
+pub(crate) fn fill<D: SrDriver + ?Sized>(
     src: &File,
     src_path: &Path,
-    target: &dyn SrDriver,
+    target: &D,
     location: &str,
     len: u64,
 ) -> Result<(), StorageError> {
@@ -325,6 +327,45 @@ fn fill(
     let detached = target.detach(location);
     written?;
     detached
+}
+
+/// The data extents of the first `len` bytes of `src`, in order: what a copy must move. The
+/// whole range when the file system cannot tell where its holes are.
+pub(crate) fn data_extents(
+    src: &File,
+    src_path: &Path,
+    len: u64,
+) -> Result<Vec<(u64, u64)>, StorageError> {
+    let seek = |pos: u64, whence: Whence| -> Result<u64, Errno> {
+        let pos = i64::try_from(pos).map_err(|_| Errno::EOVERFLOW)?;
+        let found = nix::unistd::lseek(src.as_raw_fd(), pos, whence)?;
+        u64::try_from(found).map_err(|_| Errno::EOVERFLOW)
+    };
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let start = match seek(pos, Whence::SeekData) {
+            Ok(start) => start,
+            Err(Errno::ENXIO) => break,
+            Err(Errno::EINVAL) => return Ok(vec![(pos, len)]),
+            Err(e) => return Err(StorageError::io("find data", src_path, e.into())),
+        };
+        if start >= len {
+            break;
+        }
+        let end = match seek(start, Whence::SeekHole) {
+            Ok(end) => end.min(len),
+            Err(Errno::EINVAL) => len,
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(StorageError::io("find hole", src_path, e.into())),
+        };
+        if end <= start {
+            break;
+        }
+        out.push((start, end));
+        pos = end;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

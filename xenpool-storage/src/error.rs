@@ -91,6 +91,50 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A host holding a mirror of an aggregated SR cannot be reached, or its copy failed.
+    #[error("mirror on host {host} is unavailable: {reason}")]
+    MirrorUnavailable {
+        /// The host.
+        host: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No mirror of the VDI that is in sync with the others can be reached.
+    #[error("no in-sync mirror of VDI {location} is available")]
+    NoMirrorAvailable {
+        /// The VDI.
+        location: String,
+    },
+    /// A read or write past the end of a VDI.
+    #[error("{len} bytes at {offset} are beyond the end of VDI {location} ({size} bytes)")]
+    BeyondEnd {
+        /// The VDI.
+        location: String,
+        /// Where the access starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The size of the VDI.
+        size: u64,
+    },
+    /// A resynchronisation stopped because its target went away again or was cancelled.
+    #[error("resynchronisation of host {host} interrupted at VDI {location}")]
+    ResyncInterrupted {
+        /// The host being resynchronised.
+        host: String,
+        /// The VDI being copied.
+        location: String,
+    },
+    /// A resynchronisation of this host is already running.
+    #[error("host {host} is already being resynchronised")]
+    ResyncInProgress {
+        /// The host.
+        host: String,
+    },
+    /// An aggregated SR set up in a way it cannot work: fewer than two mirrors, a host
+    /// named twice, a host name unfit for a file name, an unknown host.
+    #[error("aggregated SR: {0}")]
+    InvalidAls(String),
 }
 
 impl StorageError {

@@ -16,6 +16,10 @@
 //! - [`dir`] holds [`LocalDirSr`] (one sparse file per VDI in a directory of one host) and
 //!   [`SharedDirSr`] (the same layout on a directory several hosts mount, such as NFS, with
 //!   file locks and a pool claim).
+//! - [`als`] holds [`AlsSr`], aggregated local storage: every VDI mirrored over the local
+//!   directories of two or more hosts reached through [`MirrorTarget`], writes synchronous
+//!   to every mirror in sync, durable dirty maps for the others, and [`Resync`], which copies
+//!   only what a returning host missed.
 //! - [`copy`] holds [`copy_vdi`], which copies a VDI between SRs through their drivers, and
 //!   the extent copy both it and the directory drivers' clone use: only data is moved
 //!   (`SEEK_DATA`/`SEEK_HOLE`), by reflink, `copy_file_range` or read and write, and holes
@@ -32,6 +36,7 @@
 
 #![deny(missing_docs)]
 
+pub mod als;
 pub mod conformance;
 pub mod copy;
 pub mod dir;
@@ -43,6 +48,7 @@ pub mod sqlite;
 pub mod sr;
 pub mod statefile;
 
+pub use als::{AlsConfig, AlsSr, LocalDirMirror, MemMirror, MirrorTarget, Resync};
 pub use copy::copy_vdi;
 pub use dir::{LocalDirSr, SharedDirSr};
 pub use error::StorageError;

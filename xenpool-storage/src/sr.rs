@@ -1,6 +1,7 @@
 //! The interface between the toolstack and one storage repository.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,4 +65,17 @@ pub trait SrDriver: Send + Sync {
     fn attach(&self, location: &str) -> Result<Attached, StorageError>;
     /// Undoes [`SrDriver::attach`]. The directory drivers only check that it exists.
     fn detach(&self, location: &str) -> Result<(), StorageError>;
+    /// Fills a VDI just made by [`SrDriver::create`] (still reading as zeros) with the first
+    /// `len` bytes of `src`, for [`crate::copy_vdi`]; only data is copied, holes stay holes.
+    /// The default writes into the file [`SrDriver::attach`] names; a driver whose data path
+    /// is not that file (aggregated storage, which writes every mirror) overrides it.
+    fn import(
+        &self,
+        location: &str,
+        src: &File,
+        src_path: &Path,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        crate::copy::fill(src, src_path, self, location, len)
+    }
 }
