@@ -5,8 +5,8 @@
 mod auth;
 mod events;
 mod generic;
-mod migrate;
 mod host_extras;
+mod migrate;
 mod objects;
 mod pool;
 mod tasks;
