@@ -140,3 +140,34 @@ impl SpawnedPool {
         self.dir.path()
     }
 }
+
+/// How an example reaches an existing pool: flattened into each example's arguments.
+#[derive(Debug, clap::Args)]
+pub struct PoolArgs {
+    /// URL of any host of the pool (a member redirects the client to the coordinator).
+    #[arg(long, default_value = "http://127.0.0.1:8080/")]
+    pub url: String,
+    /// User name.
+    #[arg(long, default_value = "root")]
+    pub user: String,
+    /// File holding the password (e.g. target/local-pool/host1/root-password).
+    #[arg(long, conflicts_with = "password")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// The password itself.
+    #[arg(long)]
+    pub password: Option<String>,
+}
+
+impl PoolArgs {
+    /// The password given, read from its file if need be.
+    pub fn password(&self) -> anyhow::Result<String> {
+        match (&self.password, &self.password_file) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(f)) => Ok(std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the password file {}", f.display()))?
+                .trim()
+                .to_string()),
+            (None, None) => bail!("give --password-file, --password or --spawn"),
+        }
+    }
+}

@@ -111,22 +111,34 @@ fn cli(pool: &HaPool, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `hosts` hosts on 127.<net>.0.x without HA, one VM running on each; `quick_liveness`
+/// lets the coordinator give up a silent member after 2 s.
+async fn pool_of(net: u8, hosts: usize, quick_liveness: bool) -> HaPool {
+    let extra = if quick_liveness {
+        vec!["--liveness-timeout".into(), "2".into()]
+    } else {
+        Vec::new()
+    };
+    HaPool::start(
+        Net::Loopback(net),
+        &HaOptions {
+            hosts,
+            vms_per_host: 1,
+            enable_ha: false,
+            extra,
+            ..HaOptions::default()
+        },
+    )
+    .await
+}
+
 fn resident(v: &Value) -> String {
     text(v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_vm_moves_between_hosts_and_a_host_is_evacuated() {
-    let pool = HaPool::start(
-        Net::Loopback(81),
-        &HaOptions {
-            hosts: 3,
-            vms_per_host: 1,
-            enable_ha: false,
-            ..HaOptions::default()
-        },
-    )
-    .await;
+    let pool = pool_of(81, 3, false).await;
     let checker = TwiceChecker::start(pool.hosts.iter().map(|h| h.data_dir.clone()).collect());
     let c = pool.coordinator_client(&[0, 1, 2]).await;
     let (vm, uuid) = pool.vms[0][0].clone();
@@ -212,17 +224,7 @@ async fn a_running_vm_moves_between_hosts_and_a_host_is_evacuated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_host_is_refused_by_eject_and_forgotten_by_destroy() {
-    let mut pool = HaPool::start(
-        Net::Loopback(82),
-        &HaOptions {
-            hosts: 3,
-            vms_per_host: 1,
-            enable_ha: false,
-            extra: vec!["--liveness-timeout".into(), "2".into()],
-            ..HaOptions::default()
-        },
-    )
-    .await;
+    let mut pool = pool_of(82, 3, true).await;
     let c = pool.coordinator_client(&[0, 1, 2]).await;
     let h3 = pool.host_refs[2].clone();
     // Its VM moves away first: a host with resident VMs is not forgotten.
@@ -278,17 +280,7 @@ async fn local_session(pool: &HaPool, i: usize) -> Option<(Client, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_mode_then_reboot_and_shutdown_really_stop_the_host() {
-    let mut pool = HaPool::start(
-        Net::Loopback(83),
-        &HaOptions {
-            hosts: 3,
-            vms_per_host: 1,
-            enable_ha: false,
-            extra: vec!["--liveness-timeout".into(), "2".into()],
-            ..HaOptions::default()
-        },
-    )
-    .await;
+    let mut pool = pool_of(83, 3, true).await;
     let c = pool.coordinator_client(&[0, 1, 2]).await;
     let (h2, h3) = (pool.host_refs[1].clone(), pool.host_refs[2].clone());
     let e = call(&c, "host.reboot", vec![s(&h2)]).await.unwrap_err();
@@ -345,16 +337,7 @@ async fn maintenance_mode_then_reboot_and_shutdown_really_stop_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_upgrade_mode_refuses_what_xapi_refuses() {
-    let pool = HaPool::start(
-        Net::Loopback(84),
-        &HaOptions {
-            hosts: 2,
-            vms_per_host: 1,
-            enable_ha: false,
-            ..HaOptions::default()
-        },
-    )
-    .await;
+    let pool = pool_of(84, 2, false).await;
     let c = pool.coordinator_client(&[0, 1]).await;
     let Value::Array(pools) = must(&c, "pool.get_all", vec![]).await else {
         panic!("pool.get_all")

@@ -17,12 +17,11 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use xenpool_examples::{api, api_text, field, field_text, items, s, text, SpawnedPool};
+use xenpool_examples::{api, api_text, field, field_text, items, s, text, PoolArgs, SpawnedPool};
 use xenpool_rpc::{Client, Value};
 
 const TEMPLATE: &str = "Generic Linux (xenpool)";
@@ -33,18 +32,8 @@ const TEMPLATE: &str = "Generic Linux (xenpool)";
     about = "Drive a xenpool pool with the Rust client"
 )]
 struct Args {
-    /// URL of any host of the pool (a member redirects the client to the coordinator).
-    #[arg(long, default_value = "http://127.0.0.1:8080/")]
-    url: String,
-    /// User name.
-    #[arg(long, default_value = "root")]
-    user: String,
-    /// File holding the password (e.g. target/local-pool/host1/root-password).
-    #[arg(long, conflicts_with = "password")]
-    password_file: Option<PathBuf>,
-    /// The password itself.
-    #[arg(long)]
-    password: Option<String>,
+    #[command(flatten)]
+    pool: PoolArgs,
     /// Start a throw-away three-host pool (127.77.0.1-3) and tour that instead.
     #[arg(long)]
     spawn: bool,
@@ -434,17 +423,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (url, password) = match &spawned {
         Some(p) => (p.url(), p.password.clone()),
-        None => {
-            let password = match (&args.password, &args.password_file) {
-                (Some(p), _) => p.clone(),
-                (None, Some(f)) => std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read the password file {}", f.display()))?
-                    .trim()
-                    .to_string(),
-                (None, None) => bail!("give --password-file, --password or --spawn"),
-            };
-            (args.url.clone(), password)
-        }
+        None => (args.pool.url.clone(), args.pool.password()?),
     };
     let client = Client::builder(&url)
         .accept_invalid_certs(args.insecure)
@@ -452,12 +431,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("bad URL {url}"))?;
     let t0 = Instant::now();
     client
-        .login_with_password(&args.user, &password)
+        .login_with_password(&args.pool.user, &password)
         .await
-        .with_context(|| format!("cannot log in to {url} as {}", args.user))?;
+        .with_context(|| format!("cannot log in to {url} as {}", args.pool.user))?;
     println!(
         "Logged in as {} in {} ms at {} (session {})",
-        args.user,
+        args.pool.user,
         t0.elapsed().as_millis(),
         client.url(),
         client.session().unwrap_or_default()
@@ -465,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
     let mut t = Tour {
         client,
         url,
-        user: args.user.clone(),
+        user: args.pool.user.clone(),
         password,
         insecure: args.insecure,
         hosts: HashMap::new(),

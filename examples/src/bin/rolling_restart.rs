@@ -19,12 +19,11 @@
 //! cargo run -p xenpool-examples --bin rolling_restart -- --spawn
 //! ```
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use xenpool_examples::{api, api_text, items, s, text, SpawnedPool};
+use xenpool_examples::{api, api_text, items, s, text, PoolArgs, SpawnedPool};
 use xenpool_rpc::{Client, Value};
 
 const TEMPLATE: &str = "Generic Linux (xenpool)";
@@ -36,18 +35,8 @@ const UPGRADE_KEY: &str = "rolling_upgrade_in_progress";
     about = "Restart every host of a xenpool pool, one at a time, with its VMs running"
 )]
 struct Args {
-    /// URL of the pool's coordinator.
-    #[arg(long, default_value = "http://127.0.0.1:8080/")]
-    url: String,
-    /// User name.
-    #[arg(long, default_value = "root")]
-    user: String,
-    /// File holding the password (e.g. target/local-pool/host1/root-password).
-    #[arg(long, conflicts_with = "password")]
-    password_file: Option<PathBuf>,
-    /// The password itself.
-    #[arg(long)]
-    password: Option<String>,
+    #[command(flatten)]
+    pool: PoolArgs,
     /// Start a throw-away three-host pool (127.78.0.1-3) and restart that instead.
     #[arg(long)]
     spawn: bool,
@@ -265,22 +254,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let (url, password) = match &spawned {
         Some(p) => (p.url(), p.password.clone()),
-        None => {
-            let password = match (&args.password, &args.password_file) {
-                (Some(p), _) => p.clone(),
-                (None, Some(f)) => std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read {}", f.display()))?
-                    .trim()
-                    .to_string(),
-                (None, None) => bail!("give --password, --password-file or --spawn"),
-            };
-            (args.url.clone(), password)
-        }
+        None => (args.pool.url.clone(), args.pool.password()?),
     };
-    let client = Run::login(&url, &args.user, &password).await?;
+    let client = Run::login(&url, &args.pool.user, &password).await?;
     let mut run = Run {
         url,
-        user: args.user.clone(),
+        user: args.pool.user.clone(),
         password,
         client,
         vms: Vec::new(),
