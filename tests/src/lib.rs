@@ -511,14 +511,19 @@ pub fn domains_in(data_dir: &Path) -> Vec<String> {
     };
     let state: serde_json::Value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    uuids_in_states(&state, &["Running", "Paused"])
+}
+
+/// UUIDs of the domains in one of `states` in a simulated hypervisor's state file.
+pub fn uuids_in_states(state: &serde_json::Value, states: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(doms) = state.get("domains").and_then(|d| d.as_object()) {
         for d in doms.values() {
-            let running = matches!(
-                d.get("state").and_then(|s| s.as_str()),
-                Some("Running" | "Paused")
-            );
-            if let (true, Some(uuid)) = (running, d.get("uuid").and_then(|u| u.as_str())) {
+            let wanted = d
+                .get("state")
+                .and_then(|s| s.as_str())
+                .is_some_and(|s| states.contains(&s));
+            if let (true, Some(uuid)) = (wanted, d.get("uuid").and_then(|u| u.as_str())) {
                 out.push(uuid.to_string());
             }
         }

@@ -22,17 +22,7 @@ fn running_in(data_dir: &std::path::Path) -> Vec<String> {
     let Ok(state) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    if let Some(doms) = state.get("domains").and_then(|d| d.as_object()) {
-        for d in doms.values() {
-            if d.get("state").and_then(|s| s.as_str()) == Some("Running") {
-                if let Some(uuid) = d.get("uuid").and_then(|u| u.as_str()) {
-                    out.push(uuid.to_string());
-                }
-            }
-        }
-    }
-    out
+    xenpool_tests::uuids_in_states(&state, &["Running"])
 }
 
 /// Samples every host's hypervisor until stopped; fails if a VM runs on two at once.

@@ -4,7 +4,10 @@
 //! The daemon carries these out against a hypervisor; the table itself is the datamodel's,
 //! so every host, and a cloud manager reading the same crates, agrees on it.
 
-use crate::model::{VmOperation, VmPowerState};
+use crate::db::Txn;
+use crate::error::CoreError;
+use crate::model::{VmOperation, VmPowerState, VmRecord};
+use crate::value::Ref;
 
 /// What a host does to a domain for a VM operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +123,31 @@ pub fn power_outcome(op: VmOperation, start_paused: bool) -> Option<PowerOutcome
         power_state,
         resident,
     })
+}
+
+/// Records every guest VM running on (or about to start on) `host` as halted: the host went
+/// down with them (fenced, rebooted, shut down). Recomputes each VM's allowed operations.
+pub fn halt_vms_of_host(txn: &mut Txn<'_>, host: &Ref) -> Result<(), CoreError> {
+    let vms: Vec<Ref> = txn
+        .db()
+        .all::<VmRecord>()
+        .filter(|(_, v)| {
+            !v.is_control_domain
+                && (v.resident_on == *host || v.scheduled_to_be_resident_on == *host)
+        })
+        .map(|(r, _)| r.clone())
+        .collect();
+    for vm in vms {
+        txn.update::<VmRecord>(&vm, |v| {
+            v.power_state = VmPowerState::Halted;
+            v.resident_on = Ref::null();
+            v.scheduled_to_be_resident_on = Ref::null();
+            v.domid = -1;
+            v.current_operations.clear();
+        })?;
+        crate::ops::refresh_vm_allowed_operations(txn, &vm)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

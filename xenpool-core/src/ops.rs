@@ -830,7 +830,12 @@ fn settings_power_states(op: VmOperation) -> &'static [VmPowerState] {
     }
 }
 
-fn check_settings_change(vm_ref: &Ref, vm: &VmRecord, op: VmOperation) -> Result<(), CoreError> {
+fn check_settings_change(
+    db: &Database,
+    vm_ref: &Ref,
+    vm: &VmRecord,
+    op: VmOperation,
+) -> Result<(), CoreError> {
     let states = settings_power_states(op);
     if !states.contains(&vm.power_state) {
         return Err(bad_power_state(vm_ref, vm, states));
@@ -841,7 +846,7 @@ fn check_settings_change(vm_ref: &Ref, vm: &VmRecord, op: VmOperation) -> Result
             reason: reason.clone(),
         });
     }
-    Ok(())
+    crate::upgrade::check_vm_operation_during_upgrade(db, op)
 }
 
 /// The rule of `VM.set_memory_limits` (and of the single-field memory setters, which
@@ -864,8 +869,7 @@ pub fn check_vm_memory_limits(
         // Unchanged limits are judged as a dynamic change: the least restrictive.
         (false, _) => VmOperation::ChangingDynamicRange,
     };
-    check_settings_change(vm_ref, vm, op)?;
-    crate::upgrade::check_vm_operation_during_upgrade(db, op)?;
+    check_settings_change(db, vm_ref, vm, op)?;
     if !new.ordered() {
         return Err(CoreError::MemoryConstraintViolationOrder);
     }
@@ -886,8 +890,7 @@ pub fn check_vm_vcpus(
     value: i64,
 ) -> Result<WriteEffect, CoreError> {
     let vm = db.get::<VmRecord>(vm_ref)?;
-    check_settings_change(vm_ref, vm, VmOperation::ChangingVcpus)?;
-    crate::upgrade::check_vm_operation_during_upgrade(db, VmOperation::ChangingVcpus)?;
+    check_settings_change(db, vm_ref, vm, VmOperation::ChangingVcpus)?;
     if vcpus_at_startup < 1 || vcpus_at_startup > vcpus_max {
         return Err(CoreError::InvalidValue {
             field: VCPUS_ORDER.into(),

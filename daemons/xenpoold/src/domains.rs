@@ -34,6 +34,21 @@ pub fn running_vm_uuids(hv: &dyn Hypervisor) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Destroys every guest domain of this host (the control domain stays): what a host going
+/// down, fenced or rebooted, does to its VMs.
+pub fn destroy_all_guests(hv: &dyn Hypervisor) {
+    match hv.list() {
+        Ok(domains) => {
+            for d in domains.iter().filter(|d| d.domid != DomId(0)) {
+                if let Err(e) = hv.destroy(d.domid) {
+                    tracing::error!(domid = d.domid.0, error = %e, "could not stop a domain");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not list the domains to stop"),
+    }
+}
+
 /// A hypervisor failure in XenAPI form.
 pub fn xen_error(vm: &VmRecord, e: XenError) -> XenApiError {
     match e {

@@ -364,25 +364,7 @@ impl Node {
                     m.last_updated = crate::state::now();
                 })?;
             }
-            let vms: Vec<Ref> = txn
-                .db()
-                .all::<VmRecord>()
-                .filter(|(_, v)| {
-                    !v.is_control_domain
-                        && (v.resident_on == host || v.scheduled_to_be_resident_on == host)
-                })
-                .map(|(r, _)| r.clone())
-                .collect();
-            for vm in vms {
-                txn.update::<VmRecord>(&vm, |v| {
-                    v.power_state = VmPowerState::Halted;
-                    v.resident_on = Ref::null();
-                    v.scheduled_to_be_resident_on = Ref::null();
-                    v.domid = -1;
-                    v.current_operations.clear();
-                })?;
-                xenpool_core::ops::refresh_vm_allowed_operations(txn, &vm)?;
-            }
+            xenpool_core::lifecycle::halt_vms_of_host(txn, &host)?;
             xenpool_core::ops::refresh_allowed_operations(txn, &inputs).map(|_| ())
         })?;
         self.ha_refresh();
@@ -935,11 +917,7 @@ pub fn watch_ha_daemon(node: std::sync::Arc<Node>) {
             if node.ha.daemon_exited() {
                 eprintln!("xenpoold: the HA daemon of this host exited while armed; fencing");
                 tracing::error!("the HA daemon exited while armed: fencing this host");
-                if let Ok(domains) = node.hypervisor.list() {
-                    for d in domains.iter().filter(|d| d.domid != xenpool_xen::DomId(0)) {
-                        let _ = node.hypervisor.destroy(d.domid);
-                    }
-                }
+                crate::domains::destroy_all_guests(&*node.hypervisor);
                 std::process::exit(75);
             }
         }

@@ -274,7 +274,7 @@ pub async fn serve_replication(
         // A member polls first after it started: that is when its toolstack started, as
         // far as clients can tell.
         if from.is_none() {
-            let at = now_seconds();
+            let at = crate::state::unix_seconds_text();
             let recorded = node.state.write(|txn| {
                 txn.update::<xenpool_core::HostRecord>(host, |h| {
                     h.other_config
@@ -729,13 +729,4 @@ pub async fn wait_for_transfer(node: &Node) {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(35), rx.wait_for(|t| !*t)).await;
-}
-
-/// Unix seconds with milliseconds, as `agent_start_time` holds them.
-fn now_seconds() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    format!("{t:.3}")
 }

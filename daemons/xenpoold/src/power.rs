@@ -52,13 +52,7 @@ pub fn schedule(node: Arc<Node>, what: PowerCycle) {
     tokio::spawn(async move {
         tokio::time::sleep(ANSWER_GRACE).await;
         tracing::warn!(action = what.as_str(), host = %node.config.address, pid = std::process::id(), "the host goes down on request");
-        if let Ok(domains) = node.hypervisor.list() {
-            for d in domains.iter().filter(|d| d.domid != xenpool_xen::DomId(0)) {
-                if let Err(e) = node.hypervisor.destroy(d.domid) {
-                    tracing::error!(domid = d.domid.0, error = %e, "could not stop a domain");
-                }
-            }
-        }
+        crate::domains::destroy_all_guests(&*node.hypervisor);
         match what {
             PowerCycle::Shutdown => std::process::exit(0),
             PowerCycle::Reboot => {

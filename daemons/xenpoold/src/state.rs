@@ -104,15 +104,16 @@ pub fn now_unix() -> i64 {
 /// so two starts within a second still differ.
 pub fn agent_start_time() -> String {
     static START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    START
-        .get_or_init(|| {
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            format!("{t:.3}")
-        })
-        .clone()
+    START.get_or_init(unix_seconds_text).clone()
+}
+
+/// Now as Unix seconds with milliseconds (`1733281234.567`), as `agent_start_time` holds it.
+pub fn unix_seconds_text() -> String {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    format!("{t:.3}")
 }
 
 /// The current time as a XenAPI timestamp.

@@ -9,9 +9,7 @@ use xenpool_core::migration::{
     begin_pool_migrate, check_pool_migrate, end_pool_migrate, MigrationOutcome, PlanChange,
 };
 use xenpool_core::ops::SERVED;
-use xenpool_core::{
-    Class, CoreError, Database, HostOperation, HostRecord, Ref, TaskRecord, VmPowerState, VmRecord,
-};
+use xenpool_core::{Class, CoreError, Database, HostOperation, HostRecord, Ref, TaskRecord};
 use xenpool_ha::PlannerInput;
 use xenpool_rpc::{Value as Wire, XenApiError};
 use xenpool_xen::migrate::Aftermath;
@@ -31,6 +29,14 @@ fn apply_changes(input: &mut PlannerInput, changes: &[PlanChange]) {
             PlanChange::DisableHost(h) => xenpool_ha::pool_input::disable_host(input, h),
         }
     }
+}
+
+/// The failover-plan guard of xenpool-core's checks: the planner judges the changes.
+fn failover_guard<'a>(
+    node: &'a crate::node::Node,
+    db: &'a Database,
+) -> impl FnMut(&[PlanChange]) -> Result<(), CoreError> + 'a {
+    move |changes| node.ha_check_change(db, false, |_, input| apply_changes(input, changes))
 }
 
 fn address(db: &Database, host: &Ref) -> Result<String, XenApiError> {
@@ -79,10 +85,14 @@ impl Api {
             .write_checked(|txn| {
                 let plan = {
                     let db = txn.db();
-                    let mut guard = |changes: &[PlanChange]| {
-                        node.ha_check_change(db, false, |_, input| apply_changes(input, changes))
-                    };
-                    check_pool_migrate(db, &SERVED, vm, host, &inputs, &mut guard)?
+                    check_pool_migrate(
+                        db,
+                        &SERVED,
+                        vm,
+                        host,
+                        &inputs,
+                        &mut failover_guard(node, db),
+                    )?
                 };
                 begin_pool_migrate(txn, &SERVED, &plan, key.as_str(), &inputs)?;
                 Ok(plan)
@@ -190,9 +200,7 @@ impl Api {
             .write_checked(|txn| {
                 let moves = {
                     let db = txn.db();
-                    let mut guard = |changes: &[PlanChange]| {
-                        node.ha_check_change(db, false, |_, input| apply_changes(input, changes))
-                    };
+                    let mut guard = failover_guard(node, db);
                     xenpool_core::evacuate::check_evacuate(db, &SERVED, host, &inputs, &mut guard)?
                 };
                 txn.update::<HostRecord>(host, |h| {
@@ -329,25 +337,11 @@ impl Api {
             if !txn.db().exists(Class::Host, host) {
                 return Ok(());
             }
-            let vms = txn.get::<HostRecord>(host)?.resident_VMs.clone();
             txn.update::<HostRecord>(host, |h| {
                 h.current_operations.remove(key.as_str());
             })?;
             if result.is_ok() {
-                for vm in &vms {
-                    let guest = txn
-                        .db()
-                        .get::<VmRecord>(vm)
-                        .is_ok_and(|v| !v.is_control_domain);
-                    if guest {
-                        txn.update::<VmRecord>(vm, |v| {
-                            v.power_state = VmPowerState::Halted;
-                            v.resident_on = Ref::null();
-                            v.domid = -1;
-                        })?;
-                        SERVED.refresh_vm_allowed_operations(txn, vm)?;
-                    }
-                }
+                xenpool_core::lifecycle::halt_vms_of_host(txn, host)?;
             }
             SERVED
                 .refresh_host_allowed_operations(txn, host, &inputs)
