@@ -37,6 +37,14 @@ impl Node {
     }
 
     fn sr_driver(&self, sr: &Ref) -> Result<Box<dyn SrDriver>, XenApiError> {
+        let is_als = self
+            .state
+            .db()
+            .get::<SrRecord>(sr)
+            .is_ok_and(|s| s.r#type == xenpool_storage::als::SR_TYPE);
+        if is_als {
+            return self.als_driver(sr);
+        }
         let dir = self.sr_dir(sr)?;
         let shared = self.state.db().get::<SrRecord>(sr).is_ok_and(|s| s.shared);
         Ok(if shared {

@@ -37,6 +37,7 @@
 //! failover plan and its guard, liveness) is a function of `xenpool-core` or `xenpool-ha`
 //! that these modules call.
 
+pub mod als;
 pub mod api;
 pub mod bootstrap;
 pub mod config;

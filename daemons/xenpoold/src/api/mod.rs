@@ -2,6 +2,7 @@
 //! (`get_record`, `get_<field>`, `set_<field>`, ...) come from the datamodel's field
 //! metadata; the rest are written per message.
 
+mod als;
 mod auth;
 mod events;
 mod generic;
