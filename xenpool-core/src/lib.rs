@@ -25,6 +25,7 @@
 //!   dead host.
 //! - [`upgrade`]: rolling pool upgrade: the mode, version comparison, what it forbids.
 //! - [`ha_enable`]: the preconditions and settings of `pool.enable_ha` and `pool.disable_ha`.
+//! - [`snapshot`]: snapshots, checkpoints and reverts; the rules of the SR and PBD calls.
 //! - [`error`]: [`CoreError`] and the XenAPI codes.
 #![deny(missing_docs)]
 
@@ -44,6 +45,7 @@ pub mod persist;
 pub mod placement;
 pub mod rbac;
 pub mod record;
+pub mod snapshot;
 pub mod upgrade;
 pub mod value;
 
