@@ -127,7 +127,10 @@ async fn listed_methods_and_allowed_operations_are_served() {
     }
     assert!(offered > 0, "no object offers an operation");
     // What is neither served nor listed answers as xapi does for a method it lacks.
-    assert_eq!(probe(&c, "VM.snapshot").await, "MESSAGE_METHOD_UNKNOWN");
+    assert_eq!(
+        probe(&c, "VM.snapshot_with_quiesce").await,
+        "MESSAGE_METHOD_UNKNOWN"
+    );
     assert_eq!(
         probe(&c, "VM.set_resident_on").await,
         "MESSAGE_METHOD_UNKNOWN"

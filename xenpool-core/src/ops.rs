@@ -108,8 +108,11 @@ pub const VM_OPERATIONS_WITH_RULES: &[VmOperation] = &[
 /// that sees an operation listed calls its method (see [`vm_operation_method`]), so an
 /// operation only joins this list together with the method that performs it.
 pub const VM_OPERATIONS: &[VmOperation] = &[
+    VmOperation::Snapshot,
     VmOperation::Clone,
     VmOperation::Copy,
+    VmOperation::Revert,
+    VmOperation::Checkpoint,
     VmOperation::Provision,
     VmOperation::Start,
     VmOperation::StartOn,

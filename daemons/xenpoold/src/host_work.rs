@@ -1,13 +1,14 @@
 //! Work that must happen on a particular host: domain actions on the hypervisor and VDI
 //! files through the SR drivers, done here or forwarded to the host that owns them.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use xenpool_core::lifecycle::DomainAction;
 use xenpool_core::{Ref, SrRecord, VmRecord};
 use xenpool_rpc::{Value as Wire, XenApiError};
-use xenpool_storage::SrDriver;
+use xenpool_storage::{SrDriver, VdiInfo};
+
+use crate::storage::{storage_error, SrWork};
 
 use crate::node::Node;
 
@@ -16,54 +17,131 @@ fn internal(e: impl std::fmt::Display) -> XenApiError {
 }
 
 impl Node {
-    fn sr_dir(&self, sr: &Ref) -> Result<PathBuf, XenApiError> {
-        let db = self.state.db();
-        let rec = db.get::<SrRecord>(sr).map_err(crate::conv::api_error)?;
-        let pbd = rec
-            .PBDs
-            .iter()
-            .filter_map(|p| db.get::<xenpool_core::PbdRecord>(p).ok())
-            .find(|p| p.host == self.state.host || rec.shared)
-            .ok_or_else(|| XenApiError::new("SR_NOT_ATTACHED", [sr.as_str()]))?;
-        let location = pbd
-            .device_config
-            .get("location")
-            .cloned()
-            .unwrap_or_default();
-        if location.is_empty() {
-            return Err(XenApiError::new("SR_NOT_ATTACHED", [sr.as_str()]));
-        }
-        Ok(PathBuf::from(location))
-    }
-
-    fn sr_driver(&self, sr: &Ref) -> Result<Box<dyn SrDriver>, XenApiError> {
+    /// The driver of an aggregated local storage SR, used on this host; every other SR is
+    /// worked on by a host that has it plugged (see [`Node::sr_site`]).
+    fn als_sr(&self, sr: &Ref) -> Option<Result<Box<dyn SrDriver>, XenApiError>> {
         let is_als = self
             .state
             .db()
             .get::<SrRecord>(sr)
             .is_ok_and(|s| s.r#type == xenpool_storage::als::SR_TYPE);
-        if is_als {
-            return self.als_driver(sr);
+        is_als.then(|| self.als_driver(sr))
+    }
+
+    /// The driver of `sr` on this host: aggregated local storage, or a directory SR
+    /// plugged here.
+    fn local_driver(&self, sr: &Ref) -> Result<Box<dyn SrDriver>, XenApiError> {
+        if let Some(driver) = self.als_sr(sr) {
+            return driver;
         }
-        let dir = self.sr_dir(sr)?;
-        let shared = self.state.db().get::<SrRecord>(sr).is_ok_and(|s| s.shared);
-        Ok(if shared {
-            Box::new(xenpool_storage::SharedDirSr::open(&dir).map_err(internal)?)
-        } else {
-            Box::new(xenpool_storage::LocalDirSr::open(&dir).map_err(internal)?)
-        })
+        let (host, place) = self.sr_site(sr, Some(&self.state.host))?;
+        if host != self.state.host {
+            return Err(XenApiError::new("SR_HAS_NO_PBDS", [sr.as_str()]));
+        }
+        crate::storage::open_driver(&place)
+    }
+
+    /// Creates the backing file of a VDI on a host that has the SR plugged; returns what
+    /// the driver made.
+    pub async fn vdi_create_info(
+        &self,
+        sr: &Ref,
+        name: &str,
+        size: u64,
+    ) -> Result<VdiInfo, XenApiError> {
+        if let Some(driver) = self.als_sr(sr) {
+            let driver = driver?;
+            let name = name.to_string();
+            return tokio::task::spawn_blocking(move || {
+                driver.create(&name, size).map_err(storage_error)
+            })
+            .await
+            .map_err(internal)?;
+        }
+        let (host, place) = self.sr_site(sr, None)?;
+        let done = self
+            .sr_work(
+                &host,
+                SrWork::VdiCreate {
+                    sr: place,
+                    name: name.to_string(),
+                    size,
+                },
+            )
+            .await?;
+        done.vdi
+            .ok_or_else(|| XenApiError::internal_error("no VDI from the storage host"))
     }
 
     /// Creates the backing file of a VDI; returns its location.
     pub async fn vdi_create(&self, sr: &Ref, name: &str, size: u64) -> Result<String, XenApiError> {
-        let driver = self.sr_driver(sr)?;
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || {
-            let info = driver.create(&name, size).map_err(internal)?;
-            Ok(info.location)
-        })
-        .await
-        .map_err(internal)?
+        Ok(self.vdi_create_info(sr, name, size).await?.location)
+    }
+
+    /// Copies a VDI's content into a new VDI on `to_sr` (the same SR clones it there), on
+    /// a host that has both SRs plugged. Returns what the driver made.
+    pub async fn vdi_copy_info(
+        &self,
+        from_sr: &Ref,
+        location: &str,
+        to_sr: &Ref,
+        name: &str,
+    ) -> Result<VdiInfo, XenApiError> {
+        let (location, name) = (location.to_string(), name.to_string());
+        // Aggregated local storage is worked on here, with the other SR plugged here.
+        if self.als_sr(from_sr).is_some() || self.als_sr(to_sr).is_some() {
+            let source = self.local_driver(from_sr)?;
+            let target = if from_sr == to_sr {
+                None
+            } else {
+                Some(self.local_driver(to_sr)?)
+            };
+            return tokio::task::spawn_blocking(move || {
+                match target {
+                    None => source.clone_vdi(&location, &name),
+                    Some(t) => xenpool_storage::copy_vdi(&*source, &location, &*t, &name),
+                }
+                .map_err(storage_error)
+            })
+            .await
+            .map_err(internal)?;
+        }
+        let work = if from_sr == to_sr {
+            let (host, sr) = self.sr_site(from_sr, None)?;
+            (host, SrWork::VdiClone { sr, location, name })
+        } else {
+            // A host that reaches both: the source's own when it is local storage.
+            let targets = self.sr_hosts(to_sr);
+            if targets.is_empty() {
+                return Err(XenApiError::new("SR_HAS_NO_PBDS", [to_sr.as_str()]));
+            }
+            let sources = self.sr_hosts(from_sr);
+            let both = |h: &Ref| targets.contains(h);
+            let host = if both(&self.state.host) && sources.contains(&self.state.host) {
+                self.state.host.clone()
+            } else {
+                sources.iter().find(|h| both(h)).cloned().ok_or_else(|| {
+                    XenApiError::new(
+                        "OPERATION_NOT_ALLOWED",
+                        ["no host of the pool has both SRs plugged"],
+                    )
+                })?
+            };
+            let (_, from) = self.sr_site(from_sr, Some(&host))?;
+            let (_, to) = self.sr_site(to_sr, Some(&host))?;
+            (
+                host,
+                SrWork::VdiCopy {
+                    from,
+                    location,
+                    to,
+                    name,
+                },
+            )
+        };
+        let done = self.sr_work(&work.0, work.1).await?;
+        done.vdi
+            .ok_or_else(|| XenApiError::internal_error("no VDI from the storage host"))
     }
 
     /// Copies a VDI's content into a new VDI on `to_sr` (the same SR clones it there).
@@ -75,32 +153,27 @@ impl Node {
         to_sr: &Ref,
         name: &str,
     ) -> Result<String, XenApiError> {
-        let source = self.sr_driver(from_sr)?;
-        let target = if from_sr == to_sr {
-            None
-        } else {
-            Some(self.sr_driver(to_sr)?)
-        };
-        let location = location.to_string();
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || {
-            let new = match target {
-                None => source.clone_vdi(&location, &name),
-                Some(target) => xenpool_storage::copy_vdi(&*source, &location, &*target, &name),
-            };
-            new.map(|i| i.location).map_err(internal)
-        })
-        .await
-        .map_err(internal)?
+        Ok(self
+            .vdi_copy_info(from_sr, location, to_sr, name)
+            .await?
+            .location)
     }
 
     /// Removes the backing file of a VDI.
     pub async fn vdi_destroy(&self, sr: &Ref, location: &str) -> Result<(), XenApiError> {
-        let driver = self.sr_driver(sr)?;
         let location = location.to_string();
-        tokio::task::spawn_blocking(move || driver.destroy(&location).map_err(internal))
+        if let Some(driver) = self.als_sr(sr) {
+            let driver = driver?;
+            return tokio::task::spawn_blocking(move || {
+                driver.destroy(&location).map_err(storage_error)
+            })
             .await
-            .map_err(internal)?
+            .map_err(internal)?;
+        }
+        let (host, sr) = self.sr_site(sr, None)?;
+        self.sr_work(&host, SrWork::VdiDestroy { sr, location })
+            .await
+            .map(drop)
     }
 
     /// Does a domain operation on the host the VM is (to be) on. Returns the domain id.

@@ -24,6 +24,8 @@
 //! - [`bootstrap`]: the first start of a host (a pool of one).
 //! - [`consoles`]: the console records of running VMs.
 //! - [`host_work`]: domain actions and VDI files, here or forwarded to their host.
+//! - [`storage`]: SR plugs, VDI files, scans and memory images on the host that reaches
+//!   the storage.
 //! - [`ha`]: when the failover planner runs relative to the database lock.
 //! - [`ha_runtime`]: this host's HA daemon, the coordinator's lease, the redo log.
 //! - [`ha_pool`]: enabling, disabling and arming HA across the pool; carrying out the HA
@@ -60,6 +62,7 @@ pub mod pool;
 pub mod power;
 pub mod session;
 pub mod state;
+pub mod storage;
 pub mod transport;
 
 use std::future::Future;

@@ -10,6 +10,7 @@ mod host_extras;
 mod migrate;
 mod objects;
 mod pool;
+mod storage;
 mod tasks;
 mod vm;
 
@@ -129,6 +130,7 @@ impl Api {
             Some(Route::Vm) => self.vm_call(cx, req).await?,
             Some(Route::Pool | Route::Internal) => self.pool_call(cx, req).await?,
             Some(Route::Object) => self.object_call(cx, req).await?,
+            Some(Route::Storage) => self.storage_call(cx, req).await?,
             Some(Route::Extras) => self.extras_call(cx, req).await?,
             Some(Route::Open) | None => None,
         };
@@ -180,6 +182,8 @@ enum Route {
     /// Host-to-host pool calls on a session: served, never advertised.
     Internal,
     Object,
+    /// SRs, PBDs, VDIs and VM snapshots (`storage`).
+    Storage,
     /// Plugins and performance data (`host_extras`).
     Extras,
 }
@@ -221,6 +225,7 @@ const ROUTES: &[(Messages, Route)] = &[
     (vm::METHODS, Route::Vm),
     (pool::METHODS, Route::Pool),
     (pool::INTERNAL_METHODS, Route::Internal),
+    (storage::METHODS, Route::Storage),
     (objects::METHODS, Route::Object),
     (host_extras::METHODS, Route::Extras),
 ];

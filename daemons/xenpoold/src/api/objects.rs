@@ -1,11 +1,10 @@
-//! Create and destroy calls of VDI, VBD, VIF, network and message, and the host and PBD
-//! calls the pool rules guard.
+//! Create and destroy calls of VBD, VIF, network and message, and the host calls the pool
+//! rules guard.
 
 use xenpool_core::devices;
 use xenpool_core::ops::{check_host_operation, refresh_vm_allowed_operations};
 use xenpool_core::{
-    Class, HostOperation, HostRecord, MessageClass, MessageRecord, NetworkRecord, Object,
-    PbdRecord, Ref, SrRecord, VdiRecord,
+    Class, HostOperation, HostRecord, MessageClass, MessageRecord, NetworkRecord, Object, Ref,
 };
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
@@ -28,7 +27,6 @@ pub(super) fn record_from(class: Class, fields: &[(String, Wire)]) -> Result<Obj
 
 /// The methods routed here (see `api::ROUTES`).
 pub const METHODS: &[(&str, &[&str])] = &[
-    ("VDI", &["create", "destroy"]),
     ("VBD", &["create", "destroy"]),
     ("VIF", &["create", "destroy"]),
     ("network", &["create", "destroy"]),
@@ -47,7 +45,6 @@ pub const METHODS: &[(&str, &[&str])] = &[
             "shutdown",
         ],
     ),
-    ("PBD", &["plug", "unplug"]),
 ];
 
 fn void() -> Option<Wire> {
@@ -85,54 +82,6 @@ impl Api {
         let class = req.class.as_str();
         let m = req.message.as_str();
         Ok(match (class, m) {
-            ("VDI", "create") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let obj = record_from(Class::VDI, p.structure("args")?)?;
-                let Object::VDI(mut rec) = obj else {
-                    return Ok(None);
-                };
-                let vdi = state.new_ref();
-                rec.uuid = state.new_uuid();
-                rec.location = rec.uuid.clone();
-                rec.VBDs.clear();
-                rec.managed = true;
-                if rec.virtual_size < 0 {
-                    return Err(XenApiError::new(
-                        "INVALID_VALUE",
-                        ["virtual_size", &rec.virtual_size.to_string()],
-                    ));
-                }
-                let sr = rec.SR.clone();
-                state.db().get::<SrRecord>(&sr).map_err(api_error)?;
-                rec.location = node
-                    .vdi_create(&sr, &rec.uuid, rec.virtual_size as u64)
-                    .await?;
-                let uuid = rec.location.clone();
-                let created = state.write(|txn| txn.create(vdi.clone(), *rec));
-                if let Err(e) = created {
-                    let _ = node.vdi_destroy(&sr, &uuid).await;
-                    return Err(api_error(e));
-                }
-                string(&vdi)
-            }
-            ("VDI", "destroy") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let vdi = ref_param(&mut p, "self")?;
-                let (sr, location) = {
-                    let db = state.db();
-                    devices::check_vdi_destroy(&db, &vdi).map_err(api_error)?;
-                    let d = db.get::<VdiRecord>(&vdi).map_err(api_error)?;
-                    (d.SR.clone(), d.location.clone())
-                };
-                state
-                    .write(|txn| txn.destroy(Class::VDI, &vdi))
-                    .map_err(api_error)?;
-                node.vdi_destroy(&sr, &location).await?;
-                node.after_vm_change();
-                void()
-            }
             ("VBD", "create") | ("VIF", "create") => {
                 let cls = if class == "VBD" {
                     Class::VBD
@@ -303,29 +252,6 @@ impl Api {
                             })?;
                         }
                         txn.update::<HostRecord>(&host, |h| h.enabled = enable)?;
-                        xenpool_core::ops::refresh_allowed_operations(txn, &inputs)
-                    })
-                    .map_err(api_error)?;
-                node.after_vm_change();
-                void()
-            }
-            ("PBD", "unplug") | ("PBD", "plug") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let pbd = ref_param(&mut p, "self")?;
-                let plug = m == "plug";
-                let inputs = state.inputs();
-                state
-                    .write_checked(|txn| {
-                        let b = txn.get::<PbdRecord>(&pbd)?.clone();
-                        if !plug {
-                            let db = txn.db();
-                            devices::check_pbd_unplug(db, &pbd)?;
-                            node.ha_check_change(db, false, |_, input| {
-                                xenpool_ha::pool_input::unplug_pbd(input, &b.host, &b.SR);
-                            })?;
-                        }
-                        txn.update::<PbdRecord>(&pbd, |x| x.currently_attached = plug)?;
                         xenpool_core::ops::refresh_allowed_operations(txn, &inputs)
                     })
                     .map_err(api_error)?;

@@ -676,7 +676,10 @@ impl Api {
             }
             _ => match self.extras_internal(req).await {
                 Some(result) => result,
-                None => Err(XenApiError::method_unknown(&req.method)),
+                None => match self.storage_internal(req).await {
+                    Some(result) => result,
+                    None => Err(XenApiError::method_unknown(&req.method)),
+                },
             },
         }
     }
