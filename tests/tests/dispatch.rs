@@ -75,7 +75,7 @@ async fn listed_methods_and_allowed_operations_are_served() {
         "VM.set_resident_on",
         "VM.set_power_state",
         "VM.add_VBDs",
-        "VM.snapshot",
+        "VM.snapshot_with_quiesce",
         "host.power_on",
         "pool.xenpool_add_host",
     ] {
