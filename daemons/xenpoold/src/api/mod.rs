@@ -275,11 +275,16 @@ impl xenpool_rpc::Handler for Api {
         if is_long_poll(method) {
             return CallClass::LongPoll;
         }
-        // A forwarded plugin may run for its whole time limit: it takes an ordinary slot,
-        // so plugins can never hold the reserve replication polls need.
+        // A forwarded plugin may run for its whole time limit, and storage work as long as a
+        // disk takes to copy: they take ordinary slots, so they can never hold the reserve
+        // replication polls need.
         let internal = !method.starts_with("Async.")
             && method.rsplit_once('.').is_some_and(|(_, m)| {
-                m.starts_with("xenpool_") && m != "xenpool_add_host" && m != "xenpool_call_plugin"
+                m.starts_with("xenpool_")
+                    && !matches!(
+                        m,
+                        "xenpool_add_host" | "xenpool_call_plugin" | "xenpool_sr_work"
+                    )
             });
         match call.params.first() {
             Some(Wire::String(secret))

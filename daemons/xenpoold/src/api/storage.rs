@@ -637,7 +637,10 @@ impl Api {
             .await?;
         rec.location = info.location.clone();
         rec.physical_utilisation = size_i64(info.physical_utilisation);
-        let created = state.write(|txn| txn.create(vdi.clone(), (*rec).clone()));
+        let created = state.write(|txn| {
+            txn.create(vdi.clone(), (*rec).clone())?;
+            record_usage(txn, &sr, None)
+        });
         if let Err(e) = created {
             let _ = node.vdi_destroy(&sr, &info.location).await;
             return Err(api_error(e));
@@ -656,13 +659,19 @@ impl Api {
         };
         // The storage must be reachable before the record goes, or the data would be
         // left behind without a record.
-        if !node.sr_hosts(&sr).is_empty() || self.is_als(&sr) {
-            node.vdi_destroy(&sr, &location).await?;
-        } else {
+        if node.sr_hosts(&sr).is_empty() && !self.is_als(&sr) {
             return Err(XenApiError::new("SR_HAS_NO_PBDS", [sr.as_str()]));
         }
+        match node.vdi_destroy(&sr, &location).await {
+            // Gone already: only the record is left to remove.
+            Err(e) if e.code == "VDI_MISSING" => {}
+            other => other?,
+        }
         state
-            .write(|txn| txn.destroy(Class::VDI, vdi))
+            .write(|txn| {
+                txn.destroy(Class::VDI, vdi)?;
+                record_usage(txn, &sr, None)
+            })
             .map_err(api_error)?;
         node.after_vm_change();
         Ok(())
@@ -706,7 +715,8 @@ impl Api {
             );
             rec.virtual_size = size_i64(info.virtual_size);
             rec.physical_utilisation = size_i64(info.physical_utilisation);
-            txn.create(new.clone(), rec)
+            txn.create(new.clone(), rec)?;
+            record_usage(txn, &target, None)
         });
         if let Err(e) = created {
             let _ = node.vdi_destroy(&target, &info.location).await;
@@ -1012,6 +1022,15 @@ impl Api {
                     )?;
                 }
                 copy_vifs(txn, state, &src.VIFs, &snap)?;
+                let mut srs: Vec<Ref> = rules::snapshot_devices(txn.db(), &snap)?
+                    .into_iter()
+                    .filter_map(|d| d.disk.map(|(_, v)| v.SR))
+                    .chain(image.map(|(sr, _, _)| sr.clone()))
+                    .collect();
+                srs.dedup();
+                for sr in srs {
+                    record_usage(txn, &sr, None)?;
+                }
                 refresh_vm_allowed_operations(txn, &snap).map(drop)
             })
             .map_err(api_error)?;
@@ -1232,6 +1251,10 @@ impl Api {
                         old_files.push((d.SR.clone(), d.location.clone()));
                         txn.destroy(Class::VDI, &old)?;
                     }
+                }
+                let srs: Vec<Ref> = old_files.iter().map(|(sr, _)| sr.clone()).collect();
+                for sr in srs {
+                    record_usage(txn, &sr, None)?;
                 }
                 crate::consoles::sync(txn, node, vm)?;
                 refresh_vm_allowed_operations(txn, vm)?;
