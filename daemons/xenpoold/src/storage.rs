@@ -470,3 +470,148 @@ pub fn place_of(kind: DirKind, pbd: &PbdRecord) -> SrPlace {
             .unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use xenpool_xen::{DomainSpec, SimulatedConfig, SimulatedHypervisor};
+
+    fn place(kind: DirKind, dir: &std::path::Path) -> SrPlace {
+        SrPlace {
+            kind,
+            location: dir.to_str().unwrap().to_string(),
+        }
+    }
+
+    fn hv() -> SimulatedHypervisor {
+        SimulatedHypervisor::new(SimulatedConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_shared_directory_serves_one_pool_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let sr = place(DirKind::Shared, &dir.path().join("sr"));
+        let hv = hv();
+        let plug = |pool: &str| {
+            run(
+                &hv,
+                SrWork::Plug {
+                    sr: sr.clone(),
+                    pool: pool.into(),
+                },
+            )
+        };
+        plug("pool-a").unwrap();
+        // Every host of the pool plugs it; the claim is the pool's, not the host's.
+        plug("pool-a").unwrap();
+        let e = plug("pool-b").unwrap_err();
+        assert_eq!(e.code, "SR_BACKEND_FAILURE");
+        assert!(e.params[1].contains("pool-a"), "{e:?}");
+        let unplug = |release| SrWork::Unplug {
+            sr: sr.clone(),
+            pool: "pool-a".into(),
+            release,
+        };
+        run(&hv, unplug(false)).unwrap();
+        plug("pool-b").unwrap_err();
+        run(&hv, unplug(true)).unwrap();
+        plug("pool-b").unwrap();
+    }
+
+    #[test]
+    fn destroy_removes_the_vdis_and_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sr");
+        let sr = place(DirKind::Local, &root);
+        let hv = hv();
+        let pool = || "p".to_string();
+        run(
+            &hv,
+            SrWork::Plug {
+                sr: sr.clone(),
+                pool: pool(),
+            },
+        )
+        .unwrap();
+        let made = run(
+            &hv,
+            SrWork::VdiCreate {
+                sr: sr.clone(),
+                name: "d".into(),
+                size: 4096,
+            },
+        )
+        .unwrap()
+        .vdi
+        .unwrap();
+        let scan = run(&hv, SrWork::Scan { sr: sr.clone() }).unwrap();
+        assert_eq!(scan.vdis, vec![made]);
+        assert_eq!(scan.usage.unwrap().virtual_allocation, 4096);
+        run(&hv, SrWork::Destroy { sr, pool: pool() }).unwrap();
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn a_memory_image_holds_the_pages_of_the_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let sr = place(DirKind::Local, dir.path());
+        let hv = hv();
+        let domid = hv
+            .create_domain(&DomainSpec {
+                uuid: "vm-1".into(),
+                name: "vm".into(),
+                memory: 64 << 20,
+                vcpus: 1,
+            })
+            .unwrap();
+        hv.unpause(domid).unwrap();
+        hv.populate_guest(domid, 10, 5, 42).unwrap();
+        let expected: Vec<(u64, Vec<u8>)> = hv
+            .with_guest_memory(domid, |m| {
+                m.populated()
+                    .into_iter()
+                    .map(|i| (i, m.read(i).unwrap().to_vec()))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(expected.len(), 5);
+
+        let done = run(
+            &hv,
+            SrWork::MemoryImage {
+                vm_uuid: "vm-1".into(),
+                sr: sr.clone(),
+                name: "image".into(),
+            },
+        )
+        .unwrap();
+        assert!(done.paused);
+        let state = |hv: &SimulatedHypervisor| hv.domain_by_uuid("vm-1").unwrap().unwrap().state;
+        assert_eq!(state(&hv), DomainState::Paused);
+        let info = done.vdi.unwrap();
+        let bytes = std::fs::read(dir.path().join(format!("{}.img", info.location))).unwrap();
+        let mut decoder = xenpool_xen::stream::Decoder::new();
+        let mut pages = Vec::new();
+        decoder
+            .feed(&bytes, &mut |record| {
+                if let xenpool_xen::stream::Record::Page { index, data, .. } = record {
+                    pages.push((index, data.to_vec()));
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(decoder.ended());
+        assert_eq!(decoder.header().unwrap().page_count, (64 << 20) / 4096);
+        assert_eq!(pages, expected);
+
+        run(
+            &hv,
+            SrWork::Unpause {
+                vm_uuid: "vm-1".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(state(&hv), DomainState::Running);
+    }
+}
