@@ -435,6 +435,16 @@ async fn vm_snapshot_revert_and_checkpoint() {
     );
     assert_eq!(read_at(&snap_img, 0, 19), b"before the snapshot");
     assert_eq!(power(&c, &vm).await, "Running");
+    // Disks named in ignore_vdis are left out.
+    let bare = text(
+        &must(
+            &c,
+            "VM.snapshot",
+            vec![s(&vm), s("no disks"), Value::Array(vec![s(&vdi)])],
+        )
+        .await,
+    );
+    assert!(refs(&must(&c, "VM.get_VBDs", vec![s(&bare)]).await).is_empty());
     let snap_ops = format!(
         "{:?}",
         must(&c, "VM.get_allowed_operations", vec![s(&snap)]).await

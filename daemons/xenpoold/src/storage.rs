@@ -232,6 +232,13 @@ pub fn run(hv: &dyn Hypervisor, work: SrWork) -> Result<SrDone, XenApiError> {
         }
         SrWork::Destroy { sr, pool } => {
             let driver = open_driver(&sr)?;
+            // Unplugged, the SR may have been taken by another pool since: its disks are
+            // not ours to remove. Holding the claim while deleting keeps it that way.
+            if sr.kind == DirKind::Shared {
+                SharedDirSr::open(&sr.location)
+                    .and_then(|s| s.claim(&pool))
+                    .map_err(se)?;
+            }
             for v in driver.list().map_err(se)? {
                 driver.destroy(&v.location).map_err(se)?;
             }
@@ -550,6 +557,43 @@ mod tests {
         assert_eq!(scan.usage.unwrap().virtual_allocation, 4096);
         run(&hv, SrWork::Destroy { sr, pool: pool() }).unwrap();
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn another_pools_shared_directory_is_not_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sr = place(DirKind::Shared, dir.path());
+        let hv = hv();
+        run(
+            &hv,
+            SrWork::Plug {
+                sr: sr.clone(),
+                pool: "theirs".into(),
+            },
+        )
+        .unwrap();
+        let theirs = run(
+            &hv,
+            SrWork::VdiCreate {
+                sr: sr.clone(),
+                name: "d".into(),
+                size: 4096,
+            },
+        )
+        .unwrap()
+        .vdi
+        .unwrap();
+        let e = run(
+            &hv,
+            SrWork::Destroy {
+                sr: sr.clone(),
+                pool: "ours".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "SR_BACKEND_FAILURE");
+        let left = run(&hv, SrWork::Scan { sr }).unwrap().vdis;
+        assert_eq!(left, vec![theirs]);
     }
 
     #[test]

@@ -186,11 +186,23 @@ impl Api {
                 void()
             }
             ("VM", "snapshot") | ("VM", "checkpoint") => {
-                let mut p = req.reader(3)?;
+                let checkpoint = m == "checkpoint";
+                // Since 8.3 `VM.snapshot` takes the disks to leave out, `ignore_vdis`.
+                let mut p = req.reader_range(3, if checkpoint { 3 } else { 4 })?;
                 p.value()?;
                 let vm = ref_param(&mut p, "vm")?;
                 let name = p.string("new_name")?.to_string();
-                let r = self.snapshot_vm(cx, &vm, &name, m == "checkpoint").await?;
+                let ignore: Vec<Ref> = match p.optional() {
+                    Some(Wire::Array(a)) => a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(|s| Ref::from_string(s.to_string())))
+                        .collect(),
+                    Some(_) => return Err(XenApiError::field_type_error("ignore_vdis")),
+                    None => Vec::new(),
+                };
+                let r = self
+                    .snapshot_vm(cx, &vm, &name, checkpoint, &ignore)
+                    .await?;
                 string(&r)
             }
             ("VM", "revert") => {
@@ -805,6 +817,7 @@ impl Api {
         vm: &Ref,
         name: &str,
         checkpoint: bool,
+        ignore: &[Ref],
     ) -> Result<Ref, XenApiError> {
         let op = if checkpoint {
             VmOperation::Checkpoint
@@ -812,7 +825,7 @@ impl Api {
             VmOperation::Snapshot
         };
         let key = self.mark_vm(cx, vm, op, |db| rules::check_snapshot(db, vm, checkpoint))?;
-        let result = self.snapshot_work(cx, vm, name, checkpoint).await;
+        let result = self.snapshot_work(cx, vm, name, checkpoint, ignore).await;
         self.unmark_vm(vm, &key);
         self.node().after_vm_change();
         result
@@ -839,12 +852,15 @@ impl Api {
             .ok_or_else(|| XenApiError::new("SR_HAS_NO_PBDS", [vm.suspend_SR.as_str().to_string()]))
     }
 
+    /// Copies the disks (but those in `ignore`, which the snapshot goes without) and, for
+    /// a checkpoint, the memory image; then records the snapshot.
     async fn snapshot_work(
         &self,
         cx: &Ctx,
         vm: &Ref,
         name: &str,
         checkpoint: bool,
+        ignore: &[Ref],
     ) -> Result<Ref, XenApiError> {
         let node = self.node();
         let state = &node.state;
@@ -900,7 +916,11 @@ impl Api {
             }
             self.progress(cx, 0.3);
             let mut copies: Vec<(Ref, VdiInfo)> = Vec::new();
-            for (vdi, d) in devices.iter().filter_map(|d| d.disk.as_ref()) {
+            for (vdi, d) in devices
+                .iter()
+                .filter_map(|d| d.disk.as_ref())
+                .filter(|(vdi, _)| !ignore.contains(vdi))
+            {
                 let info = node
                     .vdi_copy_info(&d.SR, &d.location, &d.SR, &d.name_label)
                     .await?;
@@ -1003,8 +1023,8 @@ impl Api {
                             txn.create(r.clone(), v)?;
                             r
                         }
-                        // A disk added while the snapshot ran has no copy: the
-                        // snapshot goes without it.
+                        // A disk left out, or added while the snapshot ran, has no
+                        // copy: the snapshot goes without it.
                         (Some(_), None) => continue,
                         (None, _) => dev.record.VDI.clone(),
                     };
