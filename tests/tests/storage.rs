@@ -358,6 +358,23 @@ async fn srs_pbds_and_vdis_on_a_two_host_pool() {
     assert!(!refs(&must(&oc, "SR.get_VDIs", vec![s(&theirs)]).await).is_empty());
 }
 
+/// Runs the `xenpool` CLI against the coordinator (host 0); panics unless it succeeds.
+fn cli(pool: &HaPool, args: &[&str]) -> String {
+    let h = &pool.hosts[0];
+    let out = std::process::Command::new(xenpool_tests::binary("xenpool"))
+        .args(["-s", &h.address.to_string(), "-p", &h.http_port.to_string()])
+        .args(["-u", "root", "-pw", &pool.password])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xenpool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 async fn power(c: &Client, vm: &str) -> String {
     text(&must(c, "VM.get_power_state", vec![s(vm)]).await)
 }
@@ -503,6 +520,17 @@ async fn vm_snapshot_revert_and_checkpoint() {
     assert_eq!(pages, memory / 4096, "the image covers the VM's memory");
     let (_, cp_img) = disk_of(&c, &cp, &local).await;
     assert_eq!(read_at(&cp_img, 0, 19), b"before the snapshot");
+
+    // The command line makes snapshots too.
+    let cli_snap = cli(
+        &pool,
+        &["vm-snapshot", &format!("uuid={uuid}"), "new-name-label=cli"],
+    );
+    let cli_snap = text(&must(&c, "VM.get_by_uuid", vec![s(&cli_snap)]).await);
+    assert_eq!(
+        text(&must(&c, "VM.get_snapshot_of", vec![s(&cli_snap)]).await),
+        vm
+    );
 
     // Reverting to the checkpoint leaves the VM suspended with a copy of the image; it
     // resumes from there.

@@ -80,6 +80,19 @@ enum Action {
     PoolHaComputeMaxFailures,
     HostEmergencyHaDisable,
     HostCallPlugin,
+    /// `VM.snapshot` or `VM.checkpoint` of the VM named by its selector; prints the
+    /// snapshot's uuid.
+    VmSnapshot {
+        method: &'static str,
+    },
+    SrCreate,
+    /// Calls `method` with the object of `class` named by `uuid=` (and, with `size`, the
+    /// whole number `disk-size=`); prints the uuid of the object made, if any.
+    ObjectCall {
+        class: &'static str,
+        method: &'static str,
+        size: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +209,17 @@ const COMMANDS: &[Command] = &[
         .required(&["uuid"])
         .optional(VM_SETTABLE)
         .summary("Set parameters of a VM", "Writes each given parameter of the VM uuid=, in the order given, stopping at the first refusal. ha-restart-priority= is restart, best-effort or empty (not protected); it is written after the other parameters so that a VM being protected is checked against the failover plan with its new order and settings, and ha-always-run= (which must agree with the priority) after it. order= and start-delay= (seconds) are whole numbers; other-config:<key>=<value> replaces that key."),
+    Command::new("vm-snapshot", "VM", Action::VmSnapshot { method: "VM.snapshot" })
+        .required(&["new-name-label"])
+        .optional(VM_SELECTORS)
+        .summary("Snapshot a VM", "Makes a snapshot of the VM and its disks called new-name-label= and prints its uuid. The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
+    Command::new("vm-checkpoint", "VM", Action::VmSnapshot { method: "VM.checkpoint" })
+        .required(&["new-name-label"])
+        .optional(VM_SELECTORS)
+        .summary("Snapshot a running VM with its memory", "Makes a snapshot of the VM, its disks and its memory called new-name-label= and prints its uuid; the VM runs on. The VM is named by uuid=, vm= (a uuid or a name) or name-label=."),
+    Command::new("snapshot-revert", "VM", Action::ObjectCall { class: "VM", method: "VM.revert", size: false })
+        .required(&["uuid"])
+        .summary("Bring a VM back to a snapshot", "Reverts the VM of the snapshot uuid= to it: the VM is stopped, gets the snapshot's disks and settings, and is left halted (suspended for a checkpoint)."),
     Command::new("vm-migrate", "VM", Action::VmMigrate)
         .required(&["host"])
         .optional(&["uuid", "vm", "name-label", "live"])
@@ -269,6 +293,37 @@ const COMMANDS: &[Command] = &[
     Command::new("sr-list", "Storage", Action::List { class: "SR", columns: &["uuid", "name_label", "name_description", "host", "type", "content_type"] })
         .optional(LIST_PARAMS)
         .summary("List the storage repositories", LIST_DESCRIPTION),
+    Command::new("sr-create", "Storage", Action::SrCreate)
+        .required(&["name-label", "type", "device-config:location"])
+        .optional(&["host-uuid", "name-description", "content-type", "shared", "physical-size", "sm-config:<key>"])
+        .summary("Make a storage repository", "Makes an SR of type= dir (a directory of one host) or shared-dir (a directory every host mounts, used by this pool only) in the directory device-config:location=, on the host host-uuid= (the coordinator by default), or with shared=true on every host; plugs it and prints its uuid."),
+    Command::new("sr-scan", "Storage", Action::ObjectCall { class: "SR", method: "SR.scan", size: false })
+        .required(&["uuid"])
+        .summary("Bring an SR's records in line with its storage", "Records the disks found on the SR uuid= that the pool did not know, forgets those that are gone, and refreshes the sizes."),
+    Command::new("sr-destroy", "Storage", Action::ObjectCall { class: "SR", method: "SR.destroy", size: false })
+        .required(&["uuid"])
+        .summary("Destroy an SR and its storage", "Removes the SR uuid= and its directory; every PBD must be unplugged and no disk left."),
+    Command::new("sr-forget", "Storage", Action::ObjectCall { class: "SR", method: "SR.forget", size: false })
+        .required(&["uuid"])
+        .summary("Forget an SR, keeping its data", "Removes the records of the SR uuid=, its PBDs and disks; the data stays. Every PBD must be unplugged."),
+    Command::new("pbd-plug", "Storage", Action::ObjectCall { class: "PBD", method: "PBD.plug", size: false })
+        .required(&["uuid"])
+        .summary("Attach an SR to its host", "Attaches the SR of the PBD uuid= on the PBD's host."),
+    Command::new("pbd-unplug", "Storage", Action::ObjectCall { class: "PBD", method: "PBD.unplug", size: false })
+        .required(&["uuid"])
+        .summary("Detach an SR from its host", "Detaches the SR of the PBD uuid= from the PBD's host; refused while a VM running there uses it."),
+    Command::new("vdi-snapshot", "Storage", Action::ObjectCall { class: "VDI", method: "VDI.snapshot", size: false })
+        .required(&["uuid"])
+        .summary("Snapshot a virtual disk", "Makes a snapshot of the disk uuid= on its SR and prints its uuid."),
+    Command::new("vdi-clone", "Storage", Action::ObjectCall { class: "VDI", method: "VDI.clone", size: false })
+        .required(&["uuid"])
+        .summary("Copy a virtual disk on its SR", "Makes an independent copy of the disk uuid= on its SR and prints its uuid."),
+    Command::new("vdi-resize", "Storage", Action::ObjectCall { class: "VDI", method: "VDI.resize", size: true })
+        .required(&["uuid", "disk-size"])
+        .summary("Grow a virtual disk", "Grows the disk uuid= to disk-size= bytes."),
+    Command::new("vdi-destroy", "Storage", Action::ObjectCall { class: "VDI", method: "VDI.destroy", size: false })
+        .required(&["uuid"])
+        .summary("Destroy a virtual disk", "Removes the disk uuid= and its data; refused while a VM has it attached."),
     Command::new("vdi-list", "Storage", Action::List { class: "VDI", columns: &["uuid", "name_label", "name_description", "virtual_size", "sr_uuid"] })
         .optional(LIST_PARAMS)
         .summary("List the virtual disks", LIST_DESCRIPTION),
@@ -874,6 +929,101 @@ async fn command(s: &Session, o: &Options, action: Action) -> anyhow::Result<()>
                 s.run_task(method, vec![host]).await?;
             } else {
                 s.call(method, vec![host]).await?;
+            }
+            Ok(())
+        }
+        Action::VmSnapshot { method } => {
+            let vm = s.find_vm(&o.args).await?;
+            let name = o
+                .args
+                .get("new-name-label")
+                .context("give new-name-label=")?;
+            let snap = s
+                .run_task(method, vec![Value::String(vm), Value::String(name.clone())])
+                .await?;
+            let uuid = s
+                .call(
+                    "VM.get_uuid",
+                    vec![Value::String(format::task_result_ref(&snap))],
+                )
+                .await?;
+            println!("{}", wire_text(&uuid));
+            Ok(())
+        }
+        Action::SrCreate => {
+            let arg = |k: &str| o.args.get(k).cloned().unwrap_or_default();
+            let host = match o.args.get("host-uuid") {
+                Some(h) => s.find_host(h).await?,
+                None => {
+                    let pools = s.call("pool.get_all", vec![]).await?;
+                    let Value::Array(pools) = pools else {
+                        bail!("unexpected answer to pool.get_all");
+                    };
+                    let pool = pools.into_iter().next().context("no pool")?;
+                    s.call("pool.get_master", vec![pool]).await?
+                }
+            };
+            let prefixed = |prefix: &str| {
+                Value::Struct(
+                    o.pairs
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            k.strip_prefix(prefix)
+                                .map(|k| (k.to_string(), Value::String(v.clone())))
+                        })
+                        .collect(),
+                )
+            };
+            let size = o.args.get("physical-size").map_or("0", String::as_str);
+            let content_type = o.args.get("content-type").map_or("user", String::as_str);
+            let sr = s
+                .call(
+                    "SR.create",
+                    vec![
+                        host,
+                        prefixed("device-config:"),
+                        Value::String(size.to_string()),
+                        Value::String(arg("name-label")),
+                        Value::String(arg("name-description")),
+                        Value::String(arg("type")),
+                        Value::String(content_type.to_string()),
+                        Value::Bool(arg("shared") == "true"),
+                        prefixed("sm-config:"),
+                    ],
+                )
+                .await?;
+            let uuid = s.call("SR.get_uuid", vec![sr]).await?;
+            println!("{}", wire_text(&uuid));
+            Ok(())
+        }
+        Action::ObjectCall {
+            class,
+            method,
+            size,
+        } => {
+            let uuid = o.args.get("uuid").context("give uuid=")?;
+            let object = s
+                .call(
+                    &format!("{class}.get_by_uuid"),
+                    vec![Value::String(uuid.clone())],
+                )
+                .await?;
+            let mut params = vec![object];
+            if size {
+                let bytes = o.args.get("disk-size").context("give disk-size=")?;
+                let bytes: u64 = bytes.parse().context("disk-size= is a number of bytes")?;
+                params.push(Value::String(bytes.to_string()));
+            } else if matches!(method, "VDI.snapshot" | "VDI.clone") {
+                params.push(Value::Struct(Vec::new()));
+            }
+            let made = s.call(method, params).await?;
+            if let Value::String(r) = &made {
+                if r.starts_with("OpaqueRef:") {
+                    let uuid = s
+                        .call(&format!("{class}.get_uuid"), vec![made.clone()])
+                        .await?;
+                    println!("{}", wire_text(&uuid));
+                }
             }
             Ok(())
         }
