@@ -650,7 +650,7 @@ impl Api {
         rec.location = info.location.clone();
         rec.physical_utilisation = size_i64(info.physical_utilisation);
         let created = state.write(|txn| {
-            txn.create(vdi.clone(), (*rec).clone())?;
+            put_vdi(txn, &vdi, (*rec).clone())?;
             record_usage(txn, &sr, None)
         });
         if let Err(e) = created {
@@ -681,7 +681,10 @@ impl Api {
         }
         state
             .write(|txn| {
-                txn.destroy(Class::VDI, vdi)?;
+                // A scan that ran since the file went may have removed the record already.
+                if txn.db().exists(Class::VDI, vdi) {
+                    txn.destroy(Class::VDI, vdi)?;
+                }
                 record_usage(txn, &sr, None)
             })
             .map_err(api_error)?;
@@ -727,7 +730,7 @@ impl Api {
             );
             rec.virtual_size = size_i64(info.virtual_size);
             rec.physical_utilisation = size_i64(info.physical_utilisation);
-            txn.create(new.clone(), rec)?;
+            put_vdi(txn, &new, rec)?;
             record_usage(txn, &target, None)
         });
         if let Err(e) = created {
@@ -985,8 +988,9 @@ impl Api {
                 );
                 if let Some((sr, info, label)) = image {
                     let suspend = state.new_ref();
-                    txn.create(
-                        suspend.clone(),
+                    put_vdi(
+                        txn,
+                        &suspend,
                         VdiRecord {
                             uuid: state.new_uuid(),
                             name_label: label.clone(),
@@ -1020,7 +1024,7 @@ impl Api {
                                 Some(&at),
                             );
                             v.physical_utilisation = size_i64(info.physical_utilisation);
-                            txn.create(r.clone(), v)?;
+                            put_vdi(txn, &r, v)?;
                             r
                         }
                         // A disk left out, or added while the snapshot ran, has no
@@ -1205,7 +1209,7 @@ impl Api {
                         None,
                     );
                     rec.physical_utilisation = size_i64(info.physical_utilisation);
-                    txn.create(r.clone(), rec)?;
+                    put_vdi(txn, &r, rec)?;
                     // Every snapshot of the replaced disk now belongs to its successor.
                     if !d.snapshot_of.is_null() {
                         let siblings: Vec<Ref> = txn
@@ -1260,7 +1264,7 @@ impl Api {
                             None,
                         );
                         rec.physical_utilisation = size_i64(info.physical_utilisation);
-                        txn.create(r.clone(), rec)?;
+                        put_vdi(txn, &r, rec)?;
                         r
                     }
                     None => Ref::null(),
@@ -1282,6 +1286,28 @@ impl Api {
             })
             .map_err(api_error)
     }
+}
+
+/// Records a VDI whose file the driver just made. A scan that ran in between may have
+/// recorded the file already, as a disk written behind the toolstack's back: that record
+/// gives way to this one.
+fn put_vdi(txn: &mut Txn<'_>, r: &Ref, rec: VdiRecord) -> Result<(), CoreError> {
+    let scanned: Vec<Ref> = txn
+        .db()
+        .get::<SrRecord>(&rec.SR)?
+        .VDIs
+        .iter()
+        .filter(|v| {
+            txn.db()
+                .get::<VdiRecord>(v)
+                .is_ok_and(|d| d.location == rec.location && d.VBDs.is_empty())
+        })
+        .cloned()
+        .collect();
+    for v in scanned {
+        txn.destroy(Class::VDI, &v)?;
+    }
+    txn.create(r.clone(), rec)
 }
 
 /// Copies of `vifs` for `vm`, with the same MAC addresses (a snapshot and a reverted VM
