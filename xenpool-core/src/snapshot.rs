@@ -134,17 +134,15 @@ pub fn check_sr_destroy(db: &Database, sr: &Ref) -> Result<(), StorageRefusal> {
 }
 
 /// `PBD.create`: one PBD per host and SR.
-pub fn check_pbd_create(db: &Database, sr: &Ref, host: &Ref) -> Result<(), StorageRefusal> {
-    let Ok(rec) = db.get::<SrRecord>(sr) else {
-        return Ok(());
-    };
+pub fn check_pbd_create(db: &Database, sr: &Ref, host: &Ref) -> Result<(), CoreError> {
+    let rec = db.get::<SrRecord>(sr)?;
     for p in &rec.PBDs {
         if db.get::<PbdRecord>(p).is_ok_and(|b| b.host == *host) {
-            return Err(StorageRefusal::PbdExists {
+            return Err(refused(StorageRefusal::PbdExists {
                 sr: sr.clone(),
                 host: host.clone(),
                 pbd: p.clone(),
-            });
+            }));
         }
     }
     Ok(())
@@ -281,6 +279,8 @@ fn refused(r: StorageRefusal) -> CoreError {
             object: sr,
             users: vec![host, pbd],
         },
+        // Not reached: `check_sr_destroy` hands its refusals out as they are, since this
+        // one has no parameter and the relation form would add one.
         StorageRefusal::SrNotEmpty => CoreError::ObjectInUse {
             code: "SR_NOT_EMPTY",
             object: Ref::null(),
@@ -705,12 +705,13 @@ mod tests {
     fn one_pbd_per_host_and_destroy_only_unplugged() {
         let db = pool(true, [true, false]);
         assert_eq!(
-            check_pbd_create(&db, &r("sr"), &r("h2")),
-            Err(StorageRefusal::PbdExists {
+            code(check_pbd_create(&db, &r("sr"), &r("h2")).unwrap_err()),
+            StorageRefusal::PbdExists {
                 sr: r("sr"),
                 host: r("h2"),
                 pbd: r("pbd-h2")
-            })
+            }
+            .to_description()
         );
         check_pbd_create(&db, &r("sr"), &r("h3")).unwrap();
         assert_eq!(

@@ -420,13 +420,18 @@ impl Api {
             )
             .await?;
         }
-        node.state
-            .write(|txn| {
-                rules::check_sr_destroy(txn.db(), &sr)
-                    .map_err(|r| CoreError::OperationNotAllowed(r.to_description().join(" ")))?;
-                txn.destroy(Class::SR, &sr)
-            })
-            .map_err(api_error)?;
+        let mut refused = None;
+        let destroyed = node.state.write(|txn| {
+            if let Err(r) = rules::check_sr_destroy(txn.db(), &sr) {
+                refused = Some(r);
+                return Ok(());
+            }
+            txn.destroy(Class::SR, &sr)
+        });
+        if let Some(r) = refused {
+            return Err(refusal(r));
+        }
+        destroyed.map_err(api_error)?;
         node.after_vm_change();
         Ok(void())
     }
@@ -509,14 +514,7 @@ impl Api {
             .write(|txn| {
                 txn.get::<HostRecord>(&rec.host)?;
                 txn.get::<SrRecord>(&rec.SR)?;
-                rules::check_pbd_create(txn.db(), &rec.SR, &rec.host).map_err(|r| {
-                    let d = r.to_description();
-                    CoreError::ObjectInUse {
-                        code: "PBD_EXISTS",
-                        object: rec.SR.clone(),
-                        users: d[2..].iter().map(|s| Ref::from_string(s.clone())).collect(),
-                    }
-                })?;
+                rules::check_pbd_create(txn.db(), &rec.SR, &rec.host)?;
                 let sr = rec.SR.clone();
                 txn.create(pbd.clone(), (*rec).clone())?;
                 record_usage(txn, &sr, None)
