@@ -542,4 +542,17 @@ async fn vm_snapshot_revert_and_checkpoint() {
     must(&c, "VM.resume_on", start).await;
     assert_eq!(power(&c, &vm).await, "Running");
     assert!(pool.hosts[1].domains().contains(&uuid));
+
+    // The member's disks are its own to work on: with its toolstack gone, the coordinator
+    // cannot make one there (though it reaches the directory itself), while the shared SR
+    // it has plugged still serves.
+    let mut pool = pool;
+    pool.hosts[1].kill9();
+    let e = vdi_create(&c, &sr, MIB).await.unwrap_err();
+    assert_eq!(
+        e.api().map(|a| a.code.as_str()),
+        Some("HOST_OFFLINE"),
+        "{e}"
+    );
+    vdi_create(&c, &image_sr, MIB).await.unwrap();
 }
