@@ -304,6 +304,10 @@ async fn srs_pbds_and_vdis_on_a_two_host_pool() {
     let copy_location = text(&must(&c, "VDI.get_location", vec![s(&copy)]).await);
     std::fs::remove_file(shared_dir.join(format!("{copy_location}.json"))).unwrap();
     std::fs::remove_file(shared_dir.join(format!("{copy_location}.img"))).unwrap();
+    let vdis_before: Vec<String> = refs(&must(&c, "SR.get_VDIs", vec![s(&shared)]).await)
+        .into_iter()
+        .filter(|v| *v != copy)
+        .collect();
     must(&c, "SR.scan", vec![s(&shared)]).await;
     let vdis = refs(&must(&c, "SR.get_VDIs", vec![s(&shared)]).await);
     assert!(!vdis.contains(&copy), "a vanished VDI stays recorded");
@@ -320,6 +324,29 @@ async fn srs_pbds_and_vdis_on_a_two_host_pool() {
     let srec = must(&c, "SR.get_record", vec![s(&shared)]).await;
     assert!(int(field(&srec, "physical_utilisation")) >= 8192);
     assert!(int(field(&srec, "virtual_allocation")) >= (2 * MIB) as i64);
+
+    // VDI.update reads the sizes again; VDI.forget drops the record, not the data, and
+    // the next scan finds the disk again.
+    let dropped_ref = vdis
+        .iter()
+        .find(|v| **v != copy && !vdis_before.contains(v))
+        .cloned()
+        .unwrap();
+    let before = int(&must(&c, "VDI.get_physical_utilisation", vec![s(&dropped_ref)]).await);
+    write_at(
+        &shared_dir.join(format!("{dropped}.img")),
+        MIB,
+        &[9u8; 65536],
+    );
+    must(&c, "VDI.update", vec![s(&dropped_ref)]).await;
+    let after = int(&must(&c, "VDI.get_physical_utilisation", vec![s(&dropped_ref)]).await);
+    assert!(after >= before + 65536, "{before} -> {after}");
+    must(&c, "VDI.forget", vec![s(&dropped_ref)]).await;
+    assert!(shared_dir.join(format!("{dropped}.img")).exists());
+    assert!(!refs(&must(&c, "SR.get_VDIs", vec![s(&shared)]).await).contains(&dropped_ref));
+    must(&c, "SR.scan", vec![s(&shared)]).await;
+    let vdis = refs(&must(&c, "SR.get_VDIs", vec![s(&shared)]).await);
+    assert_eq!(vdis.len(), vdis_before.len() + 1);
 
     // SR.destroy: refused while plugged, then while disks are left; removes the data.
     assert_eq!(

@@ -190,15 +190,29 @@ pub fn last_plug_of_sr(db: &Database, pbd: &Ref) -> bool {
 /// `VDI.resize` of a disk attached to a VM: `VDI_IN_USE [vdi, "resize"]` (the online form
 /// is `VDI.resize_online`).
 pub fn check_vdi_resize(db: &Database, vdi: &Ref, online: bool) -> Result<(), CoreError> {
+    if online {
+        db.get::<VdiRecord>(vdi)?;
+        return Ok(());
+    }
+    check_vdi_unused(db, vdi, "resize")
+}
+
+/// An operation that needs the disk detached from every VM (`VDI.forget`, offline
+/// `VDI.resize`): `VDI_IN_USE [vdi, operation]`.
+pub fn check_vdi_unused(
+    db: &Database,
+    vdi: &Ref,
+    operation: &'static str,
+) -> Result<(), CoreError> {
     let d = db.get::<VdiRecord>(vdi)?;
     let attached = d
         .VBDs
         .iter()
         .any(|b| db.get::<VbdRecord>(b).is_ok_and(|b| b.currently_attached));
-    if attached && !online {
+    if attached {
         return Err(refused(StorageRefusal::VdiInUse {
             vdi: vdi.clone(),
-            operation: "resize",
+            operation,
         }));
     }
     Ok(())
@@ -757,6 +771,10 @@ mod tests {
             ]
         );
         check_vdi_resize(&db, &r("d1"), true).unwrap();
+        assert_eq!(
+            code(check_vdi_unused(&db, &r("d1"), "forget").unwrap_err())[2],
+            "forget"
+        );
     }
 
     #[test]

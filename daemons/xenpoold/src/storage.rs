@@ -111,6 +111,13 @@ pub enum SrWork {
         /// The copy's name.
         name: String,
     },
+    /// Describes a VDI.
+    VdiStat {
+        /// The SR.
+        sr: SrPlace,
+        /// The VDI.
+        location: String,
+    },
     /// Grows a VDI.
     VdiResize {
         /// The SR.
@@ -281,6 +288,9 @@ pub fn run(hv: &dyn Hypervisor, work: SrWork) -> Result<SrDone, XenApiError> {
                 &*source, &location, &*target, &name,
             )
             .map_err(se)?))
+        }
+        SrWork::VdiStat { sr, location } => {
+            Ok(one(open_driver(&sr)?.stat(&location).map_err(se)?))
         }
         SrWork::VdiResize { sr, location, size } => Ok(one(open_driver(&sr)?
             .resize(&location, size)

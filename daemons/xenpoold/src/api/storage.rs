@@ -35,6 +35,8 @@ pub const METHODS: &[(&str, &[&str])] = &[
             "copy",
             "resize",
             "resize_online",
+            "forget",
+            "update",
         ],
     ),
     ("VM", &["snapshot", "checkpoint", "revert"]),
@@ -176,6 +178,26 @@ impl Api {
                 }
                 let r = self.vdi_duplicate(&vdi, Some(sr), false).await?;
                 string(&r)
+            }
+            ("VDI", "forget") => {
+                let vdi = self.one_ref(req, "vdi")?;
+                self.node()
+                    .state
+                    .write(|txn| {
+                        rules::check_vdi_unused(txn.db(), &vdi, "forget")?;
+                        let sr = txn.get::<VdiRecord>(&vdi)?.SR.clone();
+                        // The record goes; the data stays for a scan to find again.
+                        txn.destroy(Class::VDI, &vdi)?;
+                        record_usage(txn, &sr, None)
+                    })
+                    .map_err(api_error)?;
+                self.node().after_vm_change();
+                void()
+            }
+            ("VDI", "update") => {
+                let vdi = self.one_ref(req, "vdi")?;
+                self.vdi_update(&vdi).await?;
+                void()
             }
             ("VDI", "resize") | ("VDI", "resize_online") => {
                 let mut p = req.reader(3)?;
@@ -736,6 +758,37 @@ impl Api {
             return Err(api_error(e));
         }
         Ok(new)
+    }
+
+    /// `VDI.update`: the sizes as the driver reports them.
+    async fn vdi_update(&self, vdi: &Ref) -> Result<(), XenApiError> {
+        let node = self.node();
+        let (sr, location) = {
+            let db = node.state.db();
+            let d = db.get::<VdiRecord>(vdi).map_err(api_error)?;
+            (d.SR.clone(), d.location.clone())
+        };
+        let (host, place) = self.work_site(&sr)?;
+        let info = node
+            .sr_work(
+                &host,
+                SrWork::VdiStat {
+                    sr: place,
+                    location,
+                },
+            )
+            .await?
+            .vdi
+            .ok_or_else(no_vdi)?;
+        node.state
+            .write(|txn| {
+                txn.update::<VdiRecord>(vdi, |d| {
+                    d.virtual_size = size_i64(info.virtual_size);
+                    d.physical_utilisation = size_i64(info.physical_utilisation);
+                })
+            })
+            .map_err(api_error)?;
+        Ok(())
     }
 
     async fn vdi_resize(&self, vdi: &Ref, size: i64, online: bool) -> Result<(), XenApiError> {
