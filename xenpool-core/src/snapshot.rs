@@ -102,6 +102,47 @@ pub fn attached_pbds<'a>(db: &'a Database, sr: &SrRecord) -> Vec<(Ref, &'a PbdRe
         .collect()
 }
 
+/// The plugged PBD through which work on the SR's disks is done: the one of the first host
+/// of `prefer` that has the SR plugged, else any plugged one. `SR_HAS_NO_PBDS [sr]` when
+/// no host has it plugged.
+pub fn work_pbd(db: &Database, sr: &Ref, prefer: &[Ref]) -> Result<Ref, CoreError> {
+    let rec = db.get::<SrRecord>(sr)?;
+    let plugged = attached_pbds(db, rec);
+    prefer
+        .iter()
+        .find_map(|h| plugged.iter().find(|(_, p)| p.host == *h))
+        .or(plugged.first())
+        .map(|(r, _)| r.clone())
+        .ok_or_else(|| refused(StorageRefusal::SrHasNoPbds(sr.clone())))
+}
+
+/// A host that has both SRs plugged, the first of `prefer` that has when one does, so that
+/// a copy between them reads and writes locally. `SR_HAS_NO_PBDS` for an SR plugged
+/// nowhere; `OPERATION_NOT_ALLOWED` when no host has both.
+pub fn copy_host(db: &Database, from: &Ref, to: &Ref, prefer: &[Ref]) -> Result<Ref, CoreError> {
+    let hosts = |sr: &Ref| -> Result<Vec<Ref>, CoreError> {
+        let rec = db.get::<SrRecord>(sr)?;
+        let hosts: Vec<Ref> = attached_pbds(db, rec)
+            .into_iter()
+            .map(|(_, p)| p.host.clone())
+            .collect();
+        if hosts.is_empty() {
+            return Err(refused(StorageRefusal::SrHasNoPbds(sr.clone())));
+        }
+        Ok(hosts)
+    };
+    let (sources, targets) = (hosts(from)?, hosts(to)?);
+    let both: Vec<&Ref> = sources.iter().filter(|h| targets.contains(h)).collect();
+    prefer
+        .iter()
+        .find(|h| both.contains(h))
+        .or(both.first().copied())
+        .cloned()
+        .ok_or_else(|| {
+            CoreError::OperationNotAllowed("no host of the pool has both SRs plugged".into())
+        })
+}
+
 /// `SR.forget`: every PBD unplugged.
 pub fn check_sr_forget(db: &Database, sr: &Ref) -> Result<(), CoreError> {
     let rec = db.get::<SrRecord>(sr)?;
@@ -749,6 +790,59 @@ mod tests {
         check_pbd_plug(&db, &r("pbd-h1")).unwrap();
         let db = pool(true, [true, false]);
         check_pbd_plug(&db, &r("pbd-h2")).unwrap();
+    }
+
+    #[test]
+    fn disk_work_goes_to_a_host_with_the_sr_plugged() {
+        let db = pool(true, [false, true]);
+        assert_eq!(work_pbd(&db, &r("sr"), &[r("h1")]).unwrap(), r("pbd-h2"));
+        let db = pool(true, [true, true]);
+        assert_eq!(work_pbd(&db, &r("sr"), &[r("h2")]).unwrap(), r("pbd-h2"));
+        assert_eq!(work_pbd(&db, &r("sr"), &[]).unwrap(), r("pbd-h1"));
+        let db = pool(true, [false, false]);
+        assert_eq!(
+            code(work_pbd(&db, &r("sr"), &[]).unwrap_err()),
+            vec!["SR_HAS_NO_PBDS".to_string(), r("sr").as_str().into()]
+        );
+    }
+
+    #[test]
+    fn copies_run_where_both_srs_are_plugged() {
+        let mut db = pool(true, [true, true]);
+        // A local SR of h2.
+        db.write(|txn| {
+            txn.create(r("local"), SrRecord::default())?;
+            txn.create(
+                r("pbd-local"),
+                PbdRecord {
+                    host: r("h2"),
+                    SR: r("local"),
+                    currently_attached: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            copy_host(&db, &r("local"), &r("sr"), &[r("h1")]).unwrap(),
+            r("h2")
+        );
+        assert_eq!(
+            copy_host(&db, &r("sr"), &r("sr"), &[r("h1")]).unwrap(),
+            r("h1")
+        );
+        let db2 = {
+            let mut d = db;
+            d.write(|txn| txn.update::<PbdRecord>(&r("pbd-h2"), |p| p.currently_attached = false))
+                .unwrap();
+            d
+        };
+        assert_eq!(
+            copy_host(&db2, &r("local"), &r("sr"), &[])
+                .unwrap_err()
+                .code(),
+            "OPERATION_NOT_ALLOWED"
+        );
     }
 
     #[test]

@@ -110,23 +110,14 @@ impl Node {
             let (host, sr) = self.sr_site(from_sr, None)?;
             (host, SrWork::VdiClone { sr, location, name })
         } else {
-            // A host that reaches both: the source's own when it is local storage.
-            let targets = self.sr_hosts(to_sr);
-            if targets.is_empty() {
-                return Err(XenApiError::new("SR_HAS_NO_PBDS", [to_sr.as_str()]));
-            }
-            let sources = self.sr_hosts(from_sr);
-            let both = |h: &Ref| targets.contains(h);
-            let host = if both(&self.state.host) && sources.contains(&self.state.host) {
-                self.state.host.clone()
-            } else {
-                sources.iter().find(|h| both(h)).cloned().ok_or_else(|| {
-                    XenApiError::new(
-                        "OPERATION_NOT_ALLOWED",
-                        ["no host of the pool has both SRs plugged"],
-                    )
-                })?
-            };
+            // A host that reaches both, this one when it does.
+            let host = xenpool_core::snapshot::copy_host(
+                &self.state.db(),
+                from_sr,
+                to_sr,
+                std::slice::from_ref(&self.state.host),
+            )
+            .map_err(crate::conv::api_error)?;
             let (_, from) = self.sr_site(from_sr, Some(&host))?;
             let (_, to) = self.sr_site(to_sr, Some(&host))?;
             (

@@ -420,14 +420,12 @@ impl Node {
         } else {
             DirKind::Local
         });
-        let plugged = xenpool_core::snapshot::attached_pbds(&db, rec);
-        let pick = |host: &Ref| plugged.iter().find(|(_, p)| p.host == *host);
-        let chosen = prefer
-            .and_then(pick)
-            .or_else(|| pick(&self.state.host))
-            .or_else(|| plugged.first())
-            .ok_or_else(|| XenApiError::new("SR_HAS_NO_PBDS", [sr.as_str()]))?;
-        Ok((chosen.1.host.clone(), place_of(kind, chosen.1)))
+        let mut hosts: Vec<Ref> = prefer.into_iter().cloned().collect();
+        hosts.push(self.state.host.clone());
+        let pbd =
+            xenpool_core::snapshot::work_pbd(&db, sr, &hosts).map_err(crate::conv::api_error)?;
+        let pbd = db.get::<PbdRecord>(&pbd).map_err(crate::conv::api_error)?;
+        Ok((pbd.host.clone(), place_of(kind, pbd)))
     }
 
     /// The hosts that have `sr` plugged.
