@@ -498,6 +498,46 @@ pub fn check_revert(db: &Database, snapshot: &Ref) -> Result<Ref, CoreError> {
     Ok(snap.snapshot_of.clone())
 }
 
+/// The SR a checkpoint's memory image goes to: xapi's order (the VM's `suspend_SR`, the
+/// pool's `suspend_image_SR`), then the SRs of the VM's disks; the first of them plugged on
+/// the host the VM runs on and `usable` (a driver that can hold the image).
+/// `VM_REQUIRES_SR [vm, sr]` naming the first candidate when none is.
+pub fn suspend_image_sr(
+    db: &Database,
+    vm: &Ref,
+    usable: impl Fn(&SrRecord) -> bool,
+) -> Result<Ref, CoreError> {
+    let v = db.get::<VmRecord>(vm)?;
+    let pool_sr = db
+        .all::<crate::model::PoolRecord>()
+        .next()
+        .map(|(_, p)| p.suspend_image_SR.clone())
+        .unwrap_or_default();
+    let mut candidates = vec![v.suspend_SR.clone(), pool_sr];
+    candidates.extend(
+        snapshot_devices(db, vm)?
+            .into_iter()
+            .filter_map(|d| d.disk.map(|(_, d)| d.SR)),
+    );
+    candidates.retain(|sr| !sr.is_null());
+    let reachable = |sr: &Ref| {
+        db.get::<SrRecord>(sr).is_ok_and(|rec| {
+            usable(rec)
+                && attached_pbds(db, rec)
+                    .iter()
+                    .any(|(_, p)| p.host == v.resident_on)
+        })
+    };
+    candidates
+        .iter()
+        .find(|sr| reachable(sr))
+        .cloned()
+        .ok_or_else(|| CoreError::VmRequiresSr {
+            vm: vm.clone(),
+            sr: candidates.first().cloned().unwrap_or_default(),
+        })
+}
+
 /// The record of a new snapshot of `src`: a template marked as its snapshot, without
 /// devices (the caller adds them), halted, or suspended for a checkpoint.
 pub fn vm_snapshot_record(
@@ -960,6 +1000,44 @@ mod tests {
         );
         let cp = vm_snapshot_record(vm, &r("vm"), "c1", &now, true, "cu".into(), r("m3"));
         assert_eq!(cp.power_state, VmPowerState::Suspended);
+    }
+
+    #[test]
+    fn a_memory_image_goes_where_the_vm_runs() {
+        let mut db = pool(false, [true, false]);
+        // The VM runs on h1, where its disk's SR is plugged.
+        assert_eq!(suspend_image_sr(&db, &r("vm"), |_| true).unwrap(), r("sr"));
+        assert_eq!(
+            suspend_image_sr(&db, &r("vm"), |_| false)
+                .unwrap_err()
+                .code(),
+            "VM_REQUIRES_SR"
+        );
+        // A suspend SR of the VM's own comes first when it reaches it.
+        db.write(|txn| {
+            txn.create(r("sr2"), SrRecord::default())?;
+            txn.create(
+                r("pbd-sr2"),
+                PbdRecord {
+                    host: r("h1"),
+                    SR: r("sr2"),
+                    currently_attached: true,
+                    ..Default::default()
+                },
+            )?;
+            txn.update::<VmRecord>(&r("vm"), |v| v.suspend_SR = r("sr2"))
+        })
+        .unwrap();
+        assert_eq!(suspend_image_sr(&db, &r("vm"), |_| true).unwrap(), r("sr2"));
+        db.write(|txn| txn.update::<VmRecord>(&r("vm"), |v| v.resident_on = r("h2")))
+            .unwrap();
+        assert_eq!(
+            suspend_image_sr(&db, &r("vm"), |_| true).unwrap_err(),
+            CoreError::VmRequiresSr {
+                vm: r("vm"),
+                sr: r("sr2")
+            }
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use xenpool_core::lifecycle::DomainAction;
 use xenpool_core::ops::refresh_vm_allowed_operations;
 use xenpool_core::snapshot::{self as rules, StorageRefusal};
 use xenpool_core::{
-    devices, Class, CoreError, HostRecord, Object, PbdRecord, PoolRecord, Ref, SrRecord, Txn,
-    VbdRecord, VdiRecord, VdiType, VifRecord, VmMetricsRecord, VmOperation, VmPowerState, VmRecord,
+    devices, Class, CoreError, HostRecord, Object, PbdRecord, Ref, SrRecord, Txn, VbdRecord,
+    VdiRecord, VdiType, VifRecord, VmMetricsRecord, VmOperation, VmPowerState, VmRecord,
 };
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 use xenpool_storage::VdiInfo;
@@ -885,27 +885,6 @@ impl Api {
         result
     }
 
-    /// The SR a checkpoint's memory image goes to: xapi's order (the VM's `suspend_SR`,
-    /// the pool's `suspend_image_SR`), then the SR of the VM's first disk, the first of
-    /// them plugged on the VM's host.
-    fn image_sr(&self, vm: &VmRecord, disks: &[Ref]) -> Result<Ref, XenApiError> {
-        let node = self.node();
-        let pool_sr = node
-            .state
-            .db()
-            .all::<PoolRecord>()
-            .next()
-            .map(|(_, p)| p.suspend_image_SR.clone())
-            .unwrap_or_default();
-        let mut candidates = vec![vm.suspend_SR.clone(), pool_sr];
-        candidates.extend(disks.iter().cloned());
-        candidates
-            .into_iter()
-            .filter(|sr| !sr.is_null() && !self.is_als(sr))
-            .find(|sr| node.sr_hosts(sr).contains(&vm.resident_on))
-            .ok_or_else(|| XenApiError::new("SR_HAS_NO_PBDS", [vm.suspend_SR.as_str().to_string()]))
-    }
-
     /// Copies the disks (but those in `ignore`, which the snapshot goes without) and, for
     /// a checkpoint, the memory image; then records the snapshot.
     async fn snapshot_work(
@@ -933,11 +912,10 @@ impl Api {
         );
         let work = async {
             if checkpoint && live {
-                let disk_srs: Vec<Ref> = devices
-                    .iter()
-                    .filter_map(|d| d.disk.as_ref().map(|(_, v)| v.SR.clone()))
-                    .collect();
-                let sr = self.image_sr(&src, &disk_srs)?;
+                let sr = rules::suspend_image_sr(&state.db(), vm, |sr| {
+                    sr.r#type != xenpool_storage::als::SR_TYPE
+                })
+                .map_err(api_error)?;
                 let (host, place) = node.sr_site(&sr, Some(&src.resident_on))?;
                 let image_name = format!("Suspend image of {name}");
                 let done = node
