@@ -1210,10 +1210,14 @@ impl Api {
                 // The VM's disks that this snapshot has a copy of are replaced, as is its
                 // memory image; disks the snapshot does not know stay, unattached.
                 let snap_devices = rules::snapshot_devices(txn.db(), snapshot)?;
+                let own: Vec<Ref> = rules::snapshot_devices(txn.db(), vm)?
+                    .into_iter()
+                    .filter_map(|d| d.disk.map(|(r, _)| r))
+                    .collect();
                 let replaced: Vec<Ref> = snap_devices
                     .iter()
                     .filter_map(|d| d.disk.as_ref().map(|(_, v)| v.snapshot_of.clone()))
-                    .filter(|r| !r.is_null())
+                    .filter(|r| own.contains(r))
                     .collect();
                 let mut old_files = Vec::new();
                 for vbd in &current.VBDs {
