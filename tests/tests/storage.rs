@@ -376,6 +376,71 @@ async fn srs_pbds_and_vdis_on_a_two_host_pool() {
         .unwrap_err();
     assert_eq!(e.api().unwrap().code, "HANDLE_INVALID");
     assert!(shared_dir.join(format!("{dropped}.img")).exists());
+
+    // Reattached the way a client reattaches storage: introduce, a PBD, plug, scan.
+    let shared_uuid = "5a1e2b3c-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+    let again = text(
+        &must(
+            &c,
+            "SR.introduce",
+            vec![
+                s(shared_uuid),
+                s("reattached"),
+                s(""),
+                s("shared-dir"),
+                s("user"),
+                Value::Bool(true),
+                map(&[]),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        refused(
+            &c,
+            "SR.introduce",
+            vec![
+                s(shared_uuid),
+                s("twice"),
+                s(""),
+                s("shared-dir"),
+                s("user"),
+                Value::Bool(true),
+                map(&[]),
+            ],
+        )
+        .await,
+        vec!["SR_UUID_EXISTS", shared_uuid]
+    );
+    assert!(refs(&must(&c, "SR.get_PBDs", vec![s(&again)]).await).is_empty());
+    let again_pbd = text(
+        &must(
+            &c,
+            "PBD.create",
+            vec![Value::Struct(vec![
+                ("host".into(), s(&h1)),
+                ("SR".into(), s(&again)),
+                (
+                    "device_config".into(),
+                    map(&[("location", shared_dir.to_str().unwrap())]),
+                ),
+                ("other_config".into(), map(&[])),
+            ])],
+        )
+        .await,
+    );
+    must(&c, "PBD.plug", vec![s(&again_pbd)]).await;
+    must(&c, "SR.scan", vec![s(&again)]).await;
+    let back = refs(&must(&c, "SR.get_VDIs", vec![s(&again)]).await);
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        text(&must(&c, "VDI.get_location", vec![s(&back[0])]).await),
+        dropped
+    );
+    must(&c, "PBD.unplug", vec![s(&again_pbd)]).await;
+    must(&c, "PBD.destroy", vec![s(&again_pbd)]).await;
+    must(&c, "SR.forget", vec![s(&again)]).await;
+
     let theirs = text(
         &sr_create(&oc, &other_host, &shared_dir, "shared-dir", true)
             .await
