@@ -24,6 +24,7 @@
 //! - [`bootstrap`]: the first start of a host (a pool of one).
 //! - [`consoles`]: the console records of running VMs.
 //! - [`host_work`]: domain actions and VDI files, here or forwarded to their host.
+//! - [`network`]: this host's network backend; network work here or forwarded to its host.
 //! - [`ha`]: when the failover planner runs relative to the database lock.
 //! - [`ha_runtime`]: this host's HA daemon, the coordinator's lease, the redo log.
 //! - [`ha_pool`]: enabling, disabling and arming HA across the pool; carrying out the HA
@@ -53,6 +54,7 @@ pub mod host_work;
 pub mod liveness;
 pub mod metrics;
 pub mod migration;
+pub mod network;
 pub mod node;
 pub mod passwords;
 pub mod plugins;
