@@ -1056,8 +1056,105 @@ pub fn management_flags(db: &Database, host: &Ref, pif: Option<&Ref>) -> Vec<(Re
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::model::PoolRecord;
+    use proptest::prelude::*;
+
+    fn r(s: &str) -> Ref {
+        Ref::from_string(format!("OpaqueRef:{s}"))
+    }
+
+    /// A pool of `hosts` hosts; host `h` has NICs `eth0..eth<nics>` (`pif-h-d`), eth0 the
+    /// management interface on `mgmt`, and networks `n0`, `n1`, `n2` exist.
+    fn pool(hosts: usize, nics: usize) -> Database {
+        let mut db = Database::new();
+        db.write(|t| {
+            t.create(
+                r("pool"),
+                PoolRecord {
+                    uuid: "pool".into(),
+                    ..Default::default()
+                },
+            )?;
+            for n in ["mgmt", "n0", "n1", "n2"] {
+                t.create(
+                    r(n),
+                    NetworkRecord {
+                        uuid: n.into(),
+                        bridge: if n == "mgmt" {
+                            "xenbr0".into()
+                        } else {
+                            format!("xapi{}", &n[1..])
+                        },
+                        MTU: 1500,
+                        managed: true,
+                        ..Default::default()
+                    },
+                )?;
+            }
+            for h in 0..hosts {
+                t.create(
+                    r(&format!("h{h}")),
+                    HostRecord {
+                        uuid: format!("h{h}"),
+                        ..Default::default()
+                    },
+                )?;
+                for d in 0..nics {
+                    let management = d == 0;
+                    t.create(
+                        r(&format!("pif-{h}-{d}")),
+                        PifRecord {
+                            uuid: format!("pif-{h}-{d}"),
+                            device: format!("eth{d}"),
+                            host: r(&format!("h{h}")),
+                            network: if management { r("mgmt") } else { Ref::null() },
+                            MAC: format!("02:00:00:00:{h:02x}:{d:02x}"),
+                            MTU: 1500,
+                            VLAN: NO_VLAN,
+                            physical: true,
+                            managed: true,
+                            management,
+                            currently_attached: management,
+                            ip_configuration_mode: if management {
+                                IpConfigurationMode::Static
+                            } else {
+                                IpConfigurationMode::None
+                            },
+                            ..Default::default()
+                        },
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        db
+    }
+
+    /// Records a VLAN as the daemon does.
+    fn add_vlan(db: &mut Database, plan: &VlanPlan, name: &str) -> Ref {
+        let (vlan, pif) = (r(&format!("vlan-{name}")), r(&format!("vpif-{name}")));
+        let (v, p) = vlan_records(
+            plan,
+            format!("vlan-{name}"),
+            &pif,
+            format!("vpif-{name}"),
+            &vlan,
+        );
+        db.write(|t| {
+            t.create(pif.clone(), p)?;
+            t.create(vlan.clone(), v)
+        })
+        .unwrap();
+        pif
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, Refusal>) -> Vec<String> {
+        r.unwrap_err().description().to_vec()
+    }
 
     #[test]
     fn netmasks() {
@@ -1101,5 +1198,386 @@ mod tests {
             ["INVALID_VALUE", "properties", "lacp-time = often"]
         );
         assert!(bond_properties(BondMode::ActiveBackup, &bad).is_ok());
+    }
+
+    #[test]
+    fn network_create_picks_free_bridges_and_refuses_taken_ones() {
+        let db = pool(1, 1);
+        assert_eq!(check_network_create(&db, "").unwrap(), "xapi3");
+        assert_eq!(check_network_create(&db, "guests").unwrap(), "guests");
+        assert_eq!(
+            code(check_network_create(&db, "xenbr9")),
+            ["INVALID_VALUE", "bridge", "xenbr9"]
+        );
+        assert_eq!(
+            code(check_network_create(&db, "a-name-too-long-x")),
+            ["INVALID_VALUE", "bridge", "a-name-too-long-x"]
+        );
+    }
+
+    #[test]
+    fn vlan_create_checks_in_xapi_order() {
+        let mut db = pool(1, 3);
+        let p1 = r("pif-0-1");
+        assert_eq!(
+            code(check_vlan_create(&db, &p1, 4095, &r("n0"))),
+            ["VLAN_TAG_INVALID", "4095"]
+        );
+        assert_eq!(
+            code(check_vlan_create(&db, &p1, -1, &r("n0"))),
+            ["VLAN_TAG_INVALID", "-1"]
+        );
+        // The host is on the management network through eth0 already.
+        assert_eq!(
+            code(check_vlan_create(&db, &p1, 5, &r("mgmt"))),
+            [
+                "NETWORK_ALREADY_CONNECTED",
+                "OpaqueRef:h0",
+                "OpaqueRef:pif-0-0"
+            ]
+        );
+        let plan = check_vlan_create(&db, &p1, 5, &r("n0")).unwrap();
+        assert_eq!(
+            (plan.device.as_str(), plan.tag, plan.mtu),
+            ("eth1", 5, 1500)
+        );
+        let vpif = add_vlan(&mut db, &plan, "a");
+        db.check_consistency().unwrap();
+        assert_eq!(
+            db.get::<PifRecord>(&p1).unwrap().VLAN_slave_of,
+            vec![r("vlan-a")]
+        );
+        assert_eq!(
+            code(check_vlan_create(&db, &p1, 5, &r("n1"))),
+            ["PIF_VLAN_EXISTS", "eth1"]
+        );
+        assert_eq!(
+            code(check_vlan_create(&db, &vpif, 6, &r("n1"))),
+            ["PIF_IS_VLAN", vpif.as_str()]
+        );
+        assert!(check_vlan_create(&db, &p1, 6, &r("n1")).is_ok());
+        assert_eq!(
+            pif_kind(&db, &vpif).unwrap(),
+            PifKind::VlanUntagged(r("vlan-a"))
+        );
+        // Destroying it: the untagged PIF goes with it; the tagged one forgets it.
+        let undo = check_vlan_destroy(&db, &r("vlan-a"), &r("h0")).unwrap();
+        assert_eq!(undo.untagged_pif, Some(vpif.clone()));
+        db.write(|t| {
+            t.destroy(crate::Class::VLAN, &r("vlan-a"))?;
+            t.destroy(crate::Class::PIF, &vpif)
+        })
+        .unwrap();
+        assert!(db.get::<PifRecord>(&p1).unwrap().VLAN_slave_of.is_empty());
+        db.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn destroying_a_host_takes_its_vlans_and_bonds() {
+        let mut db = pool(1, 3);
+        let plan = check_vlan_create(&db, &r("pif-0-1"), 9, &r("n0")).unwrap();
+        add_vlan(&mut db, &plan, "a");
+        let bond = check_bond_create(
+            &db,
+            &r("n1"),
+            &[r("pif-0-2")],
+            "",
+            BondMode::Lacp,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let (b, m) = bond_records(&db, &bond, "b".into(), &r("master"), "m".into()).unwrap();
+        db.write(|t| {
+            t.create(r("master"), m)?;
+            t.create(r("bond"), b)?;
+            t.update::<PifRecord>(&r("pif-0-2"), |p| bond_member_after(p, &r("bond"), true))
+        })
+        .unwrap();
+        db.check_consistency().unwrap();
+        assert_eq!(
+            db.get::<BondRecord>(&r("bond")).unwrap().slaves,
+            vec![r("pif-0-2")]
+        );
+        db.write(|t| t.destroy(crate::Class::Host, &r("h0")))
+            .unwrap();
+        assert_eq!(db.count(crate::Class::VLAN), 0);
+        assert_eq!(db.count(crate::Class::Bond), 0);
+        assert_eq!(db.count(crate::Class::PIF), 0);
+        db.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn bonds() {
+        let db = pool(2, 4);
+        let (a, b) = (r("pif-0-2"), r("pif-0-3"));
+        let none = BTreeMap::new();
+        assert_eq!(
+            code(check_bond_create(
+                &db,
+                &r("n0"),
+                &[],
+                "",
+                BondMode::Lacp,
+                &none
+            )),
+            ["PIF_BOND_NEEDS_MORE_MEMBERS"]
+        );
+        assert_eq!(
+            code(check_bond_create(
+                &db,
+                &r("n0"),
+                &[a.clone()],
+                "nope",
+                BondMode::Lacp,
+                &none
+            )),
+            ["MAC_INVALID", "nope"]
+        );
+        assert_eq!(
+            code(check_bond_create(
+                &db,
+                &r("n0"),
+                &[a.clone(), r("pif-1-3")],
+                "",
+                BondMode::Lacp,
+                &none
+            )),
+            ["PIF_CANNOT_BOND_CROSS_HOST"]
+        );
+        let plan = check_bond_create(
+            &db,
+            &r("n0"),
+            &[a.clone(), b.clone(), a.clone()],
+            "",
+            BondMode::ActiveBackup,
+            &none,
+        )
+        .unwrap();
+        assert_eq!(plan.members, vec![a.clone(), b.clone()], "each member once");
+        assert_eq!(plan.primary_slave, a);
+        assert_eq!(plan.mac, "02:00:00:00:00:02");
+        assert!(plan.auto_update_mac);
+        assert_eq!(plan.device, "bond0");
+        assert_eq!(plan.management, None);
+        // The management NIC and one with an address make two addresses: refused.
+        let mut db2 = pool(1, 3);
+        db2.write(|t| {
+            t.update::<PifRecord>(&r("pif-0-1"), |p| {
+                p.ip_configuration_mode = IpConfigurationMode::Dhcp
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            code(check_bond_create(
+                &db2,
+                &r("n0"),
+                &[r("pif-0-0"), r("pif-0-1")],
+                "",
+                BondMode::Lacp,
+                &none
+            )),
+            ["PIF_BOND_MORE_THAN_ONE_IP"]
+        );
+        let plan = check_bond_create(
+            &db2,
+            &r("n0"),
+            &[r("pif-0-2"), r("pif-0-0")],
+            "",
+            BondMode::Lacp,
+            &none,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.primary_slave,
+            r("pif-0-0"),
+            "the management interface leads"
+        );
+        assert_eq!(plan.management, Some(r("pif-0-0")));
+        assert_eq!(plan.properties["lacp-time"], "slow");
+    }
+
+    #[test]
+    fn plug_unplug_and_ip() {
+        let db = pool(1, 2);
+        assert_eq!(
+            code(check_unplug(&db, &r("pif-0-0"))),
+            ["PIF_IS_MANAGEMENT_IFACE", "OpaqueRef:pif-0-0"]
+        );
+        check_unplug(&db, &r("pif-0-1")).unwrap();
+        check_plug(&db, &r("pif-0-1")).unwrap();
+        let mut want = IpSettings {
+            mode: IpConfigurationMode::Static,
+            ip: "10.0.0.5".into(),
+            netmask: "255.255.255.0".into(),
+            gateway: "10.0.0.1".into(),
+            dns: "10.0.0.53,fd00::53".into(),
+        };
+        let got = check_reconfigure_ip(&db, &r("pif-0-1"), &want).unwrap();
+        assert_eq!(got.dns, "10.0.0.53", "IPv4 servers only");
+        assert_eq!(got.cidr().as_deref(), Some("10.0.0.5/24"));
+        want.netmask = "255.0.255.0".into();
+        assert_eq!(
+            code(check_reconfigure_ip(&db, &r("pif-0-1"), &want)),
+            ["INVALID_IP_ADDRESS_SPECIFIED", "netmask"]
+        );
+        want.netmask = "255.255.255.0".into();
+        want.gateway = "gw".into();
+        assert_eq!(
+            code(check_reconfigure_ip(&db, &r("pif-0-1"), &want)),
+            ["INVALID_IP_ADDRESS_SPECIFIED", "gateway"]
+        );
+        assert_eq!(
+            code(check_reconfigure_ip(
+                &db,
+                &r("pif-0-0"),
+                &IpSettings::none()
+            )),
+            ["PIF_IS_MANAGEMENT_IFACE", "OpaqueRef:pif-0-0"]
+        );
+        assert_eq!(
+            code(check_management_reconfigure(&db, &r("pif-0-1"))),
+            ["PIF_HAS_NO_NETWORK_CONFIGURATION", "OpaqueRef:pif-0-1"]
+        );
+        assert!(
+            !check_management_reconfigure(&db, &r("pif-0-0")).unwrap(),
+            "already"
+        );
+        assert_eq!(
+            management_flags(&db, &r("h0"), Some(&r("pif-0-1"))),
+            vec![(r("pif-0-0"), false), (r("pif-0-1"), true)]
+        );
+    }
+
+    #[test]
+    fn scan_adds_missing_nics_on_their_bridges_network() {
+        let db = pool(1, 1);
+        let nic = |d: &str| Nic {
+            device: d.into(),
+            mac: "02:00:00:00:00:09".into(),
+            mtu: 1500,
+        };
+        let plans = plan_scan(
+            &db,
+            &r("h0"),
+            &[nic("eth0"), nic("eth1"), nic("eth1"), nic("enp3s0")],
+        )
+        .unwrap();
+        assert_eq!(plans.len(), 2, "eth0 has its PIF; eth1 counted once");
+        assert_eq!(
+            plans[0].network,
+            ScanNetwork::New {
+                bridge: "xenbr1".into(),
+                name_label: "Pool-wide network associated with eth1".into()
+            }
+        );
+        assert!(
+            matches!(&plans[1].network, ScanNetwork::New { bridge, .. } if bridge == "brenp3s0")
+        );
+    }
+
+    #[test]
+    fn network_destroy_names_what_holds_it() {
+        let mut db = pool(2, 2);
+        assert_eq!(
+            code(check_network_destroy(&db, &r("mgmt"))),
+            [
+                "NETWORK_CONTAINS_PIF",
+                "OpaqueRef:pif-0-0",
+                "OpaqueRef:pif-1-0"
+            ]
+        );
+        assert_eq!(
+            check_network_destroy(&db, &r("n0")).unwrap(),
+            Vec::<Ref>::new()
+        );
+        db.write(|t| {
+            t.create(
+                r("vm"),
+                VmRecord {
+                    uuid: "vm".into(),
+                    ..Default::default()
+                },
+            )?;
+            t.create(
+                r("vif"),
+                VifRecord {
+                    uuid: "vif".into(),
+                    VM: r("vm"),
+                    network: r("n0"),
+                    ..Default::default()
+                },
+            )?;
+            t.create(
+                r("vif2"),
+                VifRecord {
+                    uuid: "vif2".into(),
+                    VM: r("vm"),
+                    network: r("n0"),
+                    currently_attached: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            code(check_network_destroy(&db, &r("n0"))),
+            ["NETWORK_CONTAINS_VIF", "OpaqueRef:vif2"]
+        );
+        db.write(|t| t.update::<VifRecord>(&r("vif2"), |v| v.currently_attached = false))
+            .unwrap();
+        let mut gone = check_network_destroy(&db, &r("n0")).unwrap();
+        gone.sort();
+        assert_eq!(
+            gone,
+            vec![r("vif"), r("vif2")],
+            "detached VIFs go with the network"
+        );
+    }
+
+    proptest! {
+        /// pool.create_VLAN either refuses or plans exactly one VLAN per host, each on
+        /// that host's untagged PIF of the device, with the tag given; it refuses exactly
+        /// when the tag is invalid, a host lacks the device, or the device already has
+        /// the tag on some host.
+        #[test]
+        fn pool_vlans_cover_every_host_once(
+            hosts in 1usize..5,
+            nics in 1usize..4,
+            device in 0usize..4,
+            tag in -2i64..4100,
+            existing in proptest::collection::vec((0usize..5, 0usize..4, 0i64..4), 0..4),
+        ) {
+            let mut db = pool(hosts, nics);
+            let mut taken = BTreeSet::new();
+            for (i, (h, d, t)) in existing.iter().enumerate() {
+                if *h >= hosts || *d >= nics || *d == 0 || taken.contains(&(*h, *d, *t)) {
+                    continue;
+                }
+                let net = r(&format!("e{i}"));
+                db.write(|x| x.create(net.clone(), NetworkRecord { uuid: format!("e{i}"), managed: true, ..Default::default() })).unwrap();
+                let plan = check_vlan_create(&db, &r(&format!("pif-{h}-{d}")), *t, &net).unwrap();
+                add_vlan(&mut db, &plan, &i.to_string());
+                taken.insert((*h, *d, *t));
+            }
+            let dev = format!("eth{device}");
+            let result = plan_pool_vlan(&db, &dev, &r("n0"), tag);
+            let expect_refusal = device >= nics
+                || !valid_vlan_tag(tag)
+                || (0..hosts).any(|h| taken.contains(&(h, device, tag)));
+            prop_assert_eq!(result.is_err(), expect_refusal, "{:?}", result);
+            if let Ok(plans) = result {
+                prop_assert_eq!(plans.len(), hosts);
+                let hosts_planned: BTreeSet<Ref> = plans.iter().map(|p| p.host.clone()).collect();
+                prop_assert_eq!(hosts_planned.len(), hosts);
+                for p in &plans {
+                    let t = db.get::<PifRecord>(&p.tagged_pif).unwrap();
+                    prop_assert_eq!(&t.host, &p.host);
+                    prop_assert_eq!(&t.device, &dev);
+                    prop_assert_eq!(t.VLAN, NO_VLAN);
+                    prop_assert_eq!(p.tag, tag);
+                }
+            }
+            db.check_consistency().unwrap();
+        }
     }
 }
