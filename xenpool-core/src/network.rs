@@ -1326,7 +1326,7 @@ mod tests {
             code(check_bond_create(
                 &db,
                 &r("n0"),
-                &[a.clone()],
+                std::slice::from_ref(&a),
                 "nope",
                 BondMode::Lacp,
                 &none
