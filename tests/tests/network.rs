@@ -92,7 +92,7 @@ async fn wait_member_count(member: &Client, session: &str, class: &str, n: i64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_their_host() {
-    let pool = HaPool::start(
+    let mut pool = HaPool::start(
         Net::Loopback(91),
         &HaOptions {
             hosts: 2,
@@ -229,6 +229,24 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
     }
     wait_member_count(&member, &member_session, "VLAN", 2).await;
 
+    // The records survive a restart of the coordinator.
+    pool.hosts[0].kill9();
+    pool.hosts[0].spawn();
+    let c = pool.coordinator_client(&[0]).await;
+    assert_eq!(strings(&must(&c, "VLAN.get_all", vec![]).await).len(), 2);
+    assert_eq!(
+        strings(
+            &must(
+                &c,
+                "PIF.get_VLAN_slave_of",
+                vec![s(&pif_of(&c, &h1, "eth1").await)]
+            )
+            .await
+        )
+        .len(),
+        1
+    );
+
     // The same VLAN again, a VLAN on a VLAN, the network twice on one host.
     assert_eq!(
         error(call(&c, "VLAN.create", vec![s(&eth1_h2), s("100"), s(&bad)]).await),
@@ -319,6 +337,61 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
             .await
         ),
         ["PIF_IS_MANAGEMENT_IFACE", eth0_h2.as_str()]
+    );
+
+    // The member's management interface moves to a configured NIC, and back.
+    let eth1_h2 = pif_of(&c, &h2, "eth1").await;
+    assert_eq!(
+        error(call(&c, "host.management_reconfigure", vec![s(&eth1_h2)]).await),
+        ["PIF_HAS_NO_NETWORK_CONFIGURATION", eth1_h2.as_str()]
+    );
+    must(
+        &c,
+        "PIF.reconfigure_ip",
+        vec![
+            s(&eth1_h2),
+            s("Static"),
+            s("198.51.100.2"),
+            s("255.255.255.0"),
+            s(""),
+            s(""),
+        ],
+    )
+    .await;
+    must(&c, "host.management_reconfigure", vec![s(&eth1_h2)]).await;
+    assert_eq!(
+        must(&c, "PIF.get_management", vec![s(&eth1_h2)]).await,
+        Value::Bool(true)
+    );
+    assert_eq!(
+        must(&c, "PIF.get_management", vec![s(&eth0_h2)]).await,
+        Value::Bool(false)
+    );
+    assert_eq!(
+        must(&c, "PIF.get_currently_attached", vec![s(&eth1_h2)]).await,
+        Value::Bool(true)
+    );
+    assert!(took(
+        &member_dir,
+        "AddPort",
+        &[("bridge", "xenbr1".into()), ("port", "eth1".into())]
+    ));
+    assert!(took(
+        &member_dir,
+        "SetAddress",
+        &[
+            ("link", "xenbr1".into()),
+            ("address", "198.51.100.2/24".into())
+        ]
+    ));
+    must(&c, "host.management_reconfigure", vec![s(&eth0_h2)]).await;
+    assert_eq!(
+        must(&c, "PIF.get_management", vec![s(&eth0_h2)]).await,
+        Value::Bool(true)
+    );
+    assert_eq!(
+        must(&c, "PIF.get_management", vec![s(&eth1_h2)]).await,
+        Value::Bool(false)
     );
 
     // A bond of two NICs of the member.
