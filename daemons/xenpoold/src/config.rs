@@ -74,6 +74,9 @@ pub struct Config {
     /// The NICs the dry-run backend models (the host's own are not touched). Empty: the
     /// host's real links, read without privileges.
     pub network_devices: Vec<String>,
+    /// Software link kinds the Linux backend reports as NICs in `PIF.scan` (such as
+    /// `veth` for a host whose NICs are veth pairs: namespaces, nested virtualisation).
+    pub network_nic_kinds: Vec<String>,
 }
 
 /// Which network backend a host uses.
@@ -122,6 +125,7 @@ impl Default for Config {
             plugin_max_output_bytes: 1024 * 1024,
             network_backend: NetworkBackendKind::DryRun,
             network_devices: vec!["eth0".into()],
+            network_nic_kinds: Vec::new(),
         }
     }
 }

@@ -90,6 +90,9 @@ struct Args {
     /// The NICs the dry-run backend models, comma-separated (default: eth0).
     #[arg(long, value_delimiter = ',')]
     network_devices: Option<Vec<String>>,
+    /// Link kinds the linux network backend counts as NICs, comma-separated (e.g. veth).
+    #[arg(long, value_delimiter = ',')]
+    network_nic_kinds: Option<Vec<String>>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -176,6 +179,9 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = &args.network_devices {
         c.network_devices = v.clone();
+    }
+    if let Some(v) = &args.network_nic_kinds {
+        c.network_nic_kinds = v.clone();
     }
     Ok(c)
 }

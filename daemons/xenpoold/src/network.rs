@@ -75,7 +75,7 @@ impl HostNet {
                 }
             }
             NetworkBackendKind::Linux => HostNet {
-                backend: linux_backend()?,
+                backend: linux_backend(&config.network_nic_kinds)?,
                 dry: None,
                 log,
                 calls: tokio::sync::Mutex::new(()),
@@ -102,12 +102,14 @@ fn real_links() -> Result<xenpool_net::LinkSnapshot, XenApiError> {
 }
 
 #[cfg(target_os = "linux")]
-fn linux_backend() -> Result<Arc<dyn NetworkBackend>, XenApiError> {
-    Ok(Arc::new(xenpool_net::LinuxBridgeBackend::new()))
+fn linux_backend(nic_kinds: &[String]) -> Result<Arc<dyn NetworkBackend>, XenApiError> {
+    Ok(Arc::new(
+        xenpool_net::LinuxBridgeBackend::new().with_nic_kinds(nic_kinds.iter().map(String::as_str)),
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn linux_backend() -> Result<Arc<dyn NetworkBackend>, XenApiError> {
+fn linux_backend(_nic_kinds: &[String]) -> Result<Arc<dyn NetworkBackend>, XenApiError> {
     Err(XenApiError::internal_error(
         "the linux network backend needs Linux",
     ))
