@@ -2,140 +2,18 @@
 //! `ip` command: a bridge with an address and a default route, a VLAN on a veth and a
 //! bond of two veths, each checked by a second, independent netlink reader.
 //!
-//! The namespace is anonymous: a thread unshares its network namespace and hands back a
-//! file of it, which keeps it alive. Dropping [`Namespace`] closes that file, and the
-//! kernel removes the namespace with every link in it, also when a test panics. Needs
-//! root (CI runs as root); without it each test says so and returns. VLAN and bonding
-//! parts run only on kernels with those drivers and say so when skipped.
+//! The namespace is anonymous and goes with its guard, also when the test panics (see
+//! `support`). Needs root (CI runs as root); without it the test says so and returns.
+//! VLAN and bonding parts run only on kernels with those drivers and say so when skipped.
 #![cfg(all(feature = "linux", target_os = "linux"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+mod support;
 
-use futures_util::TryStreamExt;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth};
-use xenpool_net::plan::LinkSnapshot;
+use support::{skip, Namespace};
 use xenpool_net::{
     BondMode, BondSpec, IpConfig, LinuxBridgeBackend, NetworkBackend, NetworkSpec, PifSpec,
 };
-
-/// Says a test (or part of one) did not run, past the harness's capture.
-fn skip(message: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// An anonymous network namespace, alive while this is.
-struct Namespace {
-    file: File,
-}
-
-impl Namespace {
-    /// A fresh namespace, or `None` (having said why) when this process may not make one.
-    fn create(test: &str) -> Option<Namespace> {
-        if !is_root() {
-            skip(&format!(
-                "{test}: needs root to create network namespaces (CI runs as root)"
-            ));
-            return None;
-        }
-        let made = std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            File::open("/proc/thread-self/ns/net")
-        })
-        .join()
-        .unwrap();
-        match made {
-            Ok(file) => Some(Namespace { file }),
-            Err(e) => {
-                skip(&format!("{test}: cannot create a network namespace: {e}"));
-                None
-            }
-        }
-    }
-
-    /// A path that opens the namespace while this lives.
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            self.file.as_raw_fd()
-        ))
-    }
-
-    /// Runs `f` with a netlink handle inside the namespace, on a thread of its own.
-    fn netlink<T, F, Fut>(&self, f: F) -> T
-    where
-        T: Send + 'static,
-        F: FnOnce(Handle) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = T>,
-    {
-        let ns = self.file.try_clone().unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-                tokio::spawn(conn);
-                f(handle).await
-            })
-        })
-        .join()
-        .unwrap()
-    }
-
-    /// A veth pair standing in for a NIC and its switch port; the port is up.
-    fn nic(&self, name: &str, peer: &str) {
-        let (name, peer) = (name.to_string(), peer.to_string());
-        self.netlink(move |h| async move {
-            h.link()
-                .add(LinkVeth::new(&name, &peer).build())
-                .execute()
-                .await
-                .unwrap();
-            let index = h
-                .link()
-                .get()
-                .match_name(peer.clone())
-                .execute()
-                .try_next()
-                .await
-                .unwrap()
-                .unwrap()
-                .header
-                .index;
-            h.link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-                .unwrap();
-        })
-    }
-
-    /// What an independent netlink connection reads in the namespace.
-    fn read_back(&self) -> LinkSnapshot {
-        LinuxBridgeBackend::in_netns_path(self.path())
-            .snapshot()
-            .unwrap()
-    }
-}
 
 fn net(bridge: &str) -> NetworkSpec {
     NetworkSpec {
@@ -162,10 +40,13 @@ fn bridge_vlan_and_bond_in_a_namespace_made_over_netlink() {
     else {
         return;
     };
-    ns.nic("xpt0", "xpt0p");
-    ns.nic("xpt1", "xpt1p");
-    ns.nic("xpt2", "xpt2p");
-    let b = LinuxBridgeBackend::in_netns_path(ns.path()).with_nic_kinds(["veth"]);
+    ns.nic("xpt0", "xpt0p", "02:00:00:00:01:00", 1500);
+    ns.up("xpt0p");
+    ns.nic("xpt1", "xpt1p", "02:00:00:00:01:01", 1500);
+    ns.up("xpt1p");
+    ns.nic("xpt2", "xpt2p", "02:00:00:00:01:02", 1500);
+    ns.up("xpt2p");
+    let b = ns.backend();
 
     // A bridge on the first NIC, with an address and the default route.
     let n = net("xenbr0");
@@ -273,29 +154,4 @@ fn bridge_vlan_and_bond_in_a_namespace_made_over_netlink() {
     // Nothing of this reached the host's own namespace.
     let host = LinuxBridgeBackend::new().snapshot().unwrap();
     assert!(!host.links.keys().any(|k| k.starts_with("xpt")));
-}
-
-#[test]
-fn the_namespace_goes_when_a_test_fails() {
-    let Some(ns) = Namespace::create("the_namespace_goes_when_a_test_fails") else {
-        return;
-    };
-    let ino = |f: &File| {
-        use std::os::unix::fs::MetadataExt;
-        f.metadata().unwrap().ino()
-    };
-    let inode = ino(&ns.file);
-    let path = ns.path();
-    let panicked = std::thread::spawn(move || {
-        ns.nic("xptf0", "xptf0p");
-        let b = LinuxBridgeBackend::in_netns_path(ns.path());
-        b.ensure_bridge(&net("xenbr9")).unwrap();
-        panic!("a failing test");
-    })
-    .join();
-    assert!(panicked.is_err());
-    // The file that held the namespace was closed while unwinding: the path no longer
-    // opens it (a reused descriptor number would open something else).
-    let reopened = File::open(&path).ok().map(|f| ino(&f));
-    assert_ne!(reopened, Some(inode), "the namespace is still held");
 }
