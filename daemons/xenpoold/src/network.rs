@@ -103,6 +103,10 @@ fn real_links() -> Result<xenpool_net::LinkSnapshot, XenApiError> {
 
 #[cfg(target_os = "linux")]
 fn linux_backend(nic_kinds: &[String]) -> Result<Arc<dyn NetworkBackend>, XenApiError> {
+    if !xenpool_net::has_cap_net_admin() {
+        // Reads still work; every change will be refused by the kernel (EPERM).
+        tracing::warn!("network backend linux without CAP_NET_ADMIN: changes will fail");
+    }
     Ok(Arc::new(
         xenpool_net::LinuxBridgeBackend::new().with_nic_kinds(nic_kinds.iter().map(String::as_str)),
     ))

@@ -71,112 +71,121 @@ impl Api {
         // One network call at a time: each decides from the state the last one left.
         let _one = net.calls.lock().await;
         let m = req.message.as_str();
-        Ok(match (req.class.as_str(), m) {
-            ("network", "create") => network_create(node, req)?,
-            ("network", "destroy") => network_destroy(node, req).await?,
-            ("VLAN", "create") => {
-                let mut p = req.reader(4)?;
-                p.value()?;
-                let tagged = ref_param(&mut p, "tagged_PIF")?;
-                let tag = p.int("tag")?;
-                let network = ref_param(&mut p, "network")?;
-                let plan = rules::check_vlan_create(&node.state.db(), &tagged, tag, &network)
-                    .map_err(refused)?;
-                let (vlan, pif) = create_vlan(node, &plan)?;
-                // xapi plugs the new VLAN PIF at once; a failure there leaves it unplugged.
-                plug(node, &pif).await?;
-                string(&vlan)
-            }
-            ("VLAN", "destroy") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let vlan = ref_param(&mut p, "self")?;
-                let undo = rules::check_vlan_destroy(&node.state.db(), &vlan, &node.state.host)
-                    .map_err(refused)?;
-                destroy_vlan(node, &vlan, undo.untagged_pif.as_ref()).await?;
-                void()
-            }
-            ("pool", "create_VLAN") => {
-                let mut p = req.reader(4)?;
-                p.value()?;
-                let device = p.string("device")?.to_string();
-                let network = ref_param(&mut p, "network")?;
-                let tag = p.int("VLAN")?;
-                let plans = rules::plan_pool_vlan(&node.state.db(), &device, &network, tag)
-                    .map_err(refused)?;
-                refs(&create_vlans(node, &plans).await?)
-            }
-            ("pool", "create_VLAN_from_PIF") => {
-                let mut p = req.reader(4)?;
-                p.value()?;
-                let pif = ref_param(&mut p, "pif")?;
-                let network = ref_param(&mut p, "network")?;
-                let tag = p.int("VLAN")?;
-                let inputs = node.state.inputs();
-                let plans = {
-                    let db = node.state.db();
-                    let live = |h: &Ref| xenpool_core::ops::host_is_live(&db, h, &inputs);
-                    rules::plan_vlan_from_pif(&db, &pif, &network, tag, &live).map_err(refused)?
-                };
-                refs(&create_vlans(node, &plans).await?)
-            }
-            ("Bond", "create") => bond_create(node, req).await?,
-            ("Bond", "destroy") => bond_destroy(node, req).await?,
-            ("PIF", "plug") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let pif = ref_param(&mut p, "self")?;
-                rules::check_plug(&node.state.db(), &pif).map_err(refused)?;
-                plug(node, &pif).await?;
-                void()
-            }
-            ("PIF", "unplug") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let pif = ref_param(&mut p, "self")?;
-                rules::check_unplug(&node.state.db(), &pif).map_err(refused)?;
-                unplug(node, &pif).await?;
-                void()
-            }
-            ("PIF", "reconfigure_ip") => {
-                let mut p = req.reader(7)?;
-                p.value()?;
-                let pif = ref_param(&mut p, "self")?;
-                let mode = p.string("mode")?;
-                let mode = IpConfigurationMode::parse(mode)
-                    .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["mode", mode]))?;
-                let wanted = IpSettings {
-                    mode,
-                    ip: p.string("IP")?.to_string(),
-                    netmask: p.string("netmask")?.to_string(),
-                    gateway: p.string("gateway")?.to_string(),
-                    dns: p.string("DNS")?.to_string(),
-                };
-                let ip = rules::check_reconfigure_ip(&node.state.db(), &pif, &wanted)
-                    .map_err(refused)?;
-                reconfigure_ip(node, &pif, &ip).await?;
-                void()
-            }
-            ("PIF", "scan") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let host = ref_param(&mut p, "host")?;
-                scan(node, &host).await?;
-                void()
-            }
-            ("host", "management_reconfigure") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let pif = ref_param(&mut p, "pif")?;
-                let changes =
-                    rules::check_management_reconfigure(&node.state.db(), &pif).map_err(refused)?;
-                if changes {
-                    management_reconfigure(node, &pif).await?;
+        // Run as a block so that a call failing halfway (records made, a host that could
+        // not apply them) still refreshes the plan below.
+        let result: Result<Option<Wire>, XenApiError> = async {
+            Ok(match (req.class.as_str(), m) {
+                ("network", "create") => network_create(node, req)?,
+                ("network", "destroy") => network_destroy(node, req).await?,
+                ("VLAN", "create") => {
+                    let mut p = req.reader(4)?;
+                    p.value()?;
+                    let tagged = ref_param(&mut p, "tagged_PIF")?;
+                    let tag = p.int("tag")?;
+                    let network = ref_param(&mut p, "network")?;
+                    let plan = rules::check_vlan_create(&node.state.db(), &tagged, tag, &network)
+                        .map_err(refused)?;
+                    let (vlan, pif) = create_vlan(node, &plan)?;
+                    // xapi plugs the new VLAN PIF at once; a failure there leaves it unplugged.
+                    plug(node, &pif).await?;
+                    string(&vlan)
                 }
-                void()
-            }
-            _ => None,
-        })
+                ("VLAN", "destroy") => {
+                    let mut p = req.reader(2)?;
+                    p.value()?;
+                    let vlan = ref_param(&mut p, "self")?;
+                    let undo = rules::check_vlan_destroy(&node.state.db(), &vlan, &node.state.host)
+                        .map_err(refused)?;
+                    destroy_vlan(node, &vlan, undo.untagged_pif.as_ref()).await?;
+                    void()
+                }
+                ("pool", "create_VLAN") => {
+                    let mut p = req.reader(4)?;
+                    p.value()?;
+                    let device = p.string("device")?.to_string();
+                    let network = ref_param(&mut p, "network")?;
+                    let tag = p.int("VLAN")?;
+                    let plans = rules::plan_pool_vlan(&node.state.db(), &device, &network, tag)
+                        .map_err(refused)?;
+                    refs(&create_vlans(node, &plans).await?)
+                }
+                ("pool", "create_VLAN_from_PIF") => {
+                    let mut p = req.reader(4)?;
+                    p.value()?;
+                    let pif = ref_param(&mut p, "pif")?;
+                    let network = ref_param(&mut p, "network")?;
+                    let tag = p.int("VLAN")?;
+                    let inputs = node.state.inputs();
+                    let plans = {
+                        let db = node.state.db();
+                        let live = |h: &Ref| xenpool_core::ops::host_is_live(&db, h, &inputs);
+                        rules::plan_vlan_from_pif(&db, &pif, &network, tag, &live)
+                            .map_err(refused)?
+                    };
+                    refs(&create_vlans(node, &plans).await?)
+                }
+                ("Bond", "create") => bond_create(node, req).await?,
+                ("Bond", "destroy") => bond_destroy(node, req).await?,
+                ("PIF", "plug") => {
+                    let mut p = req.reader(2)?;
+                    p.value()?;
+                    let pif = ref_param(&mut p, "self")?;
+                    rules::check_plug(&node.state.db(), &pif).map_err(refused)?;
+                    plug(node, &pif).await?;
+                    void()
+                }
+                ("PIF", "unplug") => {
+                    let mut p = req.reader(2)?;
+                    p.value()?;
+                    let pif = ref_param(&mut p, "self")?;
+                    rules::check_unplug(&node.state.db(), &pif).map_err(refused)?;
+                    unplug(node, &pif).await?;
+                    void()
+                }
+                ("PIF", "reconfigure_ip") => {
+                    let mut p = req.reader(7)?;
+                    p.value()?;
+                    let pif = ref_param(&mut p, "self")?;
+                    let mode = p.string("mode")?;
+                    let mode = IpConfigurationMode::parse(mode)
+                        .ok_or_else(|| XenApiError::new("INVALID_VALUE", ["mode", mode]))?;
+                    let wanted = IpSettings {
+                        mode,
+                        ip: p.string("IP")?.to_string(),
+                        netmask: p.string("netmask")?.to_string(),
+                        gateway: p.string("gateway")?.to_string(),
+                        dns: p.string("DNS")?.to_string(),
+                    };
+                    let ip = rules::check_reconfigure_ip(&node.state.db(), &pif, &wanted)
+                        .map_err(refused)?;
+                    reconfigure_ip(node, &pif, &ip).await?;
+                    void()
+                }
+                ("PIF", "scan") => {
+                    let mut p = req.reader(2)?;
+                    p.value()?;
+                    let host = ref_param(&mut p, "host")?;
+                    scan(node, &host).await?;
+                    void()
+                }
+                ("host", "management_reconfigure") => {
+                    let mut p = req.reader(2)?;
+                    p.value()?;
+                    let pif = ref_param(&mut p, "pif")?;
+                    let changes = rules::check_management_reconfigure(&node.state.db(), &pif)
+                        .map_err(refused)?;
+                    if changes {
+                        management_reconfigure(node, &pif).await?;
+                    }
+                    void()
+                }
+                _ => None,
+            })
+        }
+        .await;
+        // Which networks each host reaches is an input of the failover plan.
+        node.ha_refresh();
+        result
     }
 
     /// `host.xenpool_net_*`: network work forwarded by the coordinator, and the state of
