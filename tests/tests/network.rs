@@ -519,6 +519,77 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
     assert!(took(&member_dir, "DeleteLink", &[("name", "bond0".into())]));
     wait_member_count(&member, &member_session, "Bond", 0).await;
 
+    // A bond of the management NIC: management and its address move to the bond, and
+    // back when it goes.
+    let address = pool.hosts[1].address.to_string();
+    let mbond_net = text(&must(&c, "network.create", vec![Value::Struct(vec![])]).await);
+    let mbridge = text(&must(&c, "network.get_bridge", vec![s(&mbond_net)]).await);
+    let mbond = text(
+        &must(
+            &c,
+            "Bond.create",
+            vec![
+                s(&mbond_net),
+                Value::Array(vec![s(&eth3_h2), s(&eth0_h2)]),
+                s(""),
+                s("balance-slb"),
+                Value::Struct(vec![]),
+            ],
+        )
+        .await,
+    );
+    let mmaster = text(&must(&c, "Bond.get_master", vec![s(&mbond)]).await);
+    assert_eq!(
+        text(&must(&c, "Bond.get_primary_slave", vec![s(&mbond)]).await),
+        eth0_h2
+    );
+    assert_eq!(
+        must(&c, "PIF.get_management", vec![s(&mmaster)]).await,
+        Value::Bool(true)
+    );
+    assert_eq!(
+        must(&c, "PIF.get_management", vec![s(&eth0_h2)]).await,
+        Value::Bool(false)
+    );
+    assert_eq!(
+        text(&must(&c, "PIF.get_IP", vec![s(&mmaster)]).await),
+        address
+    );
+    assert_eq!(text(&must(&c, "PIF.get_IP", vec![s(&eth0_h2)]).await), "");
+    assert!(took(
+        &member_dir,
+        "SetAddress",
+        &[
+            ("link", mbridge.clone().into()),
+            ("address", format!("{address}/8").into())
+        ]
+    ));
+    assert_eq!(
+        error(call(&c, "PIF.unplug", vec![s(&mmaster)]).await),
+        ["PIF_IS_MANAGEMENT_IFACE", mmaster.as_str()]
+    );
+    must(&c, "Bond.destroy", vec![s(&mbond)]).await;
+    assert_eq!(
+        must(&c, "PIF.get_management", vec![s(&eth0_h2)]).await,
+        Value::Bool(true)
+    );
+    assert_eq!(
+        text(&must(&c, "PIF.get_IP", vec![s(&eth0_h2)]).await),
+        address
+    );
+    assert_eq!(
+        must(&c, "PIF.get_currently_attached", vec![s(&eth0_h2)]).await,
+        Value::Bool(true)
+    );
+    assert!(took(
+        &member_dir,
+        "RemoveAddress",
+        &[
+            ("link", mbridge.clone().into()),
+            ("address", format!("{address}/8").into())
+        ]
+    ));
+
     // VLAN.destroy of each; then the networks go.
     for v in strings(&must(&c, "VLAN.get_all", vec![]).await) {
         must(&c, "VLAN.destroy", vec![s(&v)]).await;
@@ -531,7 +602,7 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
     }
     assert!(strings(&must(&c, "PIF.get_VLAN_slave_of", vec![s(&eth1_h2)]).await).is_empty());
     wait_member_count(&member, &member_session, "VLAN", 0).await;
-    for n in [&net, &bond_net, &bad, &other_net] {
+    for n in [&net, &bond_net, &bad, &other_net, &mbond_net] {
         must(&c, "network.destroy", vec![s(n)]).await;
     }
     assert!(took(&member_dir, "DeleteLink", &[("name", "xapi0".into())]));

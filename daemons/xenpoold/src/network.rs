@@ -158,7 +158,8 @@ pub enum NetOp {
         /// The bond device to delete, for a bond master.
         bond: Option<String>,
     },
-    /// Gives a plugged PIF's bridge a new IP configuration (`PIF.reconfigure_ip`).
+    /// Gives a bridge, if there, a new IP configuration (clearing the address a PIF gave
+    /// away to a bond).
     ReconfigureIp {
         /// The bridge.
         bridge: String,
@@ -201,7 +202,12 @@ fn apply_blocking(
                 backend.remove_bond(b)?;
             }
         }
-        NetOp::ReconfigureIp { bridge, ip } => backend.reconfigure_ip(bridge, ip)?,
+        // A bridge that is not there has no address to change.
+        NetOp::ReconfigureIp { bridge, ip } => {
+            if backend.read_links()?.links.contains_key(bridge) {
+                backend.reconfigure_ip(bridge, ip)?;
+            }
+        }
         NetOp::Management { network, pif, bond } => {
             if let Some(b) = bond {
                 backend.ensure_bond(b)?;

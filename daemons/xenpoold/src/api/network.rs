@@ -13,7 +13,7 @@ use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::objects::record_from;
 use super::{api_error, ref_param, Api, ApiResult};
-use crate::network::{apply_local, apply_on, host_net, ip_config, pif_work, NetOp};
+use crate::network::{apply_local, apply_on, host_net, pif_work, NetOp};
 use crate::node::Node;
 
 /// The methods routed here (see `api::ROUTES`).
@@ -427,9 +427,11 @@ async fn reconfigure_ip(node: &Node, pif: &Ref, ip: &IpSettings) -> Result<(), X
         (p.currently_attached, pif_work(&db, pif, ip)?)
     };
     if attached {
-        let op = NetOp::ReconfigureIp {
-            bridge: work.network.bridge.clone(),
-            ip: ip_config(ip),
+        // As xapi, an attached PIF is brought up again with its new configuration.
+        let op = NetOp::Plug {
+            network: work.network,
+            pif: work.pif,
+            bond: work.bond,
         };
         apply_on(node, &work.host, op).await?;
     }
@@ -615,8 +617,26 @@ async fn bond_create(node: &Node, req: &Request) -> Result<Option<Wire>, XenApiE
             Ok(())
         })
         .map_err(api_error)?;
-    if plan.management.is_some() {
+    if let Some(old) = &plan.management {
+        let old_bridge = {
+            let db = state.db();
+            let n = db
+                .get::<PifRecord>(old)
+                .and_then(|p| db.get::<NetworkRecord>(&p.network))
+                .map(|n| n.bridge.clone());
+            n.map_err(api_error)?
+        };
         management_reconfigure(node, &master).await?;
+        // The member gave its address to the bond: its old bridge keeps none.
+        apply_on(
+            node,
+            &plan.host,
+            NetOp::ReconfigureIp {
+                bridge: old_bridge,
+                ip: xenpool_net::IpConfig::None,
+            },
+        )
+        .await?;
     } else {
         plug(node, &master).await?;
     }
@@ -637,32 +657,27 @@ async fn bond_destroy(node: &Node, req: &Request) -> Result<Option<Wire>, XenApi
             m.host.clone(),
         )
     };
+    // Takes the master off its bridge, clears the bridge's address and deletes the bond.
+    let master_down = NetOp::Unplug {
+        network: work.network,
+        pif: work.pif,
+        bond: work.bond.as_ref().map(|b| b.name.clone()),
+    };
     if undo.plugged && !undo.management {
-        apply_on(
-            node,
-            &host,
-            NetOp::Unplug {
-                network: work.network,
-                pif: work.pif,
-                bond: work.bond.as_ref().map(|b| b.name.clone()),
-            },
-        )
-        .await?;
+        apply_on(node, &host, master_down.clone()).await?;
     }
     state
         .write(|txn| {
-            txn.update::<PifRecord>(&undo.primary_slave, |p| {
-                undo.ip.write(p);
-                if undo.management {
-                    p.management = true;
-                }
-            })?;
+            txn.update::<PifRecord>(&undo.primary_slave, |p| undo.ip.write(p))?;
             txn.destroy(Class::Bond, &bond)?;
             txn.destroy(Class::PIF, &undo.master)
         })
         .map_err(api_error)?;
     if undo.management {
-        management_reconfigure_forced(node, &undo.primary_slave, work.bond.map(|b| b.name)).await?;
+        // The primary member takes the address first, so the host stays reachable,
+        // then the bond goes.
+        management_reconfigure(node, &undo.primary_slave).await?;
+        apply_on(node, &host, master_down).await?;
     }
     if undo.plugged {
         for m in &undo.members {
@@ -673,57 +688,4 @@ async fn bond_destroy(node: &Node, req: &Request) -> Result<Option<Wire>, XenApi
         }
     }
     Ok(void())
-}
-
-/// Moves management back to a bond's primary member as the bond goes: the member already
-/// carries the flag, so the usual "already the management interface" shortcut must not
-/// apply; the old bond device is deleted once the member has the address.
-async fn management_reconfigure_forced(
-    node: &Node,
-    pif: &Ref,
-    old_bond: Option<String>,
-) -> Result<(), XenApiError> {
-    let work = {
-        let db = node.state.db();
-        let ip = db
-            .get::<PifRecord>(pif)
-            .map(IpSettings::of)
-            .map_err(api_error)?;
-        pif_work(&db, pif, &ip)?
-    };
-    let host = work.host.clone();
-    apply_on(
-        node,
-        &host,
-        NetOp::Management {
-            network: work.network.clone(),
-            pif: work.pif.clone(),
-            bond: None,
-        },
-    )
-    .await?;
-    if let Some(bond) = old_bond {
-        let mut gone = work.pif.clone();
-        gone.device = bond.clone();
-        gone.ip = xenpool_net::IpConfig::None;
-        // Only the bond device goes; the bridge keeps the member.
-        apply_on(
-            node,
-            &host,
-            NetOp::Unplug {
-                network: work.network,
-                pif: gone,
-                bond: Some(bond),
-            },
-        )
-        .await?;
-    }
-    node.state
-        .write(|txn| {
-            for (r, management) in rules::management_flags(txn.db(), &host, Some(pif)) {
-                txn.update::<PifRecord>(&r, |p| p.management = management)?;
-            }
-            txn.update::<PifRecord>(pif, |p| p.currently_attached = true)
-        })
-        .map_err(api_error)
 }
