@@ -51,6 +51,9 @@ pub mod codes {
     pub const HA_CANNOT_CHANGE_BOND_STATUS_OF_MGMT_IFACE: &str =
         "HA_CANNOT_CHANGE_BOND_STATUS_OF_MGMT_IFACE";
     pub const SLAVE_REQUIRES_MANAGEMENT_INTERFACE: &str = "SLAVE_REQUIRES_MANAGEMENT_INTERFACE";
+    pub const POOL_JOINING_HOST_HAS_BONDS: &str = "POOL_JOINING_HOST_HAS_BONDS";
+    pub const POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS: &str =
+        "POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS";
 }
 
 /// A network call refused: its XenAPI `ErrorDescription`, code first.
@@ -1055,6 +1058,24 @@ pub fn management_flags(db: &Database, host: &Ref, pif: Option<&Ref>) -> Vec<(Re
         .collect()
 }
 
+/// `pool.join`, on the joining host's own database: a host with bonds
+/// (`POOL_JOINING_HOST_HAS_BONDS`) or with VLANs other than its management interface's
+/// (`POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS`) may not join, as their records would
+/// not survive the move into the pool's database.
+pub fn check_joiner_networks(db: &Database) -> Result<(), Refusal> {
+    if db.count(crate::Class::Bond) > 0 {
+        return refuse(codes::POOL_JOINING_HOST_HAS_BONDS, &[]);
+    }
+    let non_management = db.all::<VlanRecord>().any(|(_, v)| {
+        db.get::<PifRecord>(&v.untagged_PIF)
+            .map_or(true, |p| !p.management)
+    });
+    if non_management {
+        return refuse(codes::POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS, &[]);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -1304,6 +1325,40 @@ mod tests {
         assert_eq!(db.count(crate::Class::Bond), 0);
         assert_eq!(db.count(crate::Class::PIF), 0);
         db.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn a_host_with_bonds_or_vlans_may_not_join() {
+        let mut db = pool(1, 3);
+        check_joiner_networks(&db).unwrap();
+        let plan = check_vlan_create(&db, &r("pif-0-1"), 9, &r("n0")).unwrap();
+        let vpif = add_vlan(&mut db, &plan, "a");
+        assert_eq!(
+            code(check_joiner_networks(&db)),
+            ["POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS"]
+        );
+        db.write(|t| t.update::<PifRecord>(&vpif, |p| p.management = true))
+            .unwrap();
+        check_joiner_networks(&db).unwrap();
+        let bond = check_bond_create(
+            &db,
+            &r("n1"),
+            &[r("pif-0-2")],
+            "",
+            BondMode::Lacp,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let (b, m) = bond_records(&db, &bond, "b".into(), &r("master"), "m".into()).unwrap();
+        db.write(|t| {
+            t.create(r("master"), m)?;
+            t.create(r("bond"), b)
+        })
+        .unwrap();
+        assert_eq!(
+            code(check_joiner_networks(&db)),
+            ["POOL_JOINING_HOST_HAS_BONDS"]
+        );
     }
 
     #[test]
