@@ -404,6 +404,10 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
         .await,
     );
     let (eth2_h2, eth3_h2) = (pif_of(&c, &h2, "eth2").await, pif_of(&c, &h2, "eth3").await);
+    // A VLAN on a future member moves up to the bond, and back down when it goes.
+    let vnet = text(&must(&c, "network.create", vec![Value::Struct(vec![])]).await);
+    let v200 = text(&must(&c, "VLAN.create", vec![s(&eth2_h2), s("200"), s(&vnet)]).await);
+    let v200_pif = text(&must(&c, "VLAN.get_untagged_PIF", vec![s(&v200)]).await);
     let members = Value::Array(vec![s(&eth2_h2), s(&eth3_h2)]);
     let bond = text(
         &must(
@@ -451,6 +455,23 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
         &[("bridge", "xapi2".into()), ("port", "bond0".into())]
     ));
     wait_member_count(&member, &member_session, "Bond", 1).await;
+    assert_eq!(
+        text(&must(&c, "VLAN.get_tagged_PIF", vec![s(&v200)]).await),
+        master
+    );
+    assert_eq!(
+        text(&must(&c, "PIF.get_device", vec![s(&v200_pif)]).await),
+        "bond0"
+    );
+    assert_eq!(
+        must(&c, "PIF.get_currently_attached", vec![s(&v200_pif)]).await,
+        Value::Bool(true)
+    );
+    assert!(took(
+        &member_dir,
+        "CreateVlan",
+        &[("parent", "bond0".into()), ("vlan", 200.into())]
+    ));
     assert_eq!(
         error(call(&c, "PIF.plug", vec![s(&eth2_h2)]).await),
         ["CANNOT_PLUG_BOND_SLAVE", eth2_h2.as_str()]
@@ -517,6 +538,26 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
         "OpaqueRef:NULL"
     );
     assert!(took(&member_dir, "DeleteLink", &[("name", "bond0".into())]));
+    assert_eq!(
+        text(&must(&c, "VLAN.get_tagged_PIF", vec![s(&v200)]).await),
+        eth2_h2
+    );
+    assert_eq!(
+        text(&must(&c, "PIF.get_device", vec![s(&v200_pif)]).await),
+        "eth2"
+    );
+    assert_eq!(
+        must(&c, "PIF.get_currently_attached", vec![s(&v200_pif)]).await,
+        Value::Bool(true)
+    );
+    let vlan_links_on_eth2 = steps(&member_dir)
+        .iter()
+        .filter(|s| s["CreateVlan"]["parent"] == "eth2" && s["CreateVlan"]["vlan"] == 200)
+        .count();
+    assert_eq!(
+        vlan_links_on_eth2, 2,
+        "made on eth2, then again after the bond"
+    );
     wait_member_count(&member, &member_session, "Bond", 0).await;
 
     // A bond of the management NIC: management and its address move to the bond, and
@@ -602,7 +643,7 @@ async fn vlans_bonds_and_pifs_are_recorded_by_the_coordinator_and_applied_by_the
     }
     assert!(strings(&must(&c, "PIF.get_VLAN_slave_of", vec![s(&eth1_h2)]).await).is_empty());
     wait_member_count(&member, &member_session, "VLAN", 0).await;
-    for n in [&net, &bond_net, &bad, &other_net, &mbond_net] {
+    for n in [&net, &bond_net, &bad, &other_net, &mbond_net, &vnet] {
         must(&c, "network.destroy", vec![s(n)]).await;
     }
     assert!(took(&member_dir, "DeleteLink", &[("name", "xapi0".into())]));

@@ -908,17 +908,13 @@ pub struct BondDestroy {
 }
 
 /// `Bond.destroy`: with HA on, a bond carrying the management interface stays
-/// (`HA_CANNOT_CHANGE_BOND_STATUS_OF_MGMT_IFACE`). A bond whose master still has VLANs on
-/// it keeps them out of reach, so it is refused with `PIF_VLAN_STILL_EXISTS [master]`
-/// rather than leaving them on a PIF that goes.
+/// (`HA_CANNOT_CHANGE_BOND_STATUS_OF_MGMT_IFACE`). VLANs on the bond move down to the
+/// primary member ([`vlans_on`], [`move_vlan`]).
 pub fn check_bond_destroy(db: &Database, bond: &Ref) -> Result<BondDestroy, Refusal> {
     let b = db.get::<BondRecord>(bond)?;
     let master = pif(db, &b.master)?;
     if crate::ha_enable::ha_enabled(db) && master.management {
         return refuse(codes::HA_CANNOT_CHANGE_BOND_STATUS_OF_MGMT_IFACE, &[]);
-    }
-    if !master.VLAN_slave_of.is_empty() {
-        return refuse("PIF_VLAN_STILL_EXISTS", &[b.master.as_str()]);
     }
     let primary_slave = if b.primary_slave.is_null() {
         b.slaves.first().cloned().unwrap_or_default()
@@ -933,6 +929,33 @@ pub fn check_bond_destroy(db: &Database, bond: &Ref) -> Result<BondDestroy, Refu
         management: master.management,
         plugged: master.currently_attached,
     })
+}
+
+/// The VLANs whose tagged PIF is one of `pifs`, with their untagged PIFs: what moves when
+/// those PIFs join a bond (up to its master) or their bond goes (down to its primary
+/// member), as xapi moves them.
+pub fn vlans_on(db: &Database, pifs: &[Ref]) -> Vec<(Ref, Ref)> {
+    pifs.iter()
+        .filter_map(|p| db.get::<PifRecord>(p).ok())
+        .flat_map(|p| p.VLAN_slave_of.iter())
+        .filter_map(|v| {
+            let rec = db.get::<VlanRecord>(v).ok()?;
+            Some((v.clone(), rec.untagged_PIF.clone()))
+        })
+        .collect()
+}
+
+/// Moves a VLAN onto another PIF of the same host: the VLAN is tagged on `to`, and its
+/// untagged PIF, which shares the tagged PIF's device, takes `to`'s device. The VLAN
+/// keeps its network, tag, records and references.
+pub fn move_vlan(txn: &mut crate::db::Txn<'_>, vlan: &Ref, to: &Ref) -> Result<(), CoreError> {
+    let device = txn.get::<PifRecord>(to)?.device.clone();
+    let untagged = txn.get::<VlanRecord>(vlan)?.untagged_PIF.clone();
+    txn.update::<VlanRecord>(vlan, |v| v.tagged_PIF = to.clone())?;
+    if txn.db().exists(crate::Class::PIF, &untagged) {
+        txn.update::<PifRecord>(&untagged, |p| p.device = device)?;
+    }
+    Ok(())
 }
 
 /// The bridge xapi names for a NIC found by `PIF.scan`: `xenbrN` for `ethN`, else
@@ -1359,6 +1382,47 @@ mod tests {
             code(check_joiner_networks(&db)),
             ["POOL_JOINING_HOST_HAS_BONDS"]
         );
+    }
+
+    #[test]
+    fn vlans_move_up_to_a_bond_and_back() {
+        let mut db = pool(1, 3);
+        let plan = check_vlan_create(&db, &r("pif-0-1"), 9, &r("n0")).unwrap();
+        let vpif = add_vlan(&mut db, &plan, "a");
+        let bond = check_bond_create(
+            &db,
+            &r("n1"),
+            &[r("pif-0-1"), r("pif-0-2")],
+            "",
+            BondMode::Lacp,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let moving = vlans_on(&db, &bond.members);
+        assert_eq!(moving, vec![(r("vlan-a"), vpif.clone())]);
+        let (b, m) = bond_records(&db, &bond, "b".into(), &r("master"), "m".into()).unwrap();
+        db.write(|t| {
+            t.create(r("master"), m)?;
+            t.create(r("bond"), b)?;
+            move_vlan(t, &r("vlan-a"), &r("master"))
+        })
+        .unwrap();
+        db.check_consistency().unwrap();
+        assert_eq!(
+            db.get::<VlanRecord>(&r("vlan-a")).unwrap().tagged_PIF,
+            r("master")
+        );
+        assert_eq!(db.get::<PifRecord>(&vpif).unwrap().device, "bond0");
+        assert!(db
+            .get::<PifRecord>(&r("pif-0-1"))
+            .unwrap()
+            .VLAN_slave_of
+            .is_empty());
+        assert_eq!(vlans_on(&db, &[r("master")]).len(), 1);
+        db.write(|t| move_vlan(t, &r("vlan-a"), &r("pif-0-1")))
+            .unwrap();
+        assert_eq!(db.get::<PifRecord>(&vpif).unwrap().device, "eth1");
+        db.check_consistency().unwrap();
     }
 
     #[test]

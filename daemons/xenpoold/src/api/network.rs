@@ -606,10 +606,19 @@ async fn bond_create(node: &Node, req: &Request) -> Result<Option<Wire>, XenApiE
         )
         .await?;
     }
+    // VLANs on the members move up to the bond; those that were up come down first and go
+    // up again on the bond.
+    let (moving, replug) = vlans_moving(node, &plan.members);
+    for u in &replug {
+        unplug(node, u).await?;
+    }
     state
         .write(|txn| {
             txn.create::<PifRecord>(master.clone(), m)?;
             txn.create::<BondRecord>(bond.clone(), b)?;
+            for (v, _) in &moving {
+                rules::move_vlan(txn, v, &master)?;
+            }
             for member in &plan.members {
                 let primary = *member == plan.primary_slave;
                 txn.update::<PifRecord>(member, |p| rules::bond_member_after(p, &bond, primary))?;
@@ -640,6 +649,9 @@ async fn bond_create(node: &Node, req: &Request) -> Result<Option<Wire>, XenApiE
     } else {
         plug(node, &master).await?;
     }
+    for u in &replug {
+        plug(node, u).await?;
+    }
     Ok(string(&bond))
 }
 
@@ -663,11 +675,20 @@ async fn bond_destroy(node: &Node, req: &Request) -> Result<Option<Wire>, XenApi
         pif: work.pif,
         bond: work.bond.as_ref().map(|b| b.name.clone()),
     };
+    // VLANs on the bond move down to the primary member, before the master goes (its
+    // VLANs would go with it).
+    let (moving, replug) = vlans_moving(node, std::slice::from_ref(&undo.master));
+    for u in &replug {
+        unplug(node, u).await?;
+    }
     if undo.plugged && !undo.management {
         apply_on(node, &host, master_down.clone()).await?;
     }
     state
         .write(|txn| {
+            for (v, _) in &moving {
+                rules::move_vlan(txn, v, &undo.primary_slave)?;
+            }
             txn.update::<PifRecord>(&undo.primary_slave, |p| undo.ip.write(p))?;
             txn.destroy(Class::Bond, &bond)?;
             txn.destroy(Class::PIF, &undo.master)
@@ -687,5 +708,20 @@ async fn bond_destroy(node: &Node, req: &Request) -> Result<Option<Wire>, XenApi
             plug(node, m).await?;
         }
     }
+    for u in &replug {
+        plug(node, u).await?;
+    }
     Ok(void())
+}
+
+/// The VLANs on `pifs` (see `rules::vlans_on`), and their untagged PIFs that are up.
+fn vlans_moving(node: &Node, pifs: &[Ref]) -> (Vec<(Ref, Ref)>, Vec<Ref>) {
+    let db = node.state.db();
+    let moving = rules::vlans_on(&db, pifs);
+    let up = moving
+        .iter()
+        .filter(|(_, u)| db.get::<PifRecord>(u).is_ok_and(|p| p.currently_attached))
+        .map(|(_, u)| u.clone())
+        .collect();
+    (moving, up)
 }
