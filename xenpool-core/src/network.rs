@@ -51,6 +51,7 @@ pub mod codes {
     pub const HA_CANNOT_CHANGE_BOND_STATUS_OF_MGMT_IFACE: &str =
         "HA_CANNOT_CHANGE_BOND_STATUS_OF_MGMT_IFACE";
     pub const SLAVE_REQUIRES_MANAGEMENT_INTERFACE: &str = "SLAVE_REQUIRES_MANAGEMENT_INTERFACE";
+    pub const NOT_SUPPORTED_DURING_UPGRADE: &str = "NOT_SUPPORTED_DURING_UPGRADE";
     pub const POOL_JOINING_HOST_HAS_BONDS: &str = "POOL_JOINING_HOST_HAS_BONDS";
     pub const POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS: &str =
         "POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS";
@@ -1081,6 +1082,19 @@ pub fn management_flags(db: &Database, host: &Ref, pif: Option<&Ref>) -> Vec<(Re
         .collect()
 }
 
+/// `VLAN.create`, `pool.create_VLAN*` and `Bond.create` make VLAN and Bond records, which
+/// hosts of a version before these classes cannot apply when the pool's writes reach
+/// them: refused with `NOT_SUPPORTED_DURING_UPGRADE []` while a rolling upgrade is in
+/// progress or the hosts' versions differ.
+pub fn check_new_records_allowed(db: &Database) -> Result<(), Refusal> {
+    if crate::upgrade::rolling_upgrade_in_progress(db)
+        || crate::upgrade::pool_has_mixed_versions(db)
+    {
+        return refuse(codes::NOT_SUPPORTED_DURING_UPGRADE, &[]);
+    }
+    Ok(())
+}
+
 /// `pool.join`, on the joining host's own database: a host with bonds
 /// (`POOL_JOINING_HOST_HAS_BONDS`) or with VLANs other than its management interface's
 /// (`POOL_JOINING_HOST_HAS_NON_MANAGEMENT_VLANS`) may not join, as their records would
@@ -1423,6 +1437,26 @@ mod tests {
             .unwrap();
         assert_eq!(db.get::<PifRecord>(&vpif).unwrap().device, "eth1");
         db.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn no_vlans_or_bonds_while_versions_differ() {
+        let mut db = pool(2, 2);
+        db.write(|t| {
+            t.update::<PoolRecord>(&r("pool"), |p| p.master = r("h0"))?;
+            t.update::<HostRecord>(&r("h1"), |h| {
+                h.software_version
+                    .insert("product_version".into(), "9.0.0".into());
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            code(check_new_records_allowed(&db)),
+            ["NOT_SUPPORTED_DURING_UPGRADE"]
+        );
+        db.write(|t| t.update::<HostRecord>(&r("h1"), |h| h.software_version.clear()))
+            .unwrap();
+        check_new_records_allowed(&db).unwrap();
     }
 
     #[test]

@@ -83,8 +83,11 @@ impl Api {
                     let tagged = ref_param(&mut p, "tagged_PIF")?;
                     let tag = p.int("tag")?;
                     let network = ref_param(&mut p, "network")?;
-                    let plan = rules::check_vlan_create(&node.state.db(), &tagged, tag, &network)
-                        .map_err(refused)?;
+                    let plan = {
+                        let db = node.state.db();
+                        rules::check_new_records_allowed(&db).map_err(refused)?;
+                        rules::check_vlan_create(&db, &tagged, tag, &network).map_err(refused)?
+                    };
                     let (vlan, pif) = create_vlan(node, &plan)?;
                     // xapi plugs the new VLAN PIF at once; a failure there leaves it unplugged.
                     plug(node, &pif).await?;
@@ -105,8 +108,11 @@ impl Api {
                     let device = p.string("device")?.to_string();
                     let network = ref_param(&mut p, "network")?;
                     let tag = p.int("VLAN")?;
-                    let plans = rules::plan_pool_vlan(&node.state.db(), &device, &network, tag)
-                        .map_err(refused)?;
+                    let plans = {
+                        let db = node.state.db();
+                        rules::check_new_records_allowed(&db).map_err(refused)?;
+                        rules::plan_pool_vlan(&db, &device, &network, tag).map_err(refused)?
+                    };
                     refs(&create_vlans(node, &plans).await?)
                 }
                 ("pool", "create_VLAN_from_PIF") => {
@@ -118,6 +124,7 @@ impl Api {
                     let inputs = node.state.inputs();
                     let plans = {
                         let db = node.state.db();
+                        rules::check_new_records_allowed(&db).map_err(refused)?;
                         let live = |h: &Ref| xenpool_core::ops::host_is_live(&db, h, &inputs);
                         rules::plan_vlan_from_pif(&db, &pif, &network, tag, &live)
                             .map_err(refused)?
@@ -562,8 +569,12 @@ async fn bond_create(node: &Node, req: &Request) -> Result<Option<Wire>, XenApiE
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let state = &node.state;
-    let plan = rules::check_bond_create(&state.db(), &network, &members, &mac, mode, &properties)
-        .map_err(refused)?;
+    let plan = {
+        let db = state.db();
+        rules::check_new_records_allowed(&db).map_err(refused)?;
+        rules::check_bond_create(&db, &network, &members, &mac, mode, &properties)
+            .map_err(refused)?
+    };
     let bond = state.new_ref();
     let master = state.new_ref();
     let (b, m) = rules::bond_records(
