@@ -106,6 +106,27 @@ const RELATIONS: &[Relation] = &[
         on_delete: OnDelete::Refuse(codes::NETWORK_CONTAINS_PIF),
     },
     Relation {
+        child: Class::VLAN,
+        child_field: "tagged_PIF",
+        parent: Class::PIF,
+        parent_set: "VLAN_slave_of",
+        on_delete: OnDelete::Cascade,
+    },
+    Relation {
+        child: Class::Bond,
+        child_field: "master",
+        parent: Class::PIF,
+        parent_set: "bond_master_of",
+        on_delete: OnDelete::Cascade,
+    },
+    Relation {
+        child: Class::PIF,
+        child_field: "bond_slave_of",
+        parent: Class::Bond,
+        parent_set: "slaves",
+        on_delete: OnDelete::Nullify,
+    },
+    Relation {
         child: Class::Console,
         child_field: "VM",
         parent: Class::VM,

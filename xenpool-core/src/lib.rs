@@ -24,6 +24,7 @@
 //! - [`maintenance`]: the guards of host reboot, shutdown and destroy, and of ejecting a
 //!   dead host.
 //! - [`upgrade`]: rolling pool upgrade: the mode, version comparison, what it forbids.
+//! - [`network`]: what the network, PIF, VLAN and bond calls check and record.
 //! - [`ha_enable`]: the preconditions and settings of `pool.enable_ha` and `pool.disable_ha`.
 //! - [`snapshot`]: snapshots, checkpoints and reverts; the rules of the SR and PBD calls.
 //! - [`error`]: [`CoreError`] and the XenAPI codes.
@@ -40,6 +41,7 @@ pub mod maintenance;
 pub mod membership;
 pub mod migration;
 pub mod model;
+pub mod network;
 pub mod ops;
 pub mod persist;
 pub mod placement;
@@ -81,6 +83,8 @@ macro_rules! with_classes {
             Network => NetworkRecord,
             PIF => PifRecord,
             VIF => VifRecord,
+            VLAN => VlanRecord,
+            Bond => BondRecord,
             Console => ConsoleRecord,
             Task => TaskRecord,
             Message => MessageRecord,
@@ -197,6 +201,8 @@ impl Class {
             Class::Network => "network",
             Class::PIF => "PIF",
             Class::VIF => "VIF",
+            Class::VLAN => "VLAN",
+            Class::Bond => "Bond",
             Class::Console => "console",
             Class::Task => "task",
             Class::Message => "message",

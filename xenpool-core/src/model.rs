@@ -640,6 +640,38 @@ xenapi_class! {
     }
 }
 
+xenapi_enum! {
+    /// `bond_mode`
+    BondMode "bond_mode" { BalanceSlb = "balance-slb", ActiveBackup = "active-backup", Lacp = "lacp" }
+}
+
+xenapi_class! {
+    /// `VLAN`: a VLAN on a host: the PIF whose traffic it tags and the PIF that carries it
+    /// untagged on its network.
+    VlanRecord, VLAN {
+        ro uuid: String,
+        ro tagged_PIF: Ref,
+        ro untagged_PIF: Ref,
+        ro tag: i64,
+        rw other_config: StrMap,
+    }
+}
+
+xenapi_class! {
+    /// `Bond`: PIFs of one host bonded into one master PIF.
+    BondRecord, Bond {
+        ro uuid: String,
+        ro master: Ref,
+        ro slaves: Vec<Ref>,
+        rw other_config: StrMap,
+        ro primary_slave: Ref,
+        ro mode: BondMode,
+        ro properties: StrMap,
+        ro links_up: i64,
+        ro auto_update_mac: bool,
+    }
+}
+
 xenapi_class! {
     /// `VIF`: a virtual network interface of a VM.
     VifRecord, VIF {

@@ -9,7 +9,7 @@ pub enum NetError {
     /// An MTU outside 68..=65535.
     #[error("invalid MTU {0}")]
     InvalidMtu(u32),
-    /// A VLAN tag outside 1..=4094.
+    /// A VLAN tag outside 0..=4094.
     #[error("invalid VLAN tag {0}")]
     InvalidVlan(u16),
     /// A MAC address not of the form `aa:bb:cc:dd:ee:ff`.

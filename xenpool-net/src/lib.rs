@@ -13,9 +13,10 @@
 //! [`scan`](NetworkBackend::scan); `host.management_reconfigure` →
 //! [`management_reconfigure`](NetworkBackend::management_reconfigure).
 //!
-//! A daemon with `CAP_NET_ADMIN` (`has_cap_net_admin` tells, on Linux) uses
-//! `LinuxBridgeBackend`; one without keeps a [`DryRunBackend`], which can start from the
-//! host's real links ([`DryRunBackend::from_snapshot`]) since reading needs no privilege.
+//! The daemon's `network_backend` setting chooses: `linux` uses `LinuxBridgeBackend`
+//! (it needs `CAP_NET_ADMIN`; `has_cap_net_admin` tells, on Linux), the default keeps a
+//! [`DryRunBackend`], which can start from the host's real links
+//! ([`DryRunBackend::from_snapshot`]) since reading needs no privilege.
 //!
 //! This crate never decides policy: which networks a host should have, which PIF is the
 //! management interface, or whether a change is allowed is decided in `xenpool-core`.

@@ -96,10 +96,7 @@ mod tests {
         assert_ne!(long, vlan_ifname("enx001122334456", 100).unwrap());
         let max = vlan_ifname("enx001122334455", 4094).unwrap();
         assert_eq!(max.len(), 14);
-        assert!(matches!(
-            vlan_ifname("eth0", 0),
-            Err(NetError::InvalidVlan(0))
-        ));
+        assert_eq!(vlan_ifname("eth0", 0).unwrap(), "eth0.0");
         assert!(matches!(
             vlan_ifname("eth0", 4095),
             Err(NetError::InvalidVlan(4095))

@@ -67,8 +67,10 @@ pub fn validate_ifname(name: &str) -> Result<(), NetError> {
     }
 }
 
+/// Tags 0 to 4094, as xapi accepts them (`VLAN.create`) and the kernel makes them (0 is a
+/// priority tag); 4095 is reserved by 802.1Q.
 pub(crate) fn validate_vlan_tag(tag: u16) -> Result<(), NetError> {
-    if tag == 0 || tag > 4094 {
+    if tag > 4094 {
         Err(NetError::InvalidVlan(tag))
     } else {
         Ok(())

@@ -69,6 +69,26 @@ pub struct Config {
     pub plugin_timeout_secs: f64,
     /// Bytes a plugin may write on its standard output; more is an error.
     pub plugin_max_output_bytes: usize,
+    /// What applies this host's networks, PIFs, VLANs and bonds.
+    pub network_backend: NetworkBackendKind,
+    /// The NICs the dry-run backend models (the host's own are not touched). Empty: the
+    /// host's real links, read without privileges.
+    pub network_devices: Vec<String>,
+    /// Software link kinds the Linux backend reports as NICs in `PIF.scan` (such as
+    /// `veth` for a host whose NICs are veth pairs: namespaces, nested virtualisation).
+    pub network_nic_kinds: Vec<String>,
+}
+
+/// Which network backend a host uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkBackendKind {
+    /// Records every step in a model of the host and changes nothing: needs no
+    /// privileges, so it is the default and what a local pool of several daemons uses.
+    #[default]
+    DryRun,
+    /// Linux bridges, VLAN links and bonds over netlink (needs `CAP_NET_ADMIN`).
+    Linux,
 }
 
 impl Default for Config {
@@ -103,6 +123,9 @@ impl Default for Config {
             plugin_dir: None,
             plugin_timeout_secs: 60.0,
             plugin_max_output_bytes: 1024 * 1024,
+            network_backend: NetworkBackendKind::DryRun,
+            network_devices: vec!["eth0".into()],
+            network_nic_kinds: Vec::new(),
         }
     }
 }

@@ -26,6 +26,7 @@
 //! - [`host_work`]: domain actions and VDI files, here or forwarded to their host.
 //! - [`storage`]: SR plugs, VDI files, scans and memory images on the host that reaches
 //!   the storage.
+//! - [`network`]: this host's network backend; network work here or forwarded to its host.
 //! - [`ha`]: when the failover planner runs relative to the database lock.
 //! - [`ha_runtime`]: this host's HA daemon, the coordinator's lease, the redo log.
 //! - [`ha_pool`]: enabling, disabling and arming HA across the pool; carrying out the HA
@@ -55,6 +56,7 @@ pub mod host_work;
 pub mod liveness;
 pub mod metrics;
 pub mod migration;
+pub mod network;
 pub mod node;
 pub mod passwords;
 pub mod plugins;

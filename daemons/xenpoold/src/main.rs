@@ -83,6 +83,16 @@ struct Args {
     /// Bytes a plugin may write on its standard output.
     #[arg(long)]
     plugin_max_output_bytes: Option<usize>,
+    /// What applies the host's networks: `dry-run` (the default: records, changes
+    /// nothing) or `linux` (bridges, VLANs and bonds over netlink; needs CAP_NET_ADMIN).
+    #[arg(long, value_enum)]
+    network_backend: Option<xenpoold::config::NetworkBackendKind>,
+    /// The NICs the dry-run backend models, comma-separated (default: eth0).
+    #[arg(long, value_delimiter = ',')]
+    network_devices: Option<Vec<String>>,
+    /// Link kinds the linux network backend counts as NICs, comma-separated (e.g. veth).
+    #[arg(long, value_delimiter = ',')]
+    network_nic_kinds: Option<Vec<String>>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -163,6 +173,15 @@ fn config_from(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.plugin_max_output_bytes {
         c.plugin_max_output_bytes = v;
+    }
+    if let Some(v) = args.network_backend {
+        c.network_backend = v;
+    }
+    if let Some(v) = &args.network_devices {
+        c.network_devices = v.clone();
+    }
+    if let Some(v) = &args.network_nic_kinds {
+        c.network_nic_kinds = v.clone();
     }
     Ok(c)
 }

@@ -8,6 +8,7 @@ mod events;
 mod generic;
 mod host_extras;
 mod migrate;
+mod network;
 mod objects;
 mod pool;
 mod storage;
@@ -95,6 +96,9 @@ impl Api {
                 _ => Err(XenApiError::method_unknown(&req.method)),
             };
         }
+        if network::is_internal(&req.class, &req.message) {
+            return self.network_internal(&req).await;
+        }
         if req.message.starts_with("xenpool_") && req.message != "xenpool_add_host" {
             return self.internal_call(&req).await;
         }
@@ -132,6 +136,7 @@ impl Api {
             Some(Route::Object) => self.object_call(cx, req).await?,
             Some(Route::Storage) => self.storage_call(cx, req).await?,
             Some(Route::Extras) => self.extras_call(cx, req).await?,
+            Some(Route::Network) => self.network_call(req).await?,
             Some(Route::Open) | None => None,
         };
         if let Some(r) = specific {
@@ -186,6 +191,8 @@ enum Route {
     Storage,
     /// Plugins and performance data (`host_extras`).
     Extras,
+    /// Networks, PIFs, VLANs and bonds (`network`).
+    Network,
 }
 
 /// Messages per class, as each handler module declares them.
@@ -228,6 +235,7 @@ const ROUTES: &[(Messages, Route)] = &[
     (storage::METHODS, Route::Storage),
     (objects::METHODS, Route::Object),
     (host_extras::METHODS, Route::Extras),
+    (network::METHODS, Route::Network),
 ];
 
 fn route(class: &str, message: &str) -> Option<Route> {

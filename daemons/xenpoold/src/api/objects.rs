@@ -1,10 +1,10 @@
-//! Create and destroy calls of VBD, VIF, network and message, and the host calls the pool
-//! rules guard.
+//! Create and destroy calls of VBD, VIF and message, and the host calls the pool rules
+//! guard.
 
 use xenpool_core::devices;
 use xenpool_core::ops::{check_host_operation, refresh_vm_allowed_operations};
 use xenpool_core::{
-    Class, HostOperation, HostRecord, MessageClass, MessageRecord, NetworkRecord, Object, Ref,
+    Class, HostOperation, HostRecord, MessageClass, MessageRecord, Object, Ref,
 };
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
@@ -29,7 +29,6 @@ pub(super) fn record_from(class: Class, fields: &[(String, Wire)]) -> Result<Obj
 pub const METHODS: &[(&str, &[&str])] = &[
     ("VBD", &["create", "destroy"]),
     ("VIF", &["create", "destroy"]),
-    ("network", &["create", "destroy"]),
     ("message", &["create", "destroy", "get_since"]),
     (
         "host",
@@ -127,29 +126,6 @@ impl Api {
                 node.after_vm_change();
                 void()
             }
-            ("network", "create") => {
-                let mut p = req.reader(2)?;
-                p.value()?;
-                let obj = record_from(Class::Network, p.structure("args")?)?;
-                let Object::Network(mut rec) = obj else {
-                    return Ok(None);
-                };
-                let r = state.new_ref();
-                rec.uuid = state.new_uuid();
-                rec.VIFs.clear();
-                rec.PIFs.clear();
-                if rec.bridge.is_empty() {
-                    rec.bridge = format!("xapi{}", state.db().count(Class::Network));
-                }
-                if rec.MTU == 0 {
-                    rec.MTU = 1500;
-                }
-                state
-                    .write(|txn| txn.create::<NetworkRecord>(r.clone(), *rec))
-                    .map_err(api_error)?;
-                string(&r)
-            }
-            ("network", "destroy") => self.destroy_call(Class::Network, req)?,
             ("message", "create") => {
                 let mut p = req.reader(6)?;
                 p.value()?;
