@@ -69,6 +69,9 @@ pub struct Config {
     pub plugin_timeout_secs: f64,
     /// Bytes a plugin may write on its standard output; more is an error.
     pub plugin_max_output_bytes: usize,
+    /// Bytes per second a resynchronisation of aggregated local storage copies at most, so
+    /// that it leaves the network and disks to the guests; 0 for no limit.
+    pub als_resync_bytes_per_sec: u64,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             plugin_dir: None,
             plugin_timeout_secs: 60.0,
             plugin_max_output_bytes: 1024 * 1024,
+            als_resync_bytes_per_sec: 0,
         }
     }
 }

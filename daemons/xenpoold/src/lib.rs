@@ -148,6 +148,7 @@ pub fn open_node_with(
         ha: crate::ha_runtime::HaRuntime::default(),
         migrations: crate::migration::Incoming::default(),
         metrics: crate::metrics::Metrics::default(),
+        als: crate::als::AlsState::default(),
     });
     if let Role::Member { coordinator } = &role {
         node.state.set_write_gate(Some(coordinator.clone()));
@@ -285,6 +286,7 @@ pub async fn run(
     crate::pool::start_background(&node, stop_rx.clone());
     crate::consoles::keep(node.clone(), stop_rx.clone());
     crate::ha_pool::watch_ha_daemon(node.clone());
+    crate::als::watch(node.clone(), stop_rx.clone());
     ready(started);
     shutdown.await;
     let _ = stop_tx.send(true);

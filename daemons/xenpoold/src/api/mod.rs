@@ -94,6 +94,9 @@ impl Api {
                 _ => Err(XenApiError::method_unknown(&req.method)),
             };
         }
+        if req.message.starts_with("xenpool_als_") {
+            return self.als_internal(&req).await;
+        }
         if req.message.starts_with("xenpool_") && req.message != "xenpool_add_host" {
             return self.internal_call(&req).await;
         }
@@ -130,6 +133,7 @@ impl Api {
             Some(Route::Pool | Route::Internal) => self.pool_call(cx, req).await?,
             Some(Route::Object) => self.object_call(cx, req).await?,
             Some(Route::Extras) => self.extras_call(cx, req).await?,
+            Some(Route::Als) => self.als_call(cx, req).await?,
             Some(Route::Open) | None => None,
         };
         if let Some(r) = specific {
@@ -182,6 +186,8 @@ enum Route {
     Object,
     /// Plugins and performance data (`host_extras`).
     Extras,
+    /// Aggregated local storage (`als`).
+    Als,
 }
 
 /// Messages per class, as each handler module declares them.
@@ -223,6 +229,8 @@ const ROUTES: &[(Messages, Route)] = &[
     (pool::INTERNAL_METHODS, Route::Internal),
     (objects::METHODS, Route::Object),
     (host_extras::METHODS, Route::Extras),
+    (als::METHODS, Route::Als),
+    (als::INTERNAL_METHODS, Route::Internal),
 ];
 
 fn route(class: &str, message: &str) -> Option<Route> {
@@ -247,7 +255,14 @@ impl xenpool_rpc::Handler for Api {
     }
 
     async fn get(&self, request: xenpool_rpc::HttpGet) -> Option<xenpool_rpc::HttpAnswer> {
+        if let Some(answer) = self.als_http_get(&request).await {
+            return Some(answer);
+        }
         self.http_get(request).await
+    }
+
+    async fn put(&self, request: xenpool_rpc::HttpPut) -> Option<xenpool_rpc::HttpAnswer> {
+        self.als_http_put(request).await
     }
 
     /// Plain reads change nothing, so abandoning one halfway is harmless; a long-poll
