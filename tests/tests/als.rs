@@ -373,6 +373,69 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
     assert!(copies[0] == copies[2], "h1 and h3 differ");
     assert!(copies[0][..expected.len()] == expected[..]);
     assert!(copies[0][expected.len()..].iter().all(|b| *b == 0));
+
+    // A reboot through the API: h2 is declared away as it goes down, h3 may not reboot
+    // meanwhile, and h2 gets back what was written while it was down.
+    must(&p.c, "host.disable", vec![s(&refs[2])]).await;
+    let succeeded =
+        |tasks: Vec<(String, f64, Value)>| tasks.iter().filter(|t| t.0 == "success").count();
+    let before = succeeded(p.resync_tasks(&uuids[1]).await);
+    must(&p.c, "host.reboot", vec![s(&refs[1])]).await;
+    let e = call(&p.c, "host.reboot", vec![s(&refs[2])])
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("CLUSTERED_SR_DEGRADED"), "{e:?}");
+    let during = pattern(3, 2 * MIB);
+    let (status, body) = p.put(&vdi, 40 * MIB, &during).await;
+    assert_eq!(status, 200, "{body}");
+    let resynced = xenpool_tests::wait_for(Duration::from_secs(60), || async {
+        (succeeded(p.resync_tasks(&uuids[1]).await) > before).then_some(())
+    })
+    .await;
+    assert!(
+        resynced.is_some(),
+        "h2 was not resynchronised after its reboot"
+    );
+    let allowed = xenpool_tests::wait_for(Duration::from_secs(30), || async {
+        let ops = p.allowed(2).await;
+        (ops.contains("reboot") && ops.contains("shutdown")).then_some(())
+    })
+    .await;
+    assert!(allowed.is_some(), "h3: {}", p.allowed(2).await);
+    let mut whole = expected.clone();
+    whole.resize(VDI_SIZE as usize, 0);
+    whole[(40 * MIB) as usize..(42 * MIB) as usize].copy_from_slice(&during);
+    for i in 0..3 {
+        let copy = std::fs::read(image(&p.pool, i, &sr_uuid, &location)).unwrap();
+        assert!(copy == whole, "h{}'s copy differs after h2's reboot", i + 1);
+    }
+
+    // A VDI made and destroyed on the SR has an image on every host, then none.
+    let scratch = text(
+        &must(
+            &p.c,
+            "VDI.create",
+            vec![Value::Struct(vec![
+                ("name_label".into(), s("scratch")),
+                ("SR".into(), s(&sr)),
+                ("virtual_size".into(), s(&MIB.to_string())),
+                ("type".into(), s("user")),
+                ("sharable".into(), Value::Bool(false)),
+                ("read_only".into(), Value::Bool(false)),
+                ("other_config".into(), Value::Struct(vec![])),
+            ])],
+        )
+        .await,
+    );
+    let scratch_location = text(&must(&p.c, "VDI.get_location", vec![s(&scratch)]).await);
+    for i in 0..3 {
+        assert!(image(&p.pool, i, &sr_uuid, &scratch_location).exists());
+    }
+    must(&p.c, "VDI.destroy", vec![s(&scratch)]).await;
+    for i in 0..3 {
+        assert!(!image(&p.pool, i, &sr_uuid, &scratch_location).exists());
+    }
+
     eprintln!(
         "als: h3 seen down after {down:?}; 8 MiB written to two mirrors in {write_time:?}; \
          h3 live again after {back_up:?}; {total} bytes resynchronised in {resync_time:?} \

@@ -59,6 +59,21 @@ pub const MAX_CHUNK: u64 = 1 << 20;
 /// How long a failed resynchronisation waits before it is tried again.
 const RESYNC_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a resynchronisation cancelled by a client (`task.cancel`) waits before it
+/// starts again.
+const RESYNC_AFTER_CANCEL: Duration = Duration::from_secs(60);
+
+/// How a resynchronisation ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Every mirror of the host is in sync.
+    Complete,
+    /// The host went away again, the SR was forgotten or the daemon stops.
+    Stopped,
+    /// A client cancelled its task.
+    Cancelled,
+}
+
 /// How often a running resynchronisation writes its progress to its task.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
@@ -615,6 +630,8 @@ fn look(node: &Arc<Node>) {
         .write(|txn| xenpool_core::ops::refresh_allowed_operations(txn, &new_inputs).map(|_| ()));
     if let Err(e) = result {
         tracing::warn!(error = %e, "cannot refresh allowed operations after a mirror change");
+        // Tried again at the next look.
+        lock(&node.als.seen).clear();
     }
 }
 
@@ -644,24 +661,31 @@ fn maybe_resync(node: &Arc<Node>, entry: &Arc<Entry>, host: &str, host_ref: &Ref
             tokio::task::spawn_blocking(move || resync(&node, &entry, &host, &host_ref, &cancel))
         };
         let result = worker.await;
-        let failed = match &result {
-            Ok(Ok(done)) => {
-                tracing::info!(sr = %entry.sr_uuid, host = %host, complete = done, "mirror resynchronisation ended");
-                false
+        let wait = match &result {
+            Ok(Ok(ended)) => {
+                tracing::info!(sr = %entry.sr_uuid, host = %host, ?ended, "mirror resynchronisation ended");
+                match ended {
+                    Ended::Complete | Ended::Stopped => None,
+                    // The mirror must converge all the same: a cancel only puts it off.
+                    Ended::Cancelled => Some(RESYNC_AFTER_CANCEL),
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(sr = %entry.sr_uuid, host = %host, error = %e, "mirror resynchronisation failed");
-                true
+                Some(RESYNC_RETRY)
             }
             Err(e) => {
                 tracing::error!(sr = %entry.sr_uuid, host = %host, error = %e, "mirror resynchronisation panicked");
-                true
+                Some(RESYNC_RETRY)
             }
         };
-        if failed {
-            lock(&entry.retry_after).insert(host.clone(), Instant::now() + RESYNC_RETRY);
-        } else {
-            lock(&entry.retry_after).remove(&host);
+        match wait {
+            Some(wait) => {
+                lock(&entry.retry_after).insert(host.clone(), Instant::now() + wait);
+            }
+            None => {
+                lock(&entry.retry_after).remove(&host);
+            }
         }
         lock(&entry.running).remove(&host);
         node.als.wake();
@@ -701,7 +725,7 @@ impl ResyncTask<'_> {
         ResyncTask { node, task }
     }
 
-    fn publish(&self, p: xenpool_storage::als::ResyncProgress, end: Option<Result<(), String>>) {
+    fn publish(&self, p: xenpool_storage::als::ResyncProgress, end: Option<Result<Ended, String>>) {
         let _ = self.node.state.write(|txn| {
             if !txn.db().exists(Class::Task, &self.task) {
                 return Ok(());
@@ -716,9 +740,14 @@ impl ResyncTask<'_> {
                     t.finished = crate::state::now();
                     t.allowed_operations = vec![TaskOperation::Destroy];
                     match end {
-                        Ok(()) => {
+                        Ok(Ended::Complete) => {
                             t.status = TaskStatus::Success;
                             t.progress = 1.0;
+                        }
+                        Ok(Ended::Stopped | Ended::Cancelled) => {
+                            t.status = TaskStatus::Cancelled;
+                            t.error_info =
+                                vec!["TASK_CANCELLED".into(), self.task.as_str().to_string()];
                         }
                         Err(e) => {
                             t.status = TaskStatus::Failure;
@@ -739,14 +768,14 @@ impl ResyncTask<'_> {
 }
 
 /// Resynchronises `host`'s mirrors of the SR on this (blocking) thread, paced by
-/// `als_resync_bytes_per_sec`. Returns whether it completed.
+/// `als_resync_bytes_per_sec`. Returns how it ended.
 fn resync(
     node: &Node,
     entry: &Entry,
     host: &str,
     host_ref: &Ref,
     cancel: &AtomicBool,
-) -> Result<bool, StorageError> {
+) -> Result<Ended, StorageError> {
     let mut job = entry.sr.start_resync(host)?;
     let rate = node.config.als_resync_bytes_per_sec;
     // Small enough steps that the pace is even and a write never waits long.
@@ -763,14 +792,17 @@ fn resync(
     node.als.wake();
     let started = Instant::now();
     let mut published = Instant::now();
-    let result = (|| -> Result<bool, StorageError> {
+    let result = (|| -> Result<Ended, StorageError> {
         loop {
             let p = job.progress();
             if p.complete {
-                return Ok(true);
+                return Ok(Ended::Complete);
             }
-            if cancel.load(Ordering::SeqCst) || task.cancelled() {
-                return Ok(false);
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(Ended::Stopped);
+            }
+            if task.cancelled() {
+                return Ok(Ended::Cancelled);
             }
             let p = job.step()?;
             if published.elapsed() >= PUBLISH_EVERY {
@@ -786,8 +818,7 @@ fn resync(
         }
     })();
     let end = match &result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err("cancelled".to_string()),
+        Ok(ended) => Ok(*ended),
         Err(e) => Err(e.to_string()),
     };
     task.publish(job.progress(), Some(end));
