@@ -131,7 +131,7 @@ fn image(pool: &HaPool, i: usize, sr_uuid: &str, location: &str) -> PathBuf {
 
 async fn wait_live(c: &Client, host: &str, live: bool, what: &str) -> Duration {
     let start = Instant::now();
-    let ok = xenpool_tests::wait_for(Duration::from_secs(60), || async {
+    let ok = xenpool_tests::wait_for(Duration::from_secs(30), || async {
         (host_live(c, host).await == Some(live)).then_some(())
     })
     .await;
@@ -139,8 +139,9 @@ async fn wait_live(c: &Client, host: &str, live: bool, what: &str) -> Duration {
     start.elapsed()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_resynchronised() {
+/// Three hosts on 127.<net>.0.x that declare a silent member down after 2 s and
+/// resynchronise at [`RESYNC_RATE`].
+async fn start(net: u8) -> Pool {
     let config = tempfile::tempdir().unwrap();
     let config_file = config.path().join("xenpoold.toml");
     std::fs::write(
@@ -149,7 +150,7 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
     )
     .unwrap();
     let pool = HaPool::start(
-        Net::Loopback(86),
+        Net::Loopback(net),
         &HaOptions {
             hosts: 3,
             vms_per_host: 0,
@@ -166,12 +167,72 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
     .await;
     let c = pool.coordinator_client(&[0, 1, 2]).await;
     let session = c.session().unwrap();
-    let mut p = Pool {
+    Pool {
         pool,
         c,
         session,
         _config: config,
-    };
+    }
+}
+
+/// `SR.create` of type `als` over `hosts` (UUIDs).
+async fn create_sr(p: &Pool, hosts: &[String]) -> Result<String, xenpool_rpc::RpcError> {
+    call(
+        &p.c,
+        "SR.create",
+        vec![
+            s(&p.pool.host_refs[0]),
+            Value::Struct(vec![("hosts".into(), s(&hosts.join(",")))]),
+            s("0"),
+            s("mirrored"),
+            s("aggregated local storage"),
+            s("als"),
+            s("user"),
+            Value::Bool(true),
+            Value::Struct(vec![]),
+        ],
+    )
+    .await
+    .map(|v| text(&v))
+}
+
+/// A VDI of `size` bytes on `sr`: its reference and location.
+async fn create_vdi(p: &Pool, sr: &str, name: &str, size: u64) -> (String, String) {
+    let vdi = text(
+        &must(
+            &p.c,
+            "VDI.create",
+            vec![Value::Struct(vec![
+                ("name_label".into(), s(name)),
+                ("SR".into(), s(sr)),
+                ("virtual_size".into(), s(&size.to_string())),
+                ("type".into(), s("user")),
+                ("sharable".into(), Value::Bool(false)),
+                ("read_only".into(), Value::Bool(false)),
+                ("other_config".into(), Value::Struct(vec![])),
+            ])],
+        )
+        .await,
+    );
+    let location = text(&must(&p.c, "VDI.get_location", vec![s(&vdi)]).await);
+    (vdi, location)
+}
+
+/// Waits for a resynchronisation of host `uuid` to end, after the `skip` that had
+/// already: (status, other_config).
+async fn resync_ended(p: &Pool, uuid: &str, skip: usize) -> (String, Value) {
+    let ended = xenpool_tests::wait_for(Duration::from_secs(30), || async {
+        let tasks = p.resync_tasks(uuid).await;
+        let done: Vec<_> = tasks.into_iter().filter(|t| t.0 != "pending").collect();
+        (done.len() > skip).then(|| (done[0].0.clone(), done[0].2.clone()))
+    })
+    .await;
+    ended.expect("no resynchronisation ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_resynchronised() {
+    let mut p = start(86).await;
     let refs = p.pool.host_refs.clone();
     let mut uuids = Vec::new();
     for h in &refs {
@@ -179,24 +240,7 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
     }
 
     // An SR over the three hosts; each gets a PBD and a directory of its own.
-    let sr = text(
-        &must(
-            &p.c,
-            "SR.create",
-            vec![
-                s(&refs[0]),
-                Value::Struct(vec![("hosts".into(), s(&uuids.join(",")))]),
-                s("0"),
-                s("mirrored"),
-                s("aggregated local storage"),
-                s("als"),
-                s("user"),
-                Value::Bool(true),
-                Value::Struct(vec![]),
-            ],
-        )
-        .await,
-    );
+    let sr = create_sr(&p, &uuids).await.unwrap();
     let sr_uuid = text(&must(&p.c, "SR.get_uuid", vec![s(&sr)]).await);
     assert_eq!(
         must(&p.c, "SR.get_shared", vec![s(&sr)]).await,
@@ -211,42 +255,10 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
         assert!(dir.is_dir(), "no mirror directory on h{}", i + 1);
     }
     // Fewer than two hosts is not a mirror.
-    let e = call(
-        &p.c,
-        "SR.create",
-        vec![
-            s(&refs[0]),
-            Value::Struct(vec![("hosts".into(), s(&uuids[0]))]),
-            s("0"),
-            s("one"),
-            s(""),
-            s("als"),
-            s("user"),
-            Value::Bool(true),
-            Value::Struct(vec![]),
-        ],
-    )
-    .await
-    .unwrap_err();
+    let e = create_sr(&p, &uuids[..1]).await.unwrap_err();
     assert!(format!("{e:?}").contains("INVALID_VALUE"), "{e:?}");
 
-    let vdi = text(
-        &must(
-            &p.c,
-            "VDI.create",
-            vec![Value::Struct(vec![
-                ("name_label".into(), s("disk")),
-                ("SR".into(), s(&sr)),
-                ("virtual_size".into(), s(&VDI_SIZE.to_string())),
-                ("type".into(), s("user")),
-                ("sharable".into(), Value::Bool(false)),
-                ("read_only".into(), Value::Bool(false)),
-                ("other_config".into(), Value::Struct(vec![])),
-            ])],
-        )
-        .await,
-    );
-    let location = text(&must(&p.c, "VDI.get_location", vec![s(&vdi)]).await);
+    let (vdi, location) = create_vdi(&p, &sr, "disk", VDI_SIZE).await;
     let first = pattern(1, FIRST);
     let (status, body) = p.put(&vdi, 0, &first).await;
     assert_eq!(status, 200, "{body}");
@@ -337,7 +349,7 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
             assert!(!ops.contains("reboot"), "{ops}");
         }
         assert!(
-            resync_start.elapsed() < Duration::from_secs(60),
+            resync_start.elapsed() < Duration::from_secs(30),
             "the resynchronisation did not end"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -388,7 +400,7 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
     let during = pattern(3, 2 * MIB);
     let (status, body) = p.put(&vdi, 40 * MIB, &during).await;
     assert_eq!(status, 200, "{body}");
-    let resynced = xenpool_tests::wait_for(Duration::from_secs(60), || async {
+    let resynced = xenpool_tests::wait_for(Duration::from_secs(30), || async {
         (succeeded(p.resync_tasks(&uuids[1]).await) > before).then_some(())
     })
     .await;
@@ -411,23 +423,7 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
     }
 
     // A VDI made and destroyed on the SR has an image on every host, then none.
-    let scratch = text(
-        &must(
-            &p.c,
-            "VDI.create",
-            vec![Value::Struct(vec![
-                ("name_label".into(), s("scratch")),
-                ("SR".into(), s(&sr)),
-                ("virtual_size".into(), s(&MIB.to_string())),
-                ("type".into(), s("user")),
-                ("sharable".into(), Value::Bool(false)),
-                ("read_only".into(), Value::Bool(false)),
-                ("other_config".into(), Value::Struct(vec![])),
-            ])],
-        )
-        .await,
-    );
-    let scratch_location = text(&must(&p.c, "VDI.get_location", vec![s(&scratch)]).await);
+    let (scratch, scratch_location) = create_vdi(&p, &sr, "scratch", MIB).await;
     for i in 0..3 {
         assert!(image(&p.pool, i, &sr_uuid, &scratch_location).exists());
     }
@@ -442,4 +438,57 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
          (paced at {RESYNC_RATE} B/s); {refused_during} reboots refused during it"
     );
     p.pool.hosts[2].kill9_host();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_mirror_misses_survives_a_crash_of_the_coordinator() {
+    let mut p = start(87).await;
+    let refs = p.pool.host_refs.clone();
+    let mut uuids = Vec::new();
+    for h in &refs {
+        uuids.push(text(&must(&p.c, "host.get_uuid", vec![s(h)]).await));
+    }
+    let sr = create_sr(&p, &uuids).await.unwrap();
+    let sr_uuid = text(&must(&p.c, "SR.get_uuid", vec![s(&sr)]).await);
+    let (vdi, location) = create_vdi(&p, &sr, "disk", 16 * MIB).await;
+    let first = pattern(5, 4 * MIB);
+    assert_eq!(p.put(&vdi, 0, &first).await.0, 200);
+
+    p.pool.hosts[2].kill9_host();
+    wait_live(&p.c, &refs[2], false, "h3 is still live").await;
+    let changed = pattern(6, 2 * MIB);
+    let (status, body) = p.put(&vdi, 4 * MIB, &changed).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The coordinator, which holds the SR's journal, loses power and starts again. It
+    // gives every member a grace period, h3 included, but its journal says h3 is behind:
+    // reboots stay refused from its first answer on.
+    must(&p.c, "host.disable", vec![s(&refs[1])]).await;
+    p.pool.hosts[0].kill9_host();
+    p.pool.hosts[0].spawn();
+    p.c = p.pool.coordinator_client(&[0]).await;
+    p.session = p.c.session().unwrap();
+    let e = call(&p.c, "host.reboot", vec![s(&refs[1])])
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("CLUSTERED_SR_DEGRADED"), "{e:?}");
+    wait_live(&p.c, &refs[2], false, "h3 is live after its grace period").await;
+
+    // h3 returns and gets what the journal says it misses, and nothing more.
+    p.pool.hosts[2].spawn();
+    wait_live(&p.c, &refs[2], true, "h3 did not come back").await;
+    let (status, oc) = resync_ended(&p, &uuids[2], 0).await;
+    assert_eq!(status, "success", "{oc:?}");
+    assert_eq!(
+        text(field(&oc, "total_bytes")),
+        (2 * MIB).to_string(),
+        "{oc:?}"
+    );
+    let mut expected = first;
+    expected.extend_from_slice(&changed);
+    expected.resize((16 * MIB) as usize, 0);
+    for i in 0..3 {
+        let copy = std::fs::read(image(&p.pool, i, &sr_uuid, &location)).unwrap();
+        assert!(copy == expected, "h{}'s copy differs", i + 1);
+    }
 }

@@ -491,7 +491,13 @@ impl MirrorTarget for RemoteMirror {
 
 /// Follows the pool for the SRs whose data path runs here, until `stop`: see the module
 /// documentation.
+///
+/// The first look happens before it returns, so that a coordinator that starts again
+/// knows which mirrors are behind before it answers a call.
 pub fn watch(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if node.is_coordinator() {
+        look(&node);
+    }
     tokio::spawn(async move {
         let mut generation = node.state.generation.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -265,6 +265,9 @@ pub async fn run(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // Before the first call is served: what the journals of aggregated SRs say about
+    // their mirrors is an input of host.allowed_operations.
+    crate::als::watch(node.clone(), stop_rx.clone());
     let limits = config.server_limits();
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(xenpool_rpc::serve(
@@ -286,7 +289,6 @@ pub async fn run(
     crate::pool::start_background(&node, stop_rx.clone());
     crate::consoles::keep(node.clone(), stop_rx.clone());
     crate::ha_pool::watch_ha_daemon(node.clone());
-    crate::als::watch(node.clone(), stop_rx.clone());
     ready(started);
     shutdown.await;
     let _ = stop_tx.send(true);
