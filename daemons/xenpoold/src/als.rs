@@ -193,12 +193,28 @@ impl Node {
             if rec.r#type != SR_TYPE {
                 return Err(XenApiError::new("SR_NOT_ATTACHED", [sr.as_str()]));
             }
+            // The mirror hosts are those named when the SR was made: a host that joins the
+            // pool later gets a PBD for every shared SR, but no copy of this one.
+            let pbds: Vec<&PbdRecord> = rec
+                .PBDs
+                .iter()
+                .filter_map(|p| db.get::<PbdRecord>(p).ok())
+                .collect();
+            let named: Vec<Ref> = match pbds.iter().find_map(|p| p.device_config.get(HOSTS_KEY)) {
+                Some(list) => list
+                    .split(',')
+                    .map(|u| {
+                        db.ref_by_uuid(Class::Host, u.trim())
+                            .cloned()
+                            .map_err(crate::conv::api_error)
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => pbds.iter().map(|p| p.host.clone()).collect(),
+            };
             let mut hosts = Vec::new();
-            for pbd in rec.PBDs.iter().filter_map(|p| db.get::<PbdRecord>(p).ok()) {
-                let h = db
-                    .get::<HostRecord>(&pbd.host)
-                    .map_err(crate::conv::api_error)?;
-                hosts.push((pbd.host.clone(), h.uuid.clone(), h.address.clone()));
+            for r in named {
+                let h = db.get::<HostRecord>(&r).map_err(crate::conv::api_error)?;
+                hosts.push((r.clone(), h.uuid.clone(), h.address.clone()));
             }
             let journal_host = rec.sm_config.get(JOURNAL_HOST).cloned().unwrap_or_default();
             (rec.uuid.clone(), journal_host, hosts)

@@ -29,6 +29,8 @@
 //! - [`ha_pool`]: enabling, disabling and arming HA across the pool; carrying out the HA
 //!   daemons' decisions.
 //! - [`pool`]: joining, members, replication, coordinator transfer.
+//! - [`als`]: aggregated local storage: the data path of SRs mirrored over hosts, hosts
+//!   declared away and resynchronised, the resynchronisation input of allowed operations.
 //!
 //! The XenAPI:
 //! - [`api`]: dispatch, sessions and roles, tasks, events, VM lifecycle.
