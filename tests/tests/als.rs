@@ -61,9 +61,14 @@ struct Pool {
 impl Pool {
     /// `PUT /import_raw_vdi` of `data` at `offset`, on the coordinator.
     async fn put(&self, vdi: &str, offset: u64, data: &[u8]) -> (u16, String) {
+        self.put_query(vdi, offset, data, "").await
+    }
+
+    /// [`Pool::put`] with more query parameters (`&name=value...`).
+    async fn put_query(&self, vdi: &str, offset: u64, data: &[u8], more: &str) -> (u16, String) {
         let h = &self.pool.hosts[0];
         let head = format!(
-            "PUT /import_raw_vdi?session_id={}&vdi={vdi}&format=raw&offset={offset} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "PUT /import_raw_vdi?session_id={}&vdi={vdi}&format=raw&offset={offset}{more} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             self.session,
             h.address,
             data.len()
@@ -262,6 +267,22 @@ async fn a_mirror_host_away_misses_only_what_changed_and_blocks_reboots_until_re
     let first = pattern(1, FIRST);
     let (status, body) = p.put(&vdi, 0, &first).await;
     assert_eq!(status, 200, "{body}");
+    // A client's task ends with the transfer (the same bytes again, by the VDI's UUID).
+    let task = text(&must(&p.c, "task.create", vec![s("import"), s("")]).await);
+    let vdi_uuid = text(&must(&p.c, "VDI.get_uuid", vec![s(&vdi)]).await);
+    let (status, body) = p
+        .put_query(
+            &vdi_uuid,
+            0,
+            &first[..MIB as usize],
+            &format!("&task_id={task}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        text(&must(&p.c, "task.get_status", vec![s(&task)]).await),
+        "success"
+    );
     // Without a session, nothing is written.
     let h = &p.pool.hosts[0];
     let head = format!(

@@ -526,19 +526,20 @@ impl Api {
         Ok((als, location, size))
     }
 
-    /// `PUT /import_raw_vdi?session_id=…&vdi=…[&offset=N]`: the body is written into the VDI
-    /// from byte `offset` (0 when absent), through every in-sync mirror, then flushed.
-    /// Formats other than `raw` are refused.
+    /// `PUT /import_raw_vdi?session_id=…&vdi=…[&offset=N][&task_id=…]`: the body is
+    /// written into the VDI from byte `offset` (0 when absent), through every in-sync
+    /// mirror, then flushed. Formats other than `raw` are refused. A task named by
+    /// `task_id` (from `task.create`) ends with the transfer, as xapi's clients wait on it.
     pub(super) async fn als_http_put(&self, mut put: HttpPut) -> Option<HttpAnswer> {
         if put.path == "/xenpool_als_write" {
-            return Some(
-                self.als_mirror_transfer(
+            let answer = self
+                .als_mirror_transfer(
                     &put.query,
                     put.authorization.as_deref(),
                     Some(&mut put.body),
                 )
-                .await,
-            );
+                .await;
+            return Some(answer);
         }
         if put.path != "/import_raw_vdi" {
             return None;
@@ -546,26 +547,54 @@ impl Api {
         if let Err(a) = self.als_http_session(&put.query) {
             return Some(a);
         }
+        let task = query_param(&put.query, "task_id").map(Ref::from_string);
+        let answer = self.als_import(&mut put).await;
+        if let Some(task) = task {
+            let state = &self.node().state;
+            let _ = state.write(|txn| {
+                if !txn.db().exists(Class::Task, &task) {
+                    return Ok(());
+                }
+                txn.update::<xenpool_core::TaskRecord>(&task, |t| {
+                    t.finished = crate::state::now();
+                    t.progress = 1.0;
+                    t.allowed_operations = vec![xenpool_core::TaskOperation::Destroy];
+                    if answer.status == 200 {
+                        t.status = xenpool_core::TaskStatus::Success;
+                    } else {
+                        t.status = xenpool_core::TaskStatus::Failure;
+                        t.error_info = vec![
+                            "VDI_IO_ERROR".into(),
+                            String::from_utf8_lossy(&answer.body).trim().to_string(),
+                        ];
+                    }
+                })
+            });
+        }
+        Some(answer)
+    }
+
+    async fn als_import(&self, put: &mut HttpPut) -> HttpAnswer {
         if query_param(&put.query, "format").is_some_and(|f| f != "raw") {
-            return Some(answer(400, "only format=raw is served\n"));
+            return answer(400, "only format=raw is served\n");
         }
         let offset = match query_param(&put.query, "offset").map(|o| o.parse::<u64>()) {
             None => 0,
             Some(Ok(o)) => o,
-            Some(Err(_)) => return Some(answer(400, "bad offset\n")),
+            Some(Err(_)) => return answer(400, "bad offset\n"),
         };
         let (als, location, size) = match self.als_http_vdi(&put.query) {
             Ok(v) => v,
-            Err(a) => return Some(a),
+            Err(a) => return a,
         };
         if put
             .content_length
             .is_some_and(|n| offset.saturating_add(n) > size)
         {
-            return Some(answer(
+            return answer(
                 400,
                 format!("VDI_IO_ERROR: {offset} + content-length beyond the VDI's {size} bytes\n"),
-            ));
+            );
         }
         let node = self.node();
         let mut at = offset;
@@ -573,7 +602,7 @@ impl Api {
         loop {
             let piece = match put.body.chunk().await {
                 Ok(p) => p,
-                Err(e) => return Some(answer(400, format!("reading the body: {e}\n"))),
+                Err(e) => return answer(400, format!("reading the body: {e}\n")),
             };
             let end = piece.is_none();
             if let Some(piece) = &piece {
@@ -585,13 +614,13 @@ impl Api {
                 let data = std::mem::replace(&mut pending, rest);
                 let len = data.len() as u64;
                 if at.saturating_add(len) > size {
-                    return Some(answer(
+                    return answer(
                         400,
                         format!("VDI_IO_ERROR: beyond the VDI's {size} bytes\n"),
-                    ));
+                    );
                 }
                 if let Err(e) = node.als_write(&als, &location, at, data).await {
-                    return Some(answer(500, format!("{e}\n")));
+                    return answer(500, format!("{e}\n"));
                 }
                 at += len;
             }
@@ -605,9 +634,9 @@ impl Api {
             tokio::task::spawn_blocking(move || als.flush(&location)).await
         };
         match flushed {
-            Ok(Ok(())) => Some(answer(200, Vec::new())),
-            Ok(Err(e)) => Some(answer(500, format!("{}\n", backend_error(e)))),
-            Err(e) => Some(answer(500, format!("{e}\n"))),
+            Ok(Ok(())) => answer(200, Vec::new()),
+            Ok(Err(e)) => answer(500, format!("{}\n", backend_error(e))),
+            Err(e) => answer(500, format!("{e}\n")),
         }
     }
 
