@@ -318,6 +318,9 @@ impl Api {
 
     /// The internal calls of [`INTERNAL_METHODS`], on this host's copy of an SR.
     pub(super) async fn als_internal(&self, req: &Request) -> ApiResult {
+        if req.class != "host" {
+            return Err(XenApiError::method_unknown(&req.method));
+        }
         let node = self.node().clone();
         let secret = match req.params.first() {
             Some(Wire::String(s)) => s.as_str(),
