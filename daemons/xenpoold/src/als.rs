@@ -2,13 +2,15 @@
 //! over the local directories of several hosts of the pool.
 //!
 //! # Where things are
-//! - Each host with a PBD for the SR keeps its copy in `<data_dir>/sr-als/<sr uuid>/`
-//!   ([`mirror_dir`]), one sparse image per VDI.
+//! - Each host named in the PBDs' `device_config["hosts"]` when the SR was made keeps its
+//!   copy in `<data_dir>/sr-als/<sr uuid>/` ([`mirror_dir`]), one sparse image per VDI.
 //! - One host runs the SR's data path: the one `sm_config[`[`JOURNAL_HOST`]`]` names (the
 //!   coordinator that created the SR). It holds the [`AlsSr`] and its journal (VDI sizes,
 //!   the dirty maps of mirrors that are behind) in `<data_dir>/sr-als/<sr uuid>.journal/`,
-//!   and reaches the other hosts' copies through [`RemoteMirror`], the internal calls
-//!   `host.xenpool_als_*` carrying the pool secret (served by `api::als`).
+//!   and reaches the other hosts' copies through [`RemoteMirror`]: the internal calls
+//!   `host.xenpool_als_*` carrying the pool secret for images, and plain HTTP for the
+//!   data (both served by `api::als`). Clients write and read VDIs through
+//!   `PUT /import_raw_vdi` and `GET /export_raw_vdi` on that host.
 //! - The [`AlsSr`] of an SR is opened once and kept in [`AlsState`], so its dirty maps and
 //!   resynchronisations live as long as the daemon; the journal outlives it.
 //!
