@@ -51,8 +51,18 @@ pub const HOSTS_KEY: &str = "hosts";
 /// `task.name_label` of a resynchronisation.
 pub const RESYNC_TASK: &str = "SR.als_resync";
 
-/// How long a call to another host's copy may take before the host counts as away.
-const REMOTE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a call to another host's copy may take before the host counts as away: what a
+/// guest's write waits at worst when a mirror host hangs. Twice the time the coordinator
+/// gives a silent member, so that a slow host is rather declared down than made stale by
+/// a timeout, within these bounds.
+fn remote_timeout(liveness_timeout_secs: f64) -> Duration {
+    let secs = 2.0 * liveness_timeout_secs;
+    Duration::from_secs_f64(if secs.is_finite() {
+        secs.clamp(5.0, 20.0)
+    } else {
+        20.0
+    })
+}
 
 /// The most a resynchronisation copies per step (and so the longest a write to the VDI
 /// waits for it), and the most one internal call carries.
@@ -254,6 +264,7 @@ impl Node {
                 transport: self.transport.clone(),
                 data_dir: self.config.data_dir.clone(),
                 http_port: self.config.http_port,
+                timeout: remote_timeout(self.config.liveness_timeout_secs),
                 runtime: runtime.clone(),
             });
             mirrors.push(remote.clone());
@@ -291,6 +302,8 @@ pub struct RemoteMirror {
     data_dir: PathBuf,
     /// The pool's HTTP port, for hosts whose address names none.
     http_port: u16,
+    /// See [`remote_timeout`].
+    timeout: Duration,
     runtime: tokio::runtime::Handle,
 }
 
@@ -311,14 +324,15 @@ impl RemoteMirror {
         all.extend(params);
         let address = lock(&self.address).clone();
         let transport = self.transport.clone();
+        let timeout = self.timeout;
         let method = format!("host.{method}");
         let (tx, rx) = std::sync::mpsc::channel();
         self.runtime.spawn(async move {
-            let r = transport.call(&address, &method, all, REMOTE_TIMEOUT).await;
+            let r = transport.call(&address, &method, all, timeout).await;
             let _ = tx.send(r);
         });
         let answer = rx
-            .recv_timeout(REMOTE_TIMEOUT + Duration::from_secs(5))
+            .recv_timeout(timeout + Duration::from_secs(5))
             .map_err(|e| {
                 tracing::warn!(host = %self.host, sr = %self.sr, error = %e, "a mirror host did not answer");
                 self.unavailable("no answer")
@@ -364,13 +378,9 @@ impl RemoteMirror {
             .ok_or_else(|| self.unavailable(format!("no address for {authority}")))?;
         let fail = |e: std::io::Error| self.unavailable(format!("{method} {path}: {e}"));
         let mut stream =
-            std::net::TcpStream::connect_timeout(&target, REMOTE_TIMEOUT).map_err(fail)?;
-        stream
-            .set_read_timeout(Some(REMOTE_TIMEOUT))
-            .map_err(fail)?;
-        stream
-            .set_write_timeout(Some(REMOTE_TIMEOUT))
-            .map_err(fail)?;
+            std::net::TcpStream::connect_timeout(&target, self.timeout).map_err(fail)?;
+        stream.set_read_timeout(Some(self.timeout)).map_err(fail)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(fail)?;
         let _ = stream.set_nodelay(true);
         let head = format!(
             "{method} {path}?sr={}&location={location}&offset={offset}&length={len} HTTP/1.1\r\n\
