@@ -45,7 +45,8 @@ pub use json::JsonVersion;
 pub use json::JsonWriter;
 pub use request::{Call, ParamReader, Request};
 pub use server::{
-    serve, CallClass, CallContext, Handler, HttpAnswer, HttpGet, Protocol, ServerLimits,
+    serve, CallClass, CallContext, Handler, HttpAnswer, HttpGet, HttpPut, Protocol, PutBody,
+    ServerLimits,
 };
 pub use tls::load_or_create_certificate;
 pub use value::{EncodedValue, Encoding, Value};

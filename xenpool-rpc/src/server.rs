@@ -5,7 +5,10 @@
 //! - `POST /jsonrpc`: JSON-RPC 1.0 and 2.0, answered `application/json`;
 //! - `OPTIONS` anything: a CORS preflight answer (browsers talk to `/jsonrpc` directly);
 //! - `GET /`: a small page; `GET` of any other path: whatever [`Handler::get`] answers
-//!   (by default nothing: 404); anything else: 404.
+//!   (by default nothing: 404);
+//! - `PUT` of any path: whatever [`Handler::put`] answers, the body streamed to it (xapi
+//!   takes disk images this way: `PUT /import_raw_vdi`); by default 404;
+//! - anything else: 404.
 //!
 //! Content types go out exactly as `text/xml` and `application/json` with no charset
 //! suffix: Xen Orchestra compares the header byte for byte and falls back to XML-RPC
@@ -132,6 +135,76 @@ pub trait Handler: Send + Sync + 'static {
     fn get(&self, request: HttpGet) -> impl Future<Output = Option<HttpAnswer>> + Send {
         let _ = request;
         async { None }
+    }
+
+    /// Answers a `PUT` (xapi's `/import_raw_vdi` and the like), reading its body as it
+    /// arrives through [`HttpPut::body`]; `None`, the default, is a 404. Runs on the
+    /// connection's task within the ordinary call budget. A body left unread closes the
+    /// connection after the answer.
+    fn put(&self, request: HttpPut) -> impl Future<Output = Option<HttpAnswer>> + Send {
+        let _ = request;
+        async { None }
+    }
+}
+
+/// A `PUT` for [`Handler::put`].
+#[derive(Debug)]
+pub struct HttpPut {
+    /// The path, without the query.
+    pub path: String,
+    /// The query string, without the `?` (empty when there is none).
+    pub query: String,
+    /// The `Authorization` header, if any and readable.
+    pub authorization: Option<String>,
+    /// The `Content-Length` header, when the client sent one.
+    pub content_length: Option<u64>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The request body.
+    pub body: PutBody,
+}
+
+/// The body of a [`HttpPut`], read piece by piece so that a disk image never has to fit
+/// in memory.
+#[derive(Debug)]
+pub struct PutBody {
+    inner: Incoming,
+    idle_timeout: Duration,
+    /// Set once the whole body was read, for the router to know the connection is reusable.
+    finished: Arc<AtomicBool>,
+}
+
+impl PutBody {
+    /// The next piece of the body, `Ok(None)` at its end. Fails when the connection breaks
+    /// or the peer sends nothing for [`ServerLimits::body_read_timeout`].
+    pub async fn chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            let frame = tokio::time::timeout(self.idle_timeout, self.inner.frame())
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "timed out reading the request body",
+                    )
+                })?;
+            match frame {
+                None => {
+                    self.finished.store(true, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                Some(Ok(frame)) => {
+                    // Trailers carry no data; keep reading to the end.
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -597,6 +670,7 @@ async fn route<H: Handler>(
             );
         }
         (&Method::GET, _) => return handler_get(shared, &req, peer, tls).await,
+        (&Method::PUT, _) => return handler_put(shared, req, peer, tls, unread).await,
         _ => return respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec()),
     };
 
@@ -701,6 +775,72 @@ async fn handler_get<H: Handler>(
     r
 }
 
+async fn handler_put<H: Handler>(
+    shared: &Shared<H>,
+    req: HttpRequest<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    unread: &AtomicBool,
+) -> Response<Body> {
+    let finished = Arc::new(AtomicBool::new(false));
+    let answer = match shared.in_flight.acquire().await {
+        Ok(_permit) => {
+            let (parts, body) = req.into_parts();
+            let put = HttpPut {
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or("").to_string(),
+                authorization: parts
+                    .headers
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                content_length: parts
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok()),
+                peer,
+                tls,
+                body: PutBody {
+                    inner: body,
+                    idle_timeout: shared.limits.body_read_timeout,
+                    finished: finished.clone(),
+                },
+            };
+            shared.handler.put(put).await
+        }
+        Err(_) => Some(HttpAnswer {
+            status: 503,
+            content_type: "text/plain",
+            body: b"server is shutting down".to_vec(),
+            www_authenticate: None,
+        }),
+    };
+    let mut r = match answer {
+        Some(answer) => {
+            let status =
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut r = respond(status, answer.content_type, answer.body);
+            if let Some(challenge) = answer.www_authenticate {
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            r
+        }
+        None => respond(StatusCode::NOT_FOUND, "text/plain", b"not found".to_vec()),
+    };
+    if !finished.load(Ordering::Relaxed) {
+        // As for an oversized call: what is left of the body would be taken as the next
+        // request, so it is drained after the answer and the connection closed.
+        unread.store(true, Ordering::Relaxed);
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
 async fn read_body<H>(
     shared: &Shared<H>,
     req: HttpRequest<Incoming>,
@@ -774,5 +914,130 @@ async fn dispatch<H: Handler>(
                 "{method}: handler failed"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod put_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers `PUT /sum` with the length and byte sum of the body, in pieces of at most
+    /// what arrived at once; refuses `PUT /refuse` without reading the body.
+    struct Summer;
+
+    impl Handler for Summer {
+        async fn call(&self, _ctx: CallContext, _call: Call) -> Result<Value, XenApiError> {
+            Ok(Value::Nil)
+        }
+
+        async fn put(&self, mut request: HttpPut) -> Option<HttpAnswer> {
+            let answer = |status, body: String| HttpAnswer {
+                status,
+                content_type: "text/plain",
+                body: body.into_bytes(),
+                www_authenticate: None,
+            };
+            match request.path.as_str() {
+                "/sum" => {
+                    let (mut len, mut sum) = (0u64, 0u64);
+                    while let Some(piece) = request.body.chunk().await.ok()? {
+                        len += piece.len() as u64;
+                        sum += piece.iter().map(|b| u64::from(*b)).sum::<u64>();
+                    }
+                    Some(answer(
+                        200,
+                        format!("{len} {sum} {:?} {}", request.content_length, request.query),
+                    ))
+                }
+                "/refuse" => Some(answer(401, "no".into())),
+                _ => None,
+            }
+        }
+    }
+
+    async fn server() -> (SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = watch::channel(false);
+        tokio::spawn(serve(
+            listener,
+            None,
+            Arc::new(Summer),
+            ServerLimits::default(),
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        ));
+        (addr, tx)
+    }
+
+    /// Sends `head` then `body` and reads the whole answer (the server closes or the
+    /// answer says how long it is).
+    async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                let len = h
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if len.is_some_and(|len| b.len() >= len) {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_put_body_streams_to_the_handler_whole() {
+        let (addr, _stop) = server().await;
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+        let head = format!(
+            "PUT /sum?vdi=x HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let out = exchange(addr, &head, &body).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(
+            out.ends_with(&format!("200000 {sum} Some(200000) vdi=x")),
+            "{out}"
+        );
+        assert!(!out.contains("connection: close"), "{out}");
+
+        // Chunked, without a length.
+        let head = "PUT /sum HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n";
+        let out = exchange(addr, head, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").await;
+        let sum: u64 = b"abcde".iter().map(|b| u64::from(*b)).sum();
+        assert!(out.ends_with(&format!("5 {sum} None ")), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_put_answered_before_its_body_closes_the_connection_and_unknown_paths_are_404() {
+        let (addr, _stop) = server().await;
+        let head = "PUT /refuse HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\n";
+        let out = exchange(addr, head, b"hello").await;
+        assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+        assert!(out.contains("connection: close"), "{out}");
+        let head = "PUT /elsewhere HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n";
+        let out = exchange(addr, head, b"").await;
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     }
 }

@@ -77,6 +77,9 @@ pub struct Config {
     /// Software link kinds the Linux backend reports as NICs in `PIF.scan` (such as
     /// `veth` for a host whose NICs are veth pairs: namespaces, nested virtualisation).
     pub network_nic_kinds: Vec<String>,
+    /// Bytes per second a resynchronisation of aggregated local storage copies at most, so
+    /// that it leaves the network and disks to the guests; 0 for no limit.
+    pub als_resync_bytes_per_sec: u64,
 }
 
 /// Which network backend a host uses.
@@ -126,6 +129,7 @@ impl Default for Config {
             network_backend: NetworkBackendKind::DryRun,
             network_devices: vec!["eth0".into()],
             network_nic_kinds: Vec::new(),
+            als_resync_bytes_per_sec: 0,
         }
     }
 }

@@ -19,7 +19,7 @@ fn internal(e: impl std::fmt::Display) -> XenApiError {
 impl Node {
     /// The driver of an aggregated local storage SR, used on this host; every other SR is
     /// worked on by a host that has it plugged (see [`Node::sr_site`]).
-    fn als_sr(&self, sr: &Ref) -> Option<Result<Box<dyn SrDriver>, XenApiError>> {
+    fn als_sr_driver(&self, sr: &Ref) -> Option<Result<Box<dyn SrDriver>, XenApiError>> {
         let is_als = self
             .state
             .db()
@@ -31,7 +31,7 @@ impl Node {
     /// The driver of `sr` on this host: aggregated local storage, or a directory SR
     /// plugged here.
     fn local_driver(&self, sr: &Ref) -> Result<Box<dyn SrDriver>, XenApiError> {
-        if let Some(driver) = self.als_sr(sr) {
+        if let Some(driver) = self.als_sr_driver(sr) {
             return driver;
         }
         let (host, place) = self.sr_site(sr, Some(&self.state.host))?;
@@ -49,7 +49,7 @@ impl Node {
         name: &str,
         size: u64,
     ) -> Result<VdiInfo, XenApiError> {
-        if let Some(driver) = self.als_sr(sr) {
+        if let Some(driver) = self.als_sr_driver(sr) {
             let driver = driver?;
             let name = name.to_string();
             return tokio::task::spawn_blocking(move || {
@@ -89,7 +89,7 @@ impl Node {
     ) -> Result<VdiInfo, XenApiError> {
         let (location, name) = (location.to_string(), name.to_string());
         // Aggregated local storage is worked on here, with the other SR plugged here.
-        if self.als_sr(from_sr).is_some() || self.als_sr(to_sr).is_some() {
+        if self.als_sr_driver(from_sr).is_some() || self.als_sr_driver(to_sr).is_some() {
             let source = self.local_driver(from_sr)?;
             let target = if from_sr == to_sr {
                 None
@@ -153,7 +153,7 @@ impl Node {
     /// Removes the backing file of a VDI.
     pub async fn vdi_destroy(&self, sr: &Ref, location: &str) -> Result<(), XenApiError> {
         let location = location.to_string();
-        if let Some(driver) = self.als_sr(sr) {
+        if let Some(driver) = self.als_sr_driver(sr) {
             let driver = driver?;
             return tokio::task::spawn_blocking(move || {
                 driver.destroy(&location).map_err(storage_error)

@@ -32,6 +32,8 @@
 //! - [`ha_pool`]: enabling, disabling and arming HA across the pool; carrying out the HA
 //!   daemons' decisions.
 //! - [`pool`]: joining, members, replication, coordinator transfer.
+//! - [`als`]: aggregated local storage: the data path of SRs mirrored over hosts, hosts
+//!   declared away and resynchronised, the resynchronisation input of allowed operations.
 //!
 //! The XenAPI:
 //! - [`api`]: dispatch, sessions and roles, tasks, events, VM lifecycle.
@@ -153,6 +155,7 @@ pub fn open_node_with(
         ha: crate::ha_runtime::HaRuntime::default(),
         migrations: crate::migration::Incoming::default(),
         metrics: crate::metrics::Metrics::default(),
+        als: crate::als::AlsState::default(),
     });
     if let Role::Member { coordinator } = &role {
         node.state.set_write_gate(Some(coordinator.clone()));
@@ -269,6 +272,9 @@ pub async fn run(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // Before the first call is served: what the journals of aggregated SRs say about
+    // their mirrors is an input of host.allowed_operations.
+    crate::als::watch(node.clone(), stop_rx.clone());
     let limits = config.server_limits();
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(xenpool_rpc::serve(

@@ -40,6 +40,8 @@ pub struct Node {
     pub migrations: crate::migration::Incoming,
     /// Calls served, their latency, replication progress.
     pub metrics: crate::metrics::Metrics,
+    /// Aggregated local storage: the SRs whose data path runs here, this host's mirrors.
+    pub als: crate::als::AlsState,
 }
 
 impl std::fmt::Debug for Node {

@@ -99,6 +99,9 @@ impl Api {
         if network::is_internal(&req.class, &req.message) {
             return self.network_internal(&req).await;
         }
+        if req.message.starts_with("xenpool_als_") {
+            return self.als_internal(&req).await;
+        }
         if req.message.starts_with("xenpool_") && req.message != "xenpool_add_host" {
             return self.internal_call(&req).await;
         }
@@ -236,6 +239,7 @@ const ROUTES: &[(Messages, Route)] = &[
     (objects::METHODS, Route::Object),
     (host_extras::METHODS, Route::Extras),
     (network::METHODS, Route::Network),
+    (als::INTERNAL_METHODS, Route::Internal),
 ];
 
 fn route(class: &str, message: &str) -> Option<Route> {
@@ -260,7 +264,14 @@ impl xenpool_rpc::Handler for Api {
     }
 
     async fn get(&self, request: xenpool_rpc::HttpGet) -> Option<xenpool_rpc::HttpAnswer> {
+        if let Some(answer) = self.als_http_get(&request).await {
+            return Some(answer);
+        }
         self.http_get(request).await
+    }
+
+    async fn put(&self, request: xenpool_rpc::HttpPut) -> Option<xenpool_rpc::HttpAnswer> {
+        self.als_http_put(request).await
     }
 
     /// Plain reads change nothing, so abandoning one halfway is harmless; a long-poll

@@ -3,9 +3,7 @@
 
 use xenpool_core::devices;
 use xenpool_core::ops::{check_host_operation, refresh_vm_allowed_operations};
-use xenpool_core::{
-    Class, HostOperation, HostRecord, MessageClass, MessageRecord, Object, Ref,
-};
+use xenpool_core::{Class, HostOperation, HostRecord, MessageClass, MessageRecord, Object, Ref};
 use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::{api_error, ref_param, Api, Ctx};
