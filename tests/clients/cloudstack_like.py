@@ -232,10 +232,11 @@ class Agent:
             check(len(mgmt) == 1, f"[{label}] one management PIF among host.get_PIFs")
             pif, prec = mgmt[0]
             check(prec["VLAN"] == "-1" and prec["bond_slave_of"] == NULL,
-                  f"[{label}] the management PIF {prec['device']} is neither a VLAN nor a bond slave")
+                  f"[{label}] the management PIF {prec['device']} is no VLAN and no bond slave")
             check(x.PIF.get_by_uuid(prec["uuid"]) == pif, f"[{label}] PIF.get_by_uuid")
             net = x.network.get_record(prec["network"])
-            check(pif in net["PIFs"], f"[{label}] the management network {net['name_label']!r} lists the PIF")
+            check(pif in net["PIFs"],
+                  f"[{label}] the management network {net['name_label']!r} lists the PIF")
             self.mgmt_pif[host] = pif
             check(x.pool.get_by_uuid(pool["uuid"]) == pool_ref, f"[{label}] pool.get_by_uuid")
             check(x.pool.get_record(pool_ref)["master"] == self.master,

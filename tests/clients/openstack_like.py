@@ -152,25 +152,35 @@ class Driver:
 
     # -------------------------------------------------------------------------------
     def step_connect(self):
-        """session.login_with_password(uname, pwd, '2.1', 'nova') (on HOST_IS_SLAVE the
-        address swapped for the coordinator's), session.get_this_host, host.get_uuid,
-        host.get_software_version, host.call_plugin('dom0_plugin_version.py',
-        'get_version', {params, host_uuid})."""
+        """session.login_with_password(uname, pwd, '2.1', 'nova'); on HOST_IS_SLAVE the
+        same at the coordinator's address and the host found with
+        PIF.get_all_records_where('field "IP"="<address>"'), else session.get_this_host;
+        host.get_uuid, host.get_software_version, host.call_plugin(host,
+        'dom0_plugin_version.py', 'get_version', {params, host_uuid})."""
         url = self.url
+        ip = urllib.parse.urlparse(url).hostname
+        is_slave = False
         try:
             s = self.login(url)
         except XenAPI.Failure as e:
             if not e.details or e.details[0] != "HOST_IS_SLAVE":
                 raise
-            old = urllib.parse.urlparse(url).hostname
-            url = url.replace(old, e.details[1])
+            url = url.replace(ip, e.details[1])
             s = self.login(url)
-            passed(f"{old} answered HOST_IS_SLAVE; logged in at {e.details[1]}")
+            is_slave = True
+            passed(f"{ip} answered HOST_IS_SLAVE; logged in at {e.details[1]}")
         self.session, self.url, self.x = s, url, s.xenapi
         x = self.x
-        self.host_ref = x.session.get_this_host(s.handle)
-        check(x.host.get_address(self.host_ref) == urllib.parse.urlparse(url).hostname,
-              "session.get_this_host is the host logged in to")
+        if is_slave:
+            # The driver serves the host it was pointed at: found by its PIF's address.
+            pifs = x.PIF.get_all_records_where(f'field "IP"="{ip}"')
+            check(len(pifs) == 1, f"PIF.get_all_records_where finds the one PIF with IP {ip}")
+            self.host_ref = list(pifs.values())[0]["host"]
+            check(x.host.get_address(self.host_ref) == ip, f"the driver's host is {ip}")
+        else:
+            self.host_ref = x.session.get_this_host(s.handle)
+            check(x.host.get_address(self.host_ref) == ip,
+                  "session.get_this_host is the host logged in to")
         self.host_uuid = x.host.get_uuid(self.host_ref)
         check(len(self.host_uuid) == 36, f"host.get_uuid {self.host_uuid}")
         sv = x.host.get_software_version(self.host_ref)
@@ -179,11 +189,15 @@ class Driver:
         check(len(parts) >= 2 and all(p.isdigit() for p in parts[:3]),
               f"host.get_software_version gives a dotted version ({version})")
         self.product_version = tuple(int(p) for p in parts[:3])
-        check("platform_version" in sv, f"software_version has platform_version ({sv.get('platform_version')})")
+        check("platform_version" in sv,
+              f"software_version has platform_version ({sv.get('platform_version')})")
         params = {"params": pickle.dumps({"args": (), "kwargs": {}}, 0).decode("ascii")}
         out = self.call_plugin("dom0_plugin_version", "get_version", params)
         got = pickle.loads(out.encode("ascii"))
-        check(got.split(".")[0] == PLUGIN_REQUIRED_VERSION.split(".")[0],
+        # Compatible: the same major version, a minor one at least the required.
+        want = [int(p) for p in PLUGIN_REQUIRED_VERSION.split(".")]
+        have = [int(p) for p in got.split(".")]
+        check(have[0] == want[0] and have[1:] >= want[1:],
               f"the plugin version check: {got} is compatible with {PLUGIN_REQUIRED_VERSION}")
 
     def step_list_instances(self):
@@ -444,7 +458,8 @@ class Driver:
         check(x.VM.get_power_state(self.vm) == "Running", "the instance still runs")
         snap_uuid = x.VDI.get_uuid(snap)
         snap_chain = self.walk_vdi_chain(snap_uuid)
-        check(snap_chain[0][0] == snap, f"the snapshot's chain starts at it ({len(snap_chain)} VDI)")
+        check(snap_chain[0][0] == snap,
+              f"the snapshot's chain starts at it ({len(snap_chain)} VDI)")
         x.VDI.destroy(snap)
         check(snap not in x.VDI.get_all() and snap not in x.VDI.get_snapshots(vdi),
               "VDI.destroy of the uploaded snapshot")
