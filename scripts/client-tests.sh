@@ -8,6 +8,13 @@
 # Async.VM.start and waits for the task, sees the power-state change through event.from,
 # fails to log in with a wrong password with SESSION_AUTHENTICATION_FAILED and logs out,
 # over HTTP and over HTTPS (accepting the daemon's self-signed certificate).
+# A second host then joins the pool; on the pool of two, the `xenapi` package follows
+# HOST_IS_SLAVE from the member, and drives the pool through the call sequences of
+# CloudStack's XenServer agent (tests/clients/cloudstack_like.py: volume, VLAN network,
+# VM with disk and NIC, snapshot, migration to the other host, host plugin, data sources)
+# and of OpenStack Nova's XenAPI driver (tests/clients/openstack_like.py: spawn from a
+# cached image, snapshot, reboot, destroy). The coordinator has a shared SR (the default
+# SR); each host has the test plugin tests/clients/host_plugin.py in its plugin directory.
 #
 # Run from anywhere; needs python3 (with venv), node >= 18 and npm, and network access to
 # PyPI and the npm registry on the first run (later runs reuse target/client-*).
@@ -129,7 +136,7 @@ start_daemon() {
     mkdir -p "$DATA"
     read -r HTTP_PORT HTTPS_PORT < <(free_ports)
     "$XENPOOLD" --data-dir "$DATA" --address 127.0.0.1 --http-port "$HTTP_PORT" \
-        --https-port "$HTTPS_PORT" --sim-delay-ms 100 \
+        --https-port "$HTTPS_PORT" --sim-delay-ms 100 --shared-sr "$RUN_DIR/shared-sr" \
         >"$RUN_DIR/xenpoold.out" 2>"$RUN_DIR/xenpoold.log" &
     daemon_pid=$!
     for _ in $(seq 300); do
@@ -160,6 +167,19 @@ PASSWORD=$(cat "$DATA/root-password")
 [[ -f $DATA/xenpool-cert.pem ]] || die "no generated certificate in $DATA/xenpool-cert.pem"
 HTTP_URL=http://127.0.0.1:$HTTP_PORT
 HTTPS_URL=https://127.0.0.1:$HTTPS_PORT
+
+# The test plugin in a host's plugin directory (<data dir>/plugins), under the names the
+# clients call; the wrapper tells the plugin which host it runs on.
+install_plugins() {
+    local dir=$1/plugins address=$2 name
+    mkdir -p "$dir"
+    for name in vmops dom0_plugin_version.py; do
+        printf '#!/bin/sh\nXENPOOL_TEST_PLUGIN_HOST=%s exec %q %q "$@"\n' \
+            "$address" "$VENV/bin/python" "$ROOT/tests/clients/host_plugin.py" >"$dir/$name"
+        chmod 755 "$dir/$name"
+    done
+}
+install_plugins "$DATA" 127.0.0.1
 
 # ---------------------------------------------------------------------------------------
 # Stages
@@ -257,6 +277,7 @@ redirect_checks() {
         sleep 0.1
     done
     grep -q '^xenpoold ready' "$member_dir/xenpoold.out" || { echo "FAIL [redirect] member did not start"; exit 1; }
+    install_plugins "$member_dir/data" 127.0.0.2
     "$XENPOOL" -s 127.0.0.2 -p "$HTTP_PORT" -u root -pwf "$member_dir/data/root-password" \
         pool-join master-address=127.0.0.1 master-username=root master-password="$PASSWORD" ||
         { echo "FAIL [redirect] pool-join"; exit 1; }
@@ -266,6 +287,14 @@ redirect_checks() {
 }
 stage "python xenapi $XENAPI_VERSION follows HOST_IS_SLAVE from a member" redirect_checks
 [[ -f $RUN_DIR/member/pid ]] && member_pid=$(cat "$RUN_DIR/member/pid")
+
+# The pool of two from here on. The agent is pointed at the member over HTTPS, as
+# CloudStack connects to a host's address and follows HOST_IS_SLAVE.
+stage "CloudStack-like agent with xenapi $XENAPI_VERSION (2 hosts, migration)" \
+    "$VENV/bin/python" tests/clients/cloudstack_like.py "https://127.0.0.2:$HTTPS_PORT" \
+    "$PASSWORD"
+stage "OpenStack-like driver with xenapi $XENAPI_VERSION (spawn, snapshot, reboot, destroy)" \
+    "$VENV/bin/python" tests/clients/openstack_like.py "$HTTP_URL" "$PASSWORD"
 
 log "all ${#passed[@]} stages passed:"
 for name in "${passed[@]}"; do
