@@ -45,6 +45,7 @@ pub mod network;
 pub mod ops;
 pub mod persist;
 pub mod placement;
+pub mod query;
 pub mod rbac;
 pub mod record;
 pub mod snapshot;

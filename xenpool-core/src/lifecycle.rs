@@ -6,7 +6,7 @@
 
 use crate::db::Txn;
 use crate::error::CoreError;
-use crate::model::{VmOperation, VmPowerState, VmRecord};
+use crate::model::{VbdRecord, VifRecord, VmOperation, VmPowerState, VmRecord};
 use crate::value::Ref;
 
 /// What a host does to a domain for a VM operation.
@@ -125,6 +125,38 @@ pub fn power_outcome(op: VmOperation, start_paused: bool) -> Option<PowerOutcome
     })
 }
 
+/// Marks a VM's disks and NICs attached exactly while it has a domain (running or paused),
+/// as xapi does: the rules that refuse destroying an attached device, or a disk in use,
+/// read these flags. Empty drives are never attached.
+pub fn sync_device_attachment(txn: &mut Txn<'_>, vm: &Ref) -> Result<(), CoreError> {
+    let (live, vbds, vifs) = {
+        let v = txn.get::<VmRecord>(vm)?;
+        (
+            matches!(v.power_state, VmPowerState::Running | VmPowerState::Paused),
+            v.VBDs.clone(),
+            v.VIFs.clone(),
+        )
+    };
+    for vbd in vbds {
+        let Ok(b) = txn.get::<VbdRecord>(&vbd) else {
+            continue;
+        };
+        let want = live && !b.empty;
+        if b.currently_attached != want {
+            txn.update::<VbdRecord>(&vbd, |b| b.currently_attached = want)?;
+        }
+    }
+    for vif in vifs {
+        let Ok(f) = txn.get::<VifRecord>(&vif) else {
+            continue;
+        };
+        if f.currently_attached != live {
+            txn.update::<VifRecord>(&vif, |f| f.currently_attached = live)?;
+        }
+    }
+    Ok(())
+}
+
 /// Records every guest VM running on (or about to start on) `host` as halted: the host went
 /// down with them (fenced, rebooted, shut down). Recomputes each VM's allowed operations.
 pub fn halt_vms_of_host(txn: &mut Txn<'_>, host: &Ref) -> Result<(), CoreError> {
@@ -145,6 +177,7 @@ pub fn halt_vms_of_host(txn: &mut Txn<'_>, host: &Ref) -> Result<(), CoreError> 
             v.domid = -1;
             v.current_operations.clear();
         })?;
+        sync_device_attachment(txn, &vm)?;
         crate::ops::refresh_vm_allowed_operations(txn, &vm)?;
     }
     Ok(())

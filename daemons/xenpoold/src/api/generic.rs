@@ -73,6 +73,31 @@ impl Api {
                     .clamp(RECORD_BYTES, 4 << 20);
                 encode(cx.encoding, capacity, &all)
             }
+            "get_all_records_where" | "get_all_where" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let text = p.string("expr")?;
+                let expr = xenpool_core::query::parse(text).map_err(|e| {
+                    XenApiError::new("INVALID_VALUE", ["expr".to_string(), e.to_string()])
+                })?;
+                let db = state.db();
+                let hits = db
+                    .objects(class)
+                    .filter(|(_, o)| xenpool_core::query::matches(&expr, o));
+                Ok(if m == "get_all_where" {
+                    Wire::Array(
+                        hits.map(|(r, _)| Wire::String(r.as_str().to_string()))
+                            .collect(),
+                    )
+                } else {
+                    Wire::Struct(
+                        hits.map(|(r, o)| {
+                            (r.as_str().to_string(), into_wire(o.to_value(), cx.ints))
+                        })
+                        .collect(),
+                    )
+                })
+            }
             "get_record" => {
                 let mut p = req.reader(2)?;
                 p.value()?;
@@ -221,7 +246,14 @@ pub(super) fn generic_messages(class: Class) -> Vec<String> {
     let whole: &[&str] = if class == Class::Session {
         &["get_record", "get_by_uuid"]
     } else {
-        &["get_all", "get_all_records", "get_record", "get_by_uuid"]
+        &[
+            "get_all",
+            "get_all_records",
+            "get_all_records_where",
+            "get_all_where",
+            "get_record",
+            "get_by_uuid",
+        ]
     };
     let mut out: Vec<String> = whole.iter().map(|m| m.to_string()).collect();
     let fields = class.fields();

@@ -1138,6 +1138,7 @@ impl Api {
                         v.resident_on = Ref::null();
                         v.domid = -1;
                     })?;
+                    xenpool_core::lifecycle::sync_device_attachment(txn, vm)?;
                     crate::consoles::sync(txn, node, vm)
                 })
                 .map_err(api_error)?;
@@ -1313,6 +1314,7 @@ impl Api {
                 for sr in srs {
                     record_usage(txn, &sr, None)?;
                 }
+                xenpool_core::lifecycle::sync_device_attachment(txn, vm)?;
                 crate::consoles::sync(txn, node, vm)?;
                 refresh_vm_allowed_operations(txn, vm)?;
                 Ok(old_files)

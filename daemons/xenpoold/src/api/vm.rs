@@ -544,6 +544,7 @@ impl Api {
                     })?;
                 }
             }
+            xenpool_core::lifecycle::sync_device_attachment(txn, vm)?;
             crate::consoles::sync(txn, node, vm)?;
             refresh_vm_allowed_operations(txn, vm).map(|_| ())
         });
