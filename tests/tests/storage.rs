@@ -561,7 +561,7 @@ async fn vm_snapshot_revert_and_checkpoint() {
     assert!(snap_ops.contains("revert"), "{snap_ops}");
     assert_eq!(
         refused(&c, "VM.revert", vec![s(&vm)]).await,
-        vec!["ONLY_REVERT_SNAPSHOT"]
+        vec!["REVERT_ONLY_ALLOWED_ON_SNAPSHOT"]
     );
 
     // The guest writes on; a revert stops the VM and brings back the snapshot's disk.

@@ -163,11 +163,11 @@ pub enum CoreError {
         /// the operation refused
         operation: crate::VmOperation,
     },
-    /// `ONLY_PROVISION_TEMPLATE []`
-    #[error("ONLY_PROVISION_TEMPLATE")]
+    /// `PROVISION_ONLY_ALLOWED_ON_TEMPLATE []`
+    #[error("PROVISION_ONLY_ALLOWED_ON_TEMPLATE")]
     OnlyProvisionTemplate,
-    /// `ONLY_REVERT_SNAPSHOT []`
-    #[error("ONLY_REVERT_SNAPSHOT")]
+    /// `REVERT_ONLY_ALLOWED_ON_SNAPSHOT []`
+    #[error("REVERT_ONLY_ALLOWED_ON_SNAPSHOT")]
     OnlyRevertSnapshot,
     /// `VM_IS_IMMOBILE [vm]`
     #[error("VM_IS_IMMOBILE: {0}")]
@@ -336,8 +336,8 @@ impl CoreError {
             CoreError::OperationBlocked { .. } => "OPERATION_BLOCKED",
             CoreError::VmIsTemplate { .. } => "VM_IS_TEMPLATE",
             CoreError::VmIsSnapshot { .. } => "VM_IS_SNAPSHOT",
-            CoreError::OnlyProvisionTemplate => "ONLY_PROVISION_TEMPLATE",
-            CoreError::OnlyRevertSnapshot => "ONLY_REVERT_SNAPSHOT",
+            CoreError::OnlyProvisionTemplate => "PROVISION_ONLY_ALLOWED_ON_TEMPLATE",
+            CoreError::OnlyRevertSnapshot => "REVERT_ONLY_ALLOWED_ON_SNAPSHOT",
             CoreError::VmIsImmobile(_) => "VM_IS_IMMOBILE",
             CoreError::HostNotDisabled => "HOST_NOT_DISABLED",
             CoreError::HostIsLive(_) => "HOST_IS_LIVE",
@@ -569,8 +569,8 @@ pub mod codes {
     pub const HOST_IN_USE: &str = "HOST_IN_USE";
     pub const VM_IS_SNAPSHOT: &str = "VM_IS_SNAPSHOT";
     pub const VM_IS_IMMOBILE: &str = "VM_IS_IMMOBILE";
-    pub const ONLY_PROVISION_TEMPLATE: &str = "ONLY_PROVISION_TEMPLATE";
-    pub const ONLY_REVERT_SNAPSHOT: &str = "ONLY_REVERT_SNAPSHOT";
+    pub const PROVISION_ONLY_ALLOWED_ON_TEMPLATE: &str = "PROVISION_ONLY_ALLOWED_ON_TEMPLATE";
+    pub const REVERT_ONLY_ALLOWED_ON_SNAPSHOT: &str = "REVERT_ONLY_ALLOWED_ON_SNAPSHOT";
     pub const CLUSTERED_SR_DEGRADED: &str = "CLUSTERED_SR_DEGRADED";
     pub const HOST_POWER_ON_MODE_DISABLED: &str = "HOST_POWER_ON_MODE_DISABLED";
     pub const HOST_OFFLINE: &str = "HOST_OFFLINE";

@@ -19,8 +19,8 @@
 //!    default template) destroy: `VM_IS_TEMPLATE [vm; op]`.
 //! 5. Snapshots allow only revert, clone, copy, export, destroy, hard_shutdown and
 //!    metadata_export: `VM_IS_SNAPSHOT [vm; op]`.
-//! 6. `provision` needs a template (`ONLY_PROVISION_TEMPLATE []`), `revert` a snapshot
-//!    (`ONLY_REVERT_SNAPSHOT []`).
+//! 6. `provision` needs a template (`PROVISION_ONLY_ALLOWED_ON_TEMPLATE []`), `revert` a snapshot
+//!    (`REVERT_ONLY_ALLOWED_ON_SNAPSHOT []`).
 //! 7. `suspend`, `checkpoint` and `pool_migrate` need a mobile VM (`VM_IS_IMMOBILE [vm]`):
 //!    not `nomigrate` or `nested-virt` (from `VM_metrics` when present, else `platform`).
 //! 8. A control domain allows only start, start_on, metadata_export and destroy (destroy not

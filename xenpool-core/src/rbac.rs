@@ -103,7 +103,10 @@ pub fn required_role(class: &str, message: &str) -> Role {
             | "set_ha_restart_priority"
             | "set_ha_always_run"
             | "set_order"
-            | "set_start_delay" => Role::VmPowerAdmin,
+            | "set_start_delay"
+            | "snapshot"
+            | "checkpoint"
+            | "revert" => Role::VmPowerAdmin,
             _ => Role::VmAdmin,
         },
         "VBD" | "VIF" | "VDI" => Role::VmAdmin,
@@ -171,6 +174,8 @@ mod tests {
             Role::VmPowerAdmin
         );
         assert_eq!(required_role("VM", "destroy"), Role::VmAdmin);
+        assert_eq!(required_role("VM", "snapshot"), Role::VmPowerAdmin);
+        assert_eq!(required_role("VM", "revert"), Role::VmPowerAdmin);
         assert_eq!(required_role("VDI", "create"), Role::VmAdmin);
         assert_eq!(required_role("task", "cancel"), Role::VmOperator);
         assert_eq!(required_role("pool", "join"), Role::PoolAdmin);

@@ -285,11 +285,11 @@ fn snapshots_provision_and_revert() {
     let plain = vm_in(&mut pool, VmPowerState::Halted);
     assert_eq!(
         desc(check_vm_operation(&pool.db, &plain, O::Revert)),
-        err(codes::ONLY_REVERT_SNAPSHOT, &[])
+        err(codes::REVERT_ONLY_ALLOWED_ON_SNAPSHOT, &[])
     );
     assert_eq!(
         desc(check_vm_operation(&pool.db, &plain, O::Provision)),
-        err(codes::ONLY_PROVISION_TEMPLATE, &[])
+        err(codes::PROVISION_ONLY_ALLOWED_ON_TEMPLATE, &[])
     );
 }
 

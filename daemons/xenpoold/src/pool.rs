@@ -492,11 +492,12 @@ pub fn import_joining_host(
             txn.create_object(r.clone(), obj)?;
         }
     }
-    // The pool's shared SRs are plugged on the new host with the coordinator's settings.
+    // The pool's shared SRs are plugged on the new host with the coordinator's settings;
+    // aggregated local storage lives on the hosts it was made with, so a newcomer holds none.
     let shared: Vec<(Ref, PbdRecord)> = txn
         .db()
         .all::<SrRecord>()
-        .filter(|(_, s)| s.shared)
+        .filter(|(_, s)| s.shared && s.r#type != xenpool_storage::als::SR_TYPE)
         .filter_map(|(sr, s)| {
             s.PBDs
                 .iter()
@@ -530,8 +531,10 @@ pub fn check_can_join(node: &Node, master_address: &str) -> Result<(), XenApiErr
             &node.config.address.to_string(),
         ),
     };
-    xenpool_core::membership::check_can_join(&node.state.db(), joiner)
-        .map_err(crate::conv::api_error)
+    let db = node.state.db();
+    xenpool_core::membership::check_can_join(&db, joiner).map_err(crate::conv::api_error)?;
+    xenpool_core::network::check_joiner_networks(&db)
+        .map_err(|r| XenApiError::new(r.code(), r.params().iter().map(String::as_str)))
 }
 
 /// Turns this host into the coordinator: role file, write gate, `pool.master`, message.

@@ -306,16 +306,7 @@ impl Api {
             return Err(XenApiError::method_unknown(&req.method));
         }
         let node = self.node().clone();
-        let secret = match req.params.first() {
-            Some(Wire::String(s)) => s.as_str(),
-            _ => "",
-        };
-        if !crate::host_files::secret_matches(&node.config.data_dir, secret) {
-            return Err(XenApiError::new(
-                "SESSION_AUTHENTICATION_FAILED",
-                ["", "the pool secret does not match"],
-            ));
-        }
+        self.check_pool_secret(req)?;
         let mut p = req.reader_range(2, 5)?;
         p.value()?;
         let sr = p.string("sr")?.to_string();

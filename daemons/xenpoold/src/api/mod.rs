@@ -127,6 +127,22 @@ impl Api {
         self.exec(&cx, &req).await
     }
 
+    /// Host-to-host calls carry the pool secret as their first parameter instead of a
+    /// session.
+    pub(crate) fn check_pool_secret(&self, req: &Request) -> Result<(), XenApiError> {
+        let secret = match req.params.first() {
+            Some(Wire::String(s)) => s.as_str(),
+            _ => "",
+        };
+        if !crate::host_files::secret_matches(&self.node.config.data_dir, secret) {
+            return Err(XenApiError::new(
+                "SESSION_AUTHENTICATION_FAILED",
+                ["", "the pool secret does not match"],
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs a call with a checked session (synchronously, or inside a task).
     pub(crate) async fn exec(&self, cx: &Ctx, req: &Request) -> ApiResult {
         let class = req.class.as_str();

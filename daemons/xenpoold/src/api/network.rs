@@ -199,16 +199,7 @@ impl Api {
     /// this host's backend.
     pub(super) async fn network_internal(&self, req: &Request) -> ApiResult {
         let node = self.node();
-        let secret = match req.params.first() {
-            Some(Wire::String(s)) => s.as_str(),
-            _ => "",
-        };
-        if !crate::host_files::secret_matches(&node.config.data_dir, secret) {
-            return Err(XenApiError::new(
-                "SESSION_AUTHENTICATION_FAILED",
-                ["", "the pool secret does not match"],
-            ));
-        }
+        self.check_pool_secret(req)?;
         match req.message.as_str() {
             "xenpool_net_apply" => {
                 let mut p = req.reader(2)?;

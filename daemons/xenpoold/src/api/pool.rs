@@ -524,16 +524,7 @@ impl Api {
     /// Host-to-host calls, authenticated by the pool secret instead of a session.
     pub(super) async fn internal_call(&self, req: &Request) -> ApiResult {
         let node = self.node();
-        let secret = match req.params.first() {
-            Some(Wire::String(s)) => s.as_str(),
-            _ => "",
-        };
-        if !crate::host_files::secret_matches(&node.config.data_dir, secret) {
-            return Err(XenApiError::new(
-                "SESSION_AUTHENTICATION_FAILED",
-                ["", "the pool secret does not match"],
-            ));
-        }
+        self.check_pool_secret(req)?;
         let void = || Ok(Wire::String(String::new()));
         match (req.class.as_str(), req.message.as_str()) {
             ("pool", "xenpool_replicate") => {
