@@ -28,7 +28,7 @@ Steps, in the agent's order (the calls of each are listed in its docstring):
   cleanup        the snapshot's disks and VM, Async.VM.clean_shutdown, VM.destroy, VDI.destroy
 
 --strict adds checks of what the real agent needs beyond these calls (host_CPUs listed,
-VM.get_allowed_VBD_devices, the /rrd_updates HTTP handler it reads statistics from).
+the /rrd_updates HTTP handler it reads statistics from).
 --skip STEP leaves a step out (for working on the daemon); the run then ends with status 3,
 never 0.
 
@@ -351,7 +351,7 @@ class Agent:
         """VM.get_by_name_label (the template), VM.get_record, VM.create with the template's
         record changed, VM.set_VCPUs_params, VM.set_PV_bootloader,
         VM.set_PV_bootloader_args, VM.get_platform, VM.set_platform,
-        VM.get_allowed_VBD_devices (--strict), VBD.create, VIF.create."""
+        VM.get_allowed_VBD_devices, VBD.create, VIF.create."""
         x = self.x
         templates = [r for r, rec in x.VM.get_all_records().items()
                      if rec["is_a_template"] and not rec["is_a_snapshot"]]
@@ -404,14 +404,16 @@ class Agent:
         x.VM.set_platform(self.vm, platform)
         check(x.VM.get_platform(self.vm) == platform, "VM.set_platform")
 
-        if self.strict:
-            allowed = x.VM.get_allowed_VBD_devices(self.vm)
-            check("0" in allowed, f"VM.get_allowed_VBD_devices offers 0 ({allowed})")
+        allowed = x.VM.get_allowed_VBD_devices(self.vm)
+        check("0" in allowed, f"VM.get_allowed_VBD_devices offers 0 ({allowed})")
         self.vbd = x.VBD.create({
             "VM": self.vm, "VDI": self.vdi, "userdevice": "0", "bootable": True,
             "mode": "RW", "type": "Disk", "unpluggable": False, "empty": False,
             "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
         })
+        allowed = x.VM.get_allowed_VBD_devices(self.vm)
+        check("0" not in allowed and "1" in allowed,
+              f"VM.get_allowed_VBD_devices no longer offers the slot taken ({allowed})")
         vbd = x.VBD.get_record(self.vbd)
         check(vbd["VM"] == self.vm and vbd["VDI"] == self.vdi and vbd["userdevice"] == "0",
               "VBD.create: the volume is device 0 of the VM")

@@ -6,7 +6,7 @@
 
 use crate::db::Database;
 use crate::error::CoreError;
-use crate::model::{PbdRecord, VbdRecord, VdiRecord, VmPowerState, VmRecord};
+use crate::model::{PbdRecord, VbdRecord, VdiRecord, VifRecord, VmPowerState, VmRecord};
 use crate::value::Ref;
 use crate::{Class, Object};
 
@@ -70,6 +70,42 @@ pub fn mac_from(bits: u128) -> String {
         b[4],
         b[5]
     )
+}
+
+/// Disk slots a VM offers (`xvda` to `xvdp`, as xapi offers paravirtualised guests).
+const VBD_SLOTS: u32 = 16;
+/// NIC slots a VM offers, as xapi.
+const VIF_SLOTS: u32 = 7;
+
+/// `VM.get_allowed_VBD_devices`: the `userdevice` numbers no VBD of the VM takes.
+pub fn allowed_vbd_devices(db: &Database, vm: &Ref) -> Result<Vec<String>, CoreError> {
+    let taken: Vec<String> = db
+        .get::<VmRecord>(vm)?
+        .VBDs
+        .iter()
+        .filter_map(|b| db.get::<VbdRecord>(b).ok())
+        .map(|b| b.userdevice.clone())
+        .collect();
+    Ok(free_slots(VBD_SLOTS, &taken))
+}
+
+/// `VM.get_allowed_VIF_devices`: the `device` numbers no VIF of the VM takes.
+pub fn allowed_vif_devices(db: &Database, vm: &Ref) -> Result<Vec<String>, CoreError> {
+    let taken: Vec<String> = db
+        .get::<VmRecord>(vm)?
+        .VIFs
+        .iter()
+        .filter_map(|f| db.get::<VifRecord>(f).ok())
+        .map(|f| f.device.clone())
+        .collect();
+    Ok(free_slots(VIF_SLOTS, &taken))
+}
+
+fn free_slots(slots: u32, taken: &[String]) -> Vec<String> {
+    (0..slots)
+        .map(|n| n.to_string())
+        .filter(|n| !taken.contains(n))
+        .collect()
 }
 
 /// An attached device cannot be destroyed: `DEVICE_ALREADY_ATTACHED [device]`.

@@ -36,6 +36,8 @@ pub const MESSAGES: &[&str] = &[
     "provision",
     "create",
     "assert_can_boot_here",
+    "get_allowed_VBD_devices",
+    "get_allowed_VIF_devices",
     "pool_migrate",
     "set_ha_restart_priority",
     "set_memory_limits",
@@ -164,6 +166,19 @@ impl Api {
                 xenpool_core::upgrade::check_boot_here_during_upgrade(&db, &vm, &host)
                     .map_err(api_error)?;
                 Wire::String(String::new())
+            }
+            "get_allowed_VBD_devices" | "get_allowed_VIF_devices" => {
+                let mut p = req.reader(2)?;
+                p.value()?;
+                let vm = ref_param(&mut p, "vm")?;
+                let db = self.node().state.db();
+                let free = if m == "get_allowed_VBD_devices" {
+                    xenpool_core::devices::allowed_vbd_devices(&db, &vm)
+                } else {
+                    xenpool_core::devices::allowed_vif_devices(&db, &vm)
+                }
+                .map_err(api_error)?;
+                Wire::Array(free.into_iter().map(Wire::String).collect())
             }
             "set_ha_restart_priority" => {
                 let mut p = req.reader(3)?;
