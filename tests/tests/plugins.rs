@@ -534,10 +534,17 @@ async fn consoles_data_sources_and_metrics() {
             sample(&body, "xenpool_is_coordinator"),
             Some(if i == 0 { 1.0 } else { 0.0 })
         );
-        assert!(
-            body.contains("xenpool_replication_lag_generations{host="),
-            "{body}"
-        );
+        // The coordinator knows a member's lag from the member's first replication poll,
+        // which a loaded machine may not have sent yet.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut body = body;
+        while !body.contains("xenpool_replication_lag_generations{host=") {
+            assert!(std::time::Instant::now() < deadline, "{body}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            body = http_get(&address, "/metrics", Some(&basic("root", &pool.password)))
+                .await
+                .1;
+        }
     }
 
     // Halted, a VM has no console and no data sources.
