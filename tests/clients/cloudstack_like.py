@@ -27,8 +27,7 @@ Steps, in the agent's order (the calls of each are listed in its docstring):
                  VM.query_data_source
   cleanup        the snapshot's disks and VM, Async.VM.clean_shutdown, VM.destroy, VDI.destroy
 
---strict adds checks of what the real agent needs beyond these calls (host_CPUs listed,
-the /rrd_updates HTTP handler it reads statistics from).
+--strict adds checks of what the real agent needs beyond these calls (host_CPUs listed).
 --skip STEP leaves a step out (for working on the daemon); the run then ends with status 3,
 never 0.
 
@@ -593,7 +592,7 @@ class Agent:
         """Per host: host.get_data_sources, host.query_data_source(memory_total_kib,
         memory_free_kib), host.get_metrics, host_metrics.get_memory_total; for the VM:
         VM.get_data_sources, VM.query_data_source(memory), VM.get_memory_static_max.
-        --strict: GET /rrd_updates as the agent reads host and VM statistics."""
+        GET /rrd_updates as the agent reads host and VM statistics."""
         x = self.x
         for host, rec in sorted(self.hosts.items()):
             label = rec["address"]
@@ -625,18 +624,23 @@ class Agent:
             check(isinstance(v, float) and 0.0 <= v <= 1.0, f"VM {n} {v} is a fraction")
         expect_failure("INVALID_VALUE", "an unknown VM data source",
                        x.VM.query_data_source, self.vm, "no_such_source")
-        if self.strict:
-            self.rrd_updates()
+        self.rrd_updates()
 
     def rrd_updates(self):
-        """GET /rrd_updates?session_id&host=true&cf=AVERAGE&interval=60&start, as the
-        agent's getStatsRawXML: an XML document with meta (rows, columns, legend) and data."""
+        """GET /rrd_updates?session_id&host=true&cf=AVERAGE&interval=60&start on the host
+        the VM runs on, as the agent's getStatsRawXML: an XML document with meta (rows,
+        columns, legend `AVERAGE:host|vm:<uuid>:<name>`) and data rows of <t> and <v>."""
+        x = self.x
+        host = x.VM.get_resident_on(self.vm)
+        address = x.host.get_address(host)
+        parsed = urllib.parse.urlsplit(self.url)
+        netloc = address + (f":{parsed.port}" if parsed.port else "")
         start = int(time.time()) - 1100
         query = urllib.parse.urlencode({
             "session_id": self.session.handle, "host": "true", "cf": "AVERAGE",
             "interval": "60", "start": str(start),
         })
-        url = f"{self.url.rstrip('/')}/rrd_updates?{query}"
+        url = f"{parsed.scheme}://{netloc}/rrd_updates?{query}"
         ctx = ssl._create_unverified_context() if self.https else None
         with urllib.request.urlopen(url, context=ctx, timeout=30) as r:
             body = r.read()
@@ -645,8 +649,20 @@ class Agent:
         check(meta is not None and root.find("data") is not None,
               "/rrd_updates answers an XML document with meta and data")
         legend = [e.text for e in meta.find("legend")]
-        check(any(e.startswith("AVERAGE:host:") and e.endswith(":memory_total_kib")
-                  for e in legend), "the legend names the hosts' memory_total_kib")
+        rows = root.find("data").findall("row")
+        check(int(meta.find("columns").text) == len(legend) and len(rows) >= 1,
+              f"/rrd_updates: {len(legend)} columns named, {len(rows)} row(s)")
+        values = [float(v.text) for v in rows[-1].findall("v")]
+        check(len(values) == len(legend), "each row has a value per column")
+        by_name = dict(zip(legend, values))
+        host_uuid = x.host.get_uuid(host)
+        check(f"AVERAGE:host:{host_uuid}:memory_total_kib" in by_name,
+              "the legend names the host's memory_total_kib")
+        vm_uuid = x.VM.get_uuid(self.vm)
+        memory = by_name.get(f"AVERAGE:vm:{vm_uuid}:memory")
+        static_max = as_int(x.VM.get_memory_static_max(self.vm))
+        check(memory == static_max,
+              f"/rrd_updates gives the VM's memory ({memory}, expected {static_max})")
 
     def step_cleanup(self):
         """The snapshot deleted as the agent does (VM.get_by_name_label, VM.get_VBDs,

@@ -291,6 +291,64 @@ pub async fn render(node: &Node) -> Result<String, xenpool_rpc::XenApiError> {
     Ok(out)
 }
 
+/// `GET /rrd_updates` (xcp-rrdd's export, which CloudStack reads its statistics from):
+/// one row of the current value of every data source of this host (`host=true`) and of
+/// the VMs running here, in the `xport` XML layout, legend entries
+/// `AVERAGE:host|vm:<uuid>:<name>`. No history is kept, so whatever `start` asks, the
+/// answer is the present.
+pub async fn render_rrd_updates(
+    node: &Node,
+    with_host: bool,
+) -> Result<String, xenpool_rpc::XenApiError> {
+    let snapshot = Snapshot::read(node.hypervisor.clone()).await?;
+    let mut columns: Vec<(String, f64)> = Vec::new();
+    {
+        let db = node.state.db();
+        let host = &node.state.host;
+        if with_host {
+            if let Ok(h) = db.get::<HostRecord>(host) {
+                for ds in snapshot.host_sources(&db, host) {
+                    columns.push((format!("AVERAGE:host:{}:{}", h.uuid, ds.name), ds.value));
+                }
+            }
+        }
+        for (_, v) in db.all::<VmRecord>().filter(|(_, v)| {
+            v.resident_on == *host
+                && !v.is_control_domain
+                && matches!(v.power_state, VmPowerState::Running | VmPowerState::Paused)
+        }) {
+            for ds in snapshot.vm_sources(&db, v) {
+                columns.push((format!("AVERAGE:vm:{}:{}", v.uuid, ds.name), ds.value));
+            }
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = String::with_capacity(256 + columns.len() * 96);
+    let _ = write!(
+        out,
+        "<xport><meta><start>{now}</start><step>5</step><end>{now}</end><rows>1</rows>\
+         <columns>{}</columns><legend>",
+        columns.len()
+    );
+    for (name, _) in &columns {
+        let _ = write!(out, "<entry>{}</entry>", xml_text(name));
+    }
+    let _ = write!(out, "</legend></meta><data><row><t>{now}</t>");
+    for (_, value) in &columns {
+        let _ = write!(out, "<v>{}</v>", number(*value));
+    }
+    out.push_str("</row></data></xport>\n");
+    Ok(out)
+}
+
+fn xml_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

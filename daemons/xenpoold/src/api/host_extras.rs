@@ -257,7 +257,7 @@ impl Api {
     /// `GET /metrics`, for a session (`?session_id=`) or a local user's password (HTTP
     /// basic authentication), as xapi's HTTP handlers accept either.
     pub(super) async fn http_get(&self, get: HttpGet) -> Option<HttpAnswer> {
-        if get.path != "/metrics" {
+        if get.path != "/metrics" && get.path != "/rrd_updates" {
             return None;
         }
         if !self.http_authorised(&get).await {
@@ -269,10 +269,20 @@ impl Api {
                 www_authenticate: Some("Basic realm=\"xenpool\""),
             });
         }
-        Some(match crate::metrics::render(self.node()).await {
-            Ok(text) => HttpAnswer {
+        let answer = if get.path == "/rrd_updates" {
+            let with_host = get.query.split('&').any(|kv| kv == "host=true");
+            crate::metrics::render_rrd_updates(self.node(), with_host)
+                .await
+                .map(|xml| (xml, "text/xml"))
+        } else {
+            crate::metrics::render(self.node())
+                .await
+                .map(|text| (text, "text/plain; version=0.0.4"))
+        };
+        Some(match answer {
+            Ok((text, content_type)) => HttpAnswer {
                 status: 200,
-                content_type: "text/plain; version=0.0.4",
+                content_type,
                 body: text.into_bytes(),
                 www_authenticate: None,
             },
