@@ -42,12 +42,12 @@ import re
 import ssl
 import sys
 import time
-import traceback
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 
 import XenAPI
+from sequence import StepFailed, check, passed, run_steps
 
 TAG = "cloudstack"
 NULL = "OpaqueRef:NULL"
@@ -62,20 +62,6 @@ SNAPSHOT_NAME = "i-2-42-VM_VS_20260101000000"
 NIC_MAC = "02:00:4c:5d:00:2a"
 PLUGIN = "vmops"
 TASK_DEADLINE_S = 60.0
-
-
-class StepFailed(Exception):
-    pass
-
-
-def passed(what):
-    print(f"PASS [{TAG}] {what}", flush=True)
-
-
-def check(cond, what):
-    if not cond:
-        raise StepFailed(what)
-    passed(what)
 
 
 def expect_failure(code, what, fn, *args):
@@ -728,36 +714,7 @@ def parse_args(argv):
 def main():
     url, password, strict, skip = parse_args(sys.argv[1:])
     agent = Agent(url, password, strict)
-    for name in STEPS:
-        if name in skip:
-            print(f"SKIP [{TAG}] step {name}", flush=True)
-            continue
-        print(f"== [{TAG}] step {name}", flush=True)
-        try:
-            getattr(agent, "step_" + name.replace("-", "_"))()
-        except StepFailed as e:
-            print(f"FAIL [{TAG}] step {name}: {e}", flush=True)
-            sys.exit(1)
-        except XenAPI.Failure as e:
-            d = e.details or []
-            if d and d[0] == "MESSAGE_METHOD_UNKNOWN":
-                print(f"FAIL [{TAG}] step {name}: the daemon does not serve {d[1:]} "
-                      f"(MESSAGE_METHOD_UNKNOWN)", flush=True)
-            else:
-                traceback.print_exc()
-                print(f"FAIL [{TAG}] step {name}: XenAPI error {d}", flush=True)
-            sys.exit(1)
-        except Exception:  # noqa: BLE001 - any unexpected error fails the step
-            traceback.print_exc()
-            print(f"FAIL [{TAG}] step {name}: unexpected exception (see above)", flush=True)
-            sys.exit(1)
-    if agent.session is not None:
-        agent.x.session.logout()
-    if skip:
-        print(f"INCOMPLETE [{TAG}] steps skipped: {', '.join(s for s in STEPS if s in skip)}",
-              flush=True)
-        sys.exit(3)
-    print(f"OK [{TAG}] all steps passed", flush=True)
+    run_steps(TAG, agent, STEPS, skip)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,10 @@ a call the daemon does not serve, the method.
 import pickle
 import sys
 import time
-import traceback
 import urllib.parse
 
 import XenAPI
+from sequence import StepFailed, check, passed, run_steps
 
 TAG = "openstack"
 NULL = "OpaqueRef:NULL"
@@ -59,20 +59,6 @@ INSTANCE_NAME = "instance-0000002a"
 PORT_ID = "8e1f2d3c-4b5a-4697-8877-665544332211"
 PORT_MAC = "fa:16:3e:12:34:56"
 DEADLINE_S = 60.0
-
-
-class StepFailed(Exception):
-    pass
-
-
-def passed(what):
-    print(f"PASS [{TAG}] {what}", flush=True)
-
-
-def check(cond, what):
-    if not cond:
-        raise StepFailed(what)
-    passed(what)
 
 
 def image_label(image_id):
@@ -580,36 +566,7 @@ def parse_args(argv):
 def main():
     url, password, skip = parse_args(sys.argv[1:])
     driver = Driver(url, password)
-    for name in STEPS:
-        if name in skip:
-            print(f"SKIP [{TAG}] step {name}", flush=True)
-            continue
-        print(f"== [{TAG}] step {name}", flush=True)
-        try:
-            getattr(driver, "step_" + name.replace("-", "_"))()
-        except StepFailed as e:
-            print(f"FAIL [{TAG}] step {name}: {e}", flush=True)
-            sys.exit(1)
-        except XenAPI.Failure as e:
-            d = e.details or []
-            if d and d[0] == "MESSAGE_METHOD_UNKNOWN":
-                print(f"FAIL [{TAG}] step {name}: the daemon does not serve {d[1:]} "
-                      f"(MESSAGE_METHOD_UNKNOWN)", flush=True)
-            else:
-                traceback.print_exc()
-                print(f"FAIL [{TAG}] step {name}: XenAPI error {d}", flush=True)
-            sys.exit(1)
-        except Exception:  # noqa: BLE001 - any unexpected error fails the step
-            traceback.print_exc()
-            print(f"FAIL [{TAG}] step {name}: unexpected exception (see above)", flush=True)
-            sys.exit(1)
-    if driver.session is not None:
-        driver.x.session.logout()
-    if skip:
-        print(f"INCOMPLETE [{TAG}] steps skipped: {', '.join(s for s in STEPS if s in skip)}",
-              flush=True)
-        sys.exit(3)
-    print(f"OK [{TAG}] all steps passed", flush=True)
+    run_steps(TAG, driver, STEPS, skip)
 
 
 if __name__ == "__main__":

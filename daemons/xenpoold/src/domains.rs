@@ -154,3 +154,14 @@ pub fn apply(hv: &dyn Hypervisor, vm: &VmRecord, op: DomainAction) -> Result<i64
         }
     }
 }
+
+/// Records what a change of a VM's power state brings along: its disks and NICs attached
+/// or not (xenpool-core's rule) and its console.
+pub fn follow_power_state(
+    txn: &mut xenpool_core::db::Txn<'_>,
+    node: &crate::node::Node,
+    vm: &xenpool_core::Ref,
+) -> Result<(), xenpool_core::CoreError> {
+    xenpool_core::lifecycle::sync_device_attachment(txn, vm)?;
+    crate::consoles::sync(txn, node, vm)
+}

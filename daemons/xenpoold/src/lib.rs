@@ -199,8 +199,7 @@ pub(crate) fn reconcile(node: &Node) -> anyhow::Result<()> {
                     v.domid = -1;
                     v.current_operations.clear();
                 })?;
-                xenpool_core::lifecycle::sync_device_attachment(txn, &vm)?;
-                crate::consoles::sync(txn, node, &vm)?;
+                crate::domains::follow_power_state(txn, node, &vm)?;
             }
             // Operations that were running when the daemon stopped will never finish.
             let busy: Vec<Ref> = txn

@@ -376,6 +376,11 @@ pub struct PifWork {
     pub is_bond_master: bool,
 }
 
+/// A refusal of xenpool-core's network rules in XenAPI form.
+pub fn refused(r: xenpool_core::network::Refusal) -> XenApiError {
+    XenApiError::new(r.code(), r.params().iter().map(String::as_str))
+}
+
 /// The [`PifWork`] of a PIF as recorded, with `ip` as its IP configuration.
 pub fn pif_work(db: &Database, pif: &Ref, ip: &IpSettings) -> Result<PifWork, XenApiError> {
     let p = db.get::<PifRecord>(pif).map_err(crate::conv::api_error)?;

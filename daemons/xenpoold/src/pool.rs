@@ -533,8 +533,7 @@ pub fn check_can_join(node: &Node, master_address: &str) -> Result<(), XenApiErr
     };
     let db = node.state.db();
     xenpool_core::membership::check_can_join(&db, joiner).map_err(crate::conv::api_error)?;
-    xenpool_core::network::check_joiner_networks(&db)
-        .map_err(|r| XenApiError::new(r.code(), r.params().iter().map(String::as_str)))
+    xenpool_core::network::check_joiner_networks(&db).map_err(crate::network::refused)
 }
 
 /// Turns this host into the coordinator: role file, write gate, `pool.master`, message.

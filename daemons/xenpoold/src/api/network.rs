@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use xenpool_core::network::{self as rules, IpSettings, Refusal};
+use xenpool_core::network::{self as rules, IpSettings};
 use xenpool_core::{
     BondMode, BondRecord, Class, IpConfigurationMode, NetworkRecord, Object, PifRecord, Ref,
     VlanRecord,
@@ -13,7 +13,7 @@ use xenpool_rpc::{Request, Value as Wire, XenApiError};
 
 use super::objects::record_from;
 use super::{api_error, ref_param, Api, ApiResult};
-use crate::network::{apply_local, apply_on, host_net, pif_work, NetOp};
+use crate::network::{apply_local, apply_on, host_net, pif_work, refused, NetOp, PifWork};
 use crate::node::Node;
 
 /// The methods routed here (see `api::ROUTES`).
@@ -35,11 +35,6 @@ pub fn is_internal(class: &str, message: &str) -> bool {
     INTERNAL_METHODS
         .iter()
         .any(|(c, ms)| *c == class && ms.contains(&message))
-}
-
-fn refused(r: Refusal) -> XenApiError {
-    let d = r.description();
-    XenApiError::new(d[0].clone(), d[1..].iter().cloned())
 }
 
 fn void() -> Option<Wire> {
@@ -364,16 +359,19 @@ async fn destroy_vlan(node: &Node, vlan: &Ref, untagged: Option<&Ref>) -> Result
         .map_err(api_error)
 }
 
+/// What applying a PIF as its record stands now takes on its host.
+fn current_pif_work(node: &Node, pif: &Ref) -> Result<PifWork, XenApiError> {
+    let db = node.state.db();
+    let ip = db
+        .get::<PifRecord>(pif)
+        .map(IpSettings::of)
+        .map_err(api_error)?;
+    pif_work(&db, pif, &ip)
+}
+
 /// Brings a PIF up on its host and records it attached.
 async fn plug(node: &Node, pif: &Ref) -> Result<(), XenApiError> {
-    let work = {
-        let db = node.state.db();
-        let ip = db
-            .get::<PifRecord>(pif)
-            .map(IpSettings::of)
-            .map_err(api_error)?;
-        pif_work(&db, pif, &ip)?
-    };
+    let work = current_pif_work(node, pif)?;
     let op = NetOp::Plug {
         network: work.network,
         pif: work.pif,
@@ -387,14 +385,7 @@ async fn plug(node: &Node, pif: &Ref) -> Result<(), XenApiError> {
 
 /// Takes a PIF down on its host and records it detached.
 async fn unplug(node: &Node, pif: &Ref) -> Result<(), XenApiError> {
-    let work = {
-        let db = node.state.db();
-        let ip = db
-            .get::<PifRecord>(pif)
-            .map(IpSettings::of)
-            .map_err(api_error)?;
-        pif_work(&db, pif, &ip)?
-    };
+    let work = current_pif_work(node, pif)?;
     // A bond member is brought down with its bond, never on its own.
     let member = node
         .state
@@ -518,14 +509,7 @@ async fn scan(node: &Node, host: &Ref) -> Result<(), XenApiError> {
 }
 
 async fn management_reconfigure(node: &Node, pif: &Ref) -> Result<(), XenApiError> {
-    let work = {
-        let db = node.state.db();
-        let ip = db
-            .get::<PifRecord>(pif)
-            .map(IpSettings::of)
-            .map_err(api_error)?;
-        pif_work(&db, pif, &ip)?
-    };
+    let work = current_pif_work(node, pif)?;
     let host = work.host.clone();
     let mut spec = work.pif;
     spec.management = true;

@@ -64,6 +64,22 @@ fn size_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Writes the sizes a driver reported into the VDI's record.
+fn record_vdi_sizes(
+    node: &crate::node::Node,
+    vdi: &Ref,
+    info: &xenpool_storage::VdiInfo,
+) -> Result<(), XenApiError> {
+    node.state
+        .write(|txn| {
+            txn.update::<VdiRecord>(vdi, |d| {
+                d.virtual_size = size_i64(info.virtual_size);
+                d.physical_utilisation = size_i64(info.physical_utilisation);
+            })
+        })
+        .map_err(api_error)
+}
+
 fn no_vdi() -> XenApiError {
     XenApiError::internal_error("no VDI from the storage host")
 }
@@ -780,15 +796,7 @@ impl Api {
             .await?
             .vdi
             .ok_or_else(no_vdi)?;
-        node.state
-            .write(|txn| {
-                txn.update::<VdiRecord>(vdi, |d| {
-                    d.virtual_size = size_i64(info.virtual_size);
-                    d.physical_utilisation = size_i64(info.physical_utilisation);
-                })
-            })
-            .map_err(api_error)?;
-        Ok(())
+        record_vdi_sizes(node, vdi, &info)
     }
 
     async fn vdi_resize(&self, vdi: &Ref, size: i64, online: bool) -> Result<(), XenApiError> {
@@ -814,15 +822,7 @@ impl Api {
             .await?
             .vdi
             .ok_or_else(no_vdi)?;
-        node.state
-            .write(|txn| {
-                txn.update::<VdiRecord>(vdi, |d| {
-                    d.virtual_size = size_i64(info.virtual_size);
-                    d.physical_utilisation = size_i64(info.physical_utilisation);
-                })
-            })
-            .map_err(api_error)?;
-        Ok(())
+        record_vdi_sizes(node, vdi, &info)
     }
 
     // -----------------------------------------------------------------------------------
@@ -1138,8 +1138,7 @@ impl Api {
                         v.resident_on = Ref::null();
                         v.domid = -1;
                     })?;
-                    xenpool_core::lifecycle::sync_device_attachment(txn, vm)?;
-                    crate::consoles::sync(txn, node, vm)
+                    crate::domains::follow_power_state(txn, node, vm)
                 })
                 .map_err(api_error)?;
         }
@@ -1314,8 +1313,7 @@ impl Api {
                 for sr in srs {
                     record_usage(txn, &sr, None)?;
                 }
-                xenpool_core::lifecycle::sync_device_attachment(txn, vm)?;
-                crate::consoles::sync(txn, node, vm)?;
+                crate::domains::follow_power_state(txn, node, vm)?;
                 refresh_vm_allowed_operations(txn, vm)?;
                 Ok(old_files)
             })

@@ -559,8 +559,7 @@ impl Api {
                     })?;
                 }
             }
-            xenpool_core::lifecycle::sync_device_attachment(txn, vm)?;
-            crate::consoles::sync(txn, node, vm)?;
+            crate::domains::follow_power_state(txn, node, vm)?;
             refresh_vm_allowed_operations(txn, vm).map(|_| ())
         });
         if let Err(e) = result {
